@@ -1,0 +1,81 @@
+"""Typed settings of each stage. A study combines them; axes vary them by dotted key path.
+
+All models are frozen and reject unknown keys, so a typo in a study is an error, never a silent
+default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CTWindow(Frozen):
+    """Clip CT intensities to [level - width/2, level + width/2] before normalisation (seed 003)."""
+
+    level: float
+    width: float = Field(gt=0)
+
+
+class PlanConfig(Frozen):
+    """Planner inputs. `gpu_memory_gb` is nnU-Net's memory budget (8 GB default)."""
+
+    gpu_memory_gb: float = Field(8.0, gt=0)
+    base_features: int = Field(32, ge=1)
+    max_features: int = Field(320, ge=1)
+    target_spacing_mm: tuple[float, float, float] | None = None  # (z, y, x); None = planned
+    patch_size: tuple[int, int, int] | None = None  # (z, y, x); None = planned
+    ct_window: CTWindow | None = None
+    clip_percentiles: tuple[float, float] | None = None  # None = nnU-Net's (0.5, 99.5)
+
+
+class TrainConfig(Frozen):
+    """One training. Defaults are nnU-Net v2's; a study shortens epochs for CPU runs."""
+
+    arch: str = "plain"  # key of ablate.nets.ARCHITECTURES
+    base_features: int | None = None  # None = the plan's features; seed 004 used 24 / 30
+    blocks_per_stage: tuple[int, ...] | None = None  # residual encoders; None = 1, 2, 3, 4, 4, ...
+    loss: str = "dice_ce"  # key of ablate.losses.LOSSES
+    deep_supervision: str = "nnunet"  # nnunet | last3 | none
+    epochs: int = Field(1000, ge=1)
+    iterations_per_epoch: int = Field(250, ge=1)
+    val_iterations: int = Field(50, ge=0)
+    lr_schedule_epochs: int | None = None  # poly schedule length; None = epochs (seed 000: 1000)
+    initial_lr: float = Field(1e-2, gt=0)
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    grad_clip: float = 12.0
+    batch_size: int | None = None  # None = the plan's
+    oversample_foreground: float = Field(0.33, ge=0, le=1)
+    augmentation: Literal["nnunet", "mirror", "none"] = "nnunet"
+    data_workers: int = Field(2, ge=0)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+class InferConfig(Frozen):
+    """Inference. TTA k takes the first k mirror combinations, identity first."""
+
+    tta: Literal[1, 2, 4, 8] = 8
+    mirror_axes: tuple[int, ...] = (0, 1, 2)
+    step_size: float = Field(0.5, gt=0, le=1)
+    window_batch: int = Field(2, ge=1)
+    ensemble_folds: bool = False
+    postprocess: Literal["none", "largest_component", "auto"] = "none"
+    device: str = "auto"
+
+
+class EvalConfig(Frozen):
+    """Evaluation targets (name -> label values) and NSD tolerances in mm (one, or per target)."""
+
+    targets: dict[str, tuple[int, ...]] | None = None  # None = the dataset's regions or labels
+    nsd_tolerance_mm: float | dict[str, float] = 2.0
+
+    def tolerance_mm(self, target: str) -> float:
+        if isinstance(self.nsd_tolerance_mm, dict):
+            return self.nsd_tolerance_mm.get(target, 2.0)
+        return self.nsd_tolerance_mm
