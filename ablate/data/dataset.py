@@ -107,3 +107,17 @@ def read_nnunet_raw(root: str | Path) -> Dataset:
         cases.append(Case(cid, images, label if label.is_file() else None))
     return Dataset(root=root, name=meta.get("name", root.name), channels=channels, labels=labels,
                    cases=tuple(cases), regions=regions, file_ending=ending)
+
+
+def targets_from_dataset_json(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Evaluation targets declared by a dataset.json (regions, else one per foreground label)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: not found; pass --dataset-json pointing at the dataset.json that "
+                        "declares the labels")
+    meta = json.loads(path.read_text())
+    labels, regions = _parse_labels(meta.get("labels", {}), path)
+    regions.update({k: tuple(v) for k, v in meta.get("ablate_regions", {}).items()})
+    if regions:
+        return regions
+    return {name: (value,) for name, value in labels.items() if value != 0}

@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (each installs first).
+# TORCH picks the torch build: the default CPU wheel installs in seconds; on a CUDA machine use
+# `make demo TORCH=torch` (PyPI's Linux torch wheels are CUDA builds).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(BIN)/ablate: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)"
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(BIN)/ablate
+
+demo: install
+	$(BIN)/ablate run studies/demo.yaml
+
+test: install
+	$(BIN)/ruff check ablate tests bench
+	OMP_NUM_THREADS=2 $(BIN)/pytest -q
+
+test-fast: install
+	OMP_NUM_THREADS=2 $(BIN)/pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check ablate tests bench
+
+bench: install
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf runs reports/demo .pytest_cache

@@ -1,0 +1,182 @@
+"""The `ablate` command: a thin mirror of the library; each subcommand calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ablate.errors import AblateError
+
+
+def _load(path: str):
+    from ablate.study import load_study
+
+    return load_study(Path(path)), Path(path).read_text()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ablate.runner import run_study
+    from ablate.study import describe, expand
+
+    study, text = _load(args.study)
+    if args.dry_run:
+        train_jobs, eval_jobs = expand(study, data_key="dry-run")
+        print(describe(study, (train_jobs, eval_jobs)))
+        return 0
+    summary = run_study(study, text, on_progress=_progress_printer())
+    print(f"trainings: {summary.trainings_run} run, {summary.trainings_skipped} already done; "
+          f"evaluations: {summary.evaluations_run} run, {summary.evaluations_skipped} already done")
+    if summary.report:
+        print(f"report: {summary.report}")
+        _print_best(study)
+    if summary.failed:
+        print(f"{len(summary.failed)} job(s) failed: " + "; ".join(summary.failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_best(study) -> None:
+    from ablate.runner import workdir_of
+    from ablate.tracking import default_tracking_uri, fetch_results
+
+    tidy = fetch_results(default_tracking_uri(study, workdir_of(study)), study.name).tidy
+    dsc = tidy[tidy.metric == "dsc"]
+    if dsc.empty:
+        return
+    target = "kidney" if "kidney" in set(dsc.target) else sorted(set(dsc.target))[0]
+    means = dsc[dsc.target == target].groupby("variant").value.mean().sort_values()
+    print(f"best variant: {means.index[-1]}  mean {target} DSC = {means.iloc[-1]:.4f} "
+          f"(n = {int((dsc.target == target).sum() / len(means))} cases)")
+
+
+def _progress_printer():
+    import time
+
+    start = time.perf_counter()
+
+    def show(message: str) -> None:
+        print(f"[{time.perf_counter() - start:7.1f}s] {message}", flush=True)
+
+    return show
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ablate.study import describe, expand
+
+    study, _ = _load(args.study)
+    print(describe(study, expand(study, data_key="validate")))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ablate.runner import build_study_report
+
+    study, text = _load(args.study)
+    print(f"report: {build_study_report(study, text)}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ablate.runner import study_status
+
+    study, _ = _load(args.study)
+    print(study_status(study))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from ablate.data.synthetic import make_synthetic_dataset
+
+    dataset = make_synthetic_dataset(Path(args.out), cases=args.cases, seed=args.seed)
+    print(f"wrote {len(dataset.cases)} cases to {dataset.root}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ablate.data.formats import read_dataset
+    from ablate.data.verify import verify
+
+    problems = verify(read_dataset(Path(args.dataset), args.format))
+    for p in problems:
+        print(f"{p.severity}: {p.message}")
+    errors = sum(p.severity == "error" for p in problems)
+    print(f"{errors} error(s), {len(problems) - errors} warning(s)")
+    return 2 if errors else 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from ablate.preprocess import prepare
+    from ablate.runner import check_dataset, load_dataset, workdir_of
+
+    study, _ = _load(args.study)
+    dataset = load_dataset(study)
+    check_dataset(dataset)
+    data = prepare(dataset, study.plan, workdir_of(study) / "preprocessed", folds=study.folds.k,
+                   folds_seed=study.folds.seed, workers=study.workers)
+    print(f"preprocessed {len(data.case_ids)} cases into {data.root}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ablate.data.dataset import targets_from_dataset_json
+    from ablate.evaluate import evaluate_folder
+
+    dataset_json = Path(args.dataset_json or Path(args.ref_dir).parent / "dataset.json")
+    targets = targets_from_dataset_json(dataset_json)
+    table = evaluate_folder(Path(args.pred_dir), Path(args.ref_dir), targets,
+                            {t: args.nsd_tolerance_mm for t in targets})
+    out = Path(args.out)
+    table.to_csv(out, index=False)
+    print(f"wrote {len(table)} rows for {table.case.nunique()} cases to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="plan, preprocess, train and evaluate a study, then report")
+    p.add_argument("study")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and jobs")
+    p.set_defaults(func=cmd_run)
+    for name, func, text in [("validate", cmd_validate, "check a study and print its jobs"),
+                             ("report", cmd_report, "rebuild the report from MLflow"),
+                             ("status", cmd_status, "show each job's state"),
+                             ("preprocess", cmd_preprocess, "only plan and preprocess")]:
+        p = sub.add_parser(name, help=text)
+        p.add_argument("study")
+        p.set_defaults(func=func)
+    p = sub.add_parser("synth", help="write a synthetic KiTS-like dataset (nnU-Net raw layout)")
+    p.add_argument("out")
+    p.add_argument("--cases", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+    p = sub.add_parser("verify", help="check a dataset's integrity")
+    p.add_argument("dataset")
+    p.add_argument("--format", default=None)
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("evaluate", help="score a folder of predicted label maps")
+    p.add_argument("pred_dir")
+    p.add_argument("ref_dir")
+    p.add_argument("--dataset-json", default=None, help="labels/regions (default: REF_DIR/../dataset.json)")
+    p.add_argument("--nsd-tolerance-mm", type=float, default=2.0)
+    p.add_argument("--out", default="metrics.csv")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AblateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished jobs are kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

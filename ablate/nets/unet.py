@@ -1,0 +1,181 @@
+"""One U-Net skeleton; architectures differ only in the blocks registered in `ARCHITECTURES`.
+
+Skeleton: [stem] -> encoder stages (stage s downsamples by plan.pool_kernel_sizes[s] in its first
+unit) -> per decoder stage: transposed conv (kernel = stride, bias) to the skip's channels, concat
+with the skip, decoder units, 1x1x1 seg head. A head exists for every decoder stage (n_stages - 1),
+so checkpoints load with deep supervision on or off.
+
+Features: plan.features_per_stage, or with `cfg.base_features = b` the rule
+`min(b * 2**s, max(plan.features_per_stage))` (seed 004's 24/30 base with the plan's 320 cap).
+
+Encoder units per stage: "plain" 2 convs (nnU-Net); "residual"/"preact" take `cfg.blocks_per_stage`,
+default nnU-Net ResEnc's (1, 3, 4, 6, 6, 6, ...). A tuple shorter than the plan's stage count repeats
+its last entry, a longer one is cut, so (1, 2, 3, 4) gives seed 004's 1, 2, 3, 4, 4, ... at any depth.
+`blocks_per_stage` is ignored by "plain".
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ablate.config import TrainConfig
+from ablate.errors import ConfigError
+from ablate.nets import blocks
+from ablate.nets.blocks import StageBuilder, Triple, UnitBuilder
+from ablate.plan import Plan
+
+RESENC_BLOCKS = (1, 3, 4, 6, 6, 6)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What one architecture plugs into the skeleton."""
+
+    stage: StageBuilder  # one encoder stage
+    decoder_unit: UnitBuilder  # one decoder unit (in_ch, out_ch, kernel)
+    decoder_units: int  # decoder units per stage
+    fixed_encoder_units: int | None  # None = cfg.blocks_per_stage (residual encoders)
+    stem: UnitBuilder | None = None  # runs before stage 0 at full resolution
+    pre_head: Callable[[int], nn.Module] | None = None  # before each seg head
+    summary: str = ""
+
+
+def _norm_act(channels: int) -> nn.Module:
+    return nn.Sequential(blocks.norm(channels), blocks.act())
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "plain": ArchSpec(
+        stage=blocks.plain_stage,
+        decoder_unit=blocks.conv_norm_act,
+        decoder_units=2,
+        fixed_encoder_units=2,
+        summary="nnU-Net PlainConvUNet: 2x conv-IN-LReLU per stage, encoder and decoder",
+    ),
+    "residual": ArchSpec(
+        stage=blocks.residual_stage,
+        decoder_unit=blocks.conv_norm_act,
+        decoder_units=1,
+        fixed_encoder_units=None,
+        stem=blocks.conv_norm_act,
+        summary="nnU-Net ResEnc (ResidualEncoderUNet): BasicBlockD encoder, 1 conv per decoder stage",
+    ),
+    "preact": ArchSpec(
+        stage=blocks.preact_stage,
+        decoder_unit=blocks.norm_act_conv,
+        decoder_units=1,
+        fixed_encoder_units=None,
+        stem=blocks.conv3d,
+        pre_head=_norm_act,
+        summary="pre-activation residual encoder (seed 004), IN-LReLU-conv decoder, norm+act before heads",
+    ),
+}
+
+
+class UNet(nn.Module):
+    """U-Net skeleton. `forward` returns [full res, next lower, ...] while `deep_supervision`, else
+    the full-resolution logits (B, K, Z, Y, X)."""
+
+    def __init__(
+        self,
+        spec: ArchSpec,
+        in_channels: int,
+        num_classes: int,
+        features: list[int],
+        kernels: list[Triple],
+        strides: list[Triple],
+        encoder_units: list[int],
+    ):
+        super().__init__()
+        self.deep_supervision = True
+        self.stem = spec.stem(in_channels, features[0], kernels[0]) if spec.stem else nn.Identity()
+        channels = features[0] if spec.stem else in_channels
+        self.encoder = nn.ModuleList()
+        for f, k, s, units in zip(features, kernels, strides, encoder_units):
+            self.encoder.append(spec.stage(channels, f, k, s, units))
+            channels = f
+        self.decoder, self.upsamplers, self.heads = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for s in reversed(range(len(features) - 1)):  # deepest skip first
+            f, k = features[s], kernels[s]
+            units = [spec.decoder_unit(2 * f if i == 0 else f, f, k) for i in range(spec.decoder_units)]
+            self.decoder.append(nn.Sequential(*units))
+            up_stride = strides[s + 1]
+            self.upsamplers.append(nn.ConvTranspose3d(features[s + 1], f, up_stride, up_stride, bias=True))
+            head = nn.Conv3d(f, num_classes, 1, bias=True)
+            self.heads.append(nn.Sequential(spec.pre_head(f), head) if spec.pre_head else head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        x = self.stem(x)  # (B, C0, Z, Y, X)
+        skips = []
+        for stage in self.encoder:
+            x = stage(x)  # (B, C_s, Z_s, Y_s, X_s)
+            skips.append(x)
+        outputs = []
+        last = len(self.decoder) - 1
+        for i, (up, decode, head) in enumerate(zip(self.upsamplers, self.decoder, self.heads)):
+            x = up(x)  # (B, C_skip, Z_skip, Y_skip, X_skip)
+            x = decode(torch.cat((x, skips[-(i + 2)]), dim=1))  # (B, C_skip, Z_skip, Y_skip, X_skip)
+            if self.deep_supervision or i == last:
+                outputs.append(head(x))  # (B, K, Z_skip, Y_skip, X_skip)
+        outputs.reverse()
+        return outputs if self.deep_supervision else outputs[0]
+
+
+def get_arch(name: str) -> ArchSpec:
+    if name not in ARCHITECTURES:
+        valid = ", ".join(sorted(ARCHITECTURES))
+        close = difflib.get_close_matches(name, ARCHITECTURES, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"train.arch: unknown architecture '{name}'; valid: {valid}{hint}")
+    return ARCHITECTURES[name]
+
+
+def stage_features(cfg: TrainConfig, plan: Plan) -> list[int]:
+    if cfg.base_features is None:
+        return list(plan.features_per_stage)
+    cap = max(plan.features_per_stage)
+    return [min(cfg.base_features * 2**s, cap) for s in range(plan.num_stages)]
+
+
+def encoder_units(cfg: TrainConfig, spec: ArchSpec, n_stages: int) -> list[int]:
+    if spec.fixed_encoder_units is not None:
+        return [spec.fixed_encoder_units] * n_stages
+    wanted = tuple(cfg.blocks_per_stage or RESENC_BLOCKS)
+    if not wanted or min(wanted) < 1:
+        raise ConfigError(f"train.blocks_per_stage: {wanted} needs positive block counts, e.g. [1, 3, 4, 6, 6, 6]")
+    return [wanted[min(s, len(wanted) - 1)] for s in range(n_stages)]
+
+
+def _check_plan(plan: Plan) -> None:
+    n = plan.num_stages
+    if n < 2 or len(plan.conv_kernel_sizes) != n or len(plan.pool_kernel_sizes) != n:
+        raise ConfigError(
+            f"plan.json: features_per_stage ({n}), conv_kernel_sizes ({len(plan.conv_kernel_sizes)}) and "
+            f"pool_kernel_sizes ({len(plan.pool_kernel_sizes)}) need one equal length >= 2; re-run planning"
+        )
+
+
+def build_network(cfg: TrainConfig, plan: Plan, generator: torch.Generator | None = None) -> UNet:
+    """The network for `cfg.arch` on `plan`'s topology, nnU-Net-initialised (from `generator` if given).
+
+    `net.deep_supervision` starts as `cfg.deep_supervision != "none"`; training may toggle it.
+    """
+    spec = get_arch(cfg.arch)
+    _check_plan(plan)
+    net = UNet(
+        spec,
+        in_channels=plan.num_input_channels,
+        num_classes=plan.num_classes,
+        features=stage_features(cfg, plan),
+        kernels=[tuple(k) for k in plan.conv_kernel_sizes],
+        strides=[tuple(p) for p in plan.pool_kernel_sizes],
+        encoder_units=encoder_units(cfg, spec, plan.num_stages),
+    )
+    blocks.init_weights(net, generator)
+    net.deep_supervision = cfg.deep_supervision != "none"
+    return net

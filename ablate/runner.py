@@ -1,0 +1,265 @@
+"""Run a study end to end: data once, then every training and evaluation, tracked, then the report.
+
+The runner strings the stages together. Jobs run through an executor (`ablate.executors`) as
+plain picklable calls (`execute_training`, `execute_evaluation`) that return outcomes; only this
+driver process writes to the tracking store, because sqlite allows a single writer.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ablate.data.dataset import Dataset
+from ablate.errors import DataError
+from ablate.study import EvalJob, Study, TrainJob
+
+
+@dataclass
+class RunSummary:
+    trainings_run: int = 0
+    trainings_skipped: int = 0
+    evaluations_run: int = 0
+    evaluations_skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    report: Path | None = None
+
+
+def workdir_of(study: Study) -> Path:
+    return Path(study.workdir or Path("runs") / study.name).resolve()
+
+
+def report_dir_of(study: Study) -> Path:
+    return Path(study.report_dir or Path("reports") / study.name).resolve()
+
+
+def load_dataset(study: Study) -> Dataset:
+    """The study's dataset; a synthetic spec is generated once into <workdir>/data."""
+    spec = study.dataset
+    if spec.synthetic is not None:
+        from ablate.data.dataset import read_nnunet_raw
+        from ablate.data.synthetic import make_synthetic_dataset
+
+        syn = spec.synthetic
+        out = workdir_of(study) / "data" / f"synthetic-s{syn.seed}-n{syn.cases}"
+        if not (out / "dataset.json").is_file():
+            tmp = out.with_name(out.name + f".tmp{time.time_ns()}")
+            make_synthetic_dataset(tmp, cases=syn.cases, seed=syn.seed, fov_mm=tuple(syn.fov_mm))
+            tmp.rename(out)
+        return read_nnunet_raw(out)
+    from ablate.data.formats import read_dataset
+
+    return read_dataset(spec.path, None if spec.format == "auto" else spec.format, spec.labels)
+
+
+def check_dataset(dataset: Dataset) -> None:
+    """Stop before any caching when the dataset has errors (warnings pass)."""
+    from ablate.data.verify import verify
+
+    errors = [p for p in verify(dataset) if p.severity == "error"]
+    if errors:
+        more = f" (and {len(errors) - 1} more; run `ablate verify`)" if len(errors) > 1 else ""
+        raise DataError(f"{errors[0].message}{more}")
+
+
+# --- jobs: plain functions an executor can run in another process -------------------------
+
+
+def execute_training(job: TrainJob, data, job_dir: Path) -> dict:
+    from ablate.train import train
+
+    result = train(job.train, data, job.fold, job.seed, job_dir)
+    metrics = {
+        "train_seconds": result.seconds, "seconds_per_epoch": result.seconds_per_epoch,
+        "parameters": float(result.parameters), "flops": float(result.flops),
+        **{f"train_{k}": v for k, v in result.peak_memory_mb.items()},
+    }
+    return {"metrics": metrics, "history": result.history}
+
+
+def execute_evaluation(job: EvalJob, checkpoint: Path, data, dataset: Dataset,
+                       targets: dict[str, tuple[int, ...]], tolerance_mm: dict[str, float],
+                       job_dir: Path) -> dict:
+    """Predict the fold's validation cases with the trained model, write and score them."""
+    from ablate.device import peak_memory_mb, reset_peak_memory, select_device, synchronize
+    from ablate.evaluate import evaluate_case
+    from ablate.imageio import read_image, write_image
+    from ablate.infer import predict_probabilities
+    from ablate.preprocess import restore_original
+    from ablate.train import load_model
+
+    device = select_device(job.infer.device)
+    model, _, plan = load_model(checkpoint, device)
+    label_files = {c.case_id: c.label for c in dataset.cases}
+    rows, seconds, peaks = [], [], {}
+    for case_id in data.folds[job.fold].val:
+        image, _, props = data.load_case(case_id)
+        reset_peak_memory(device)
+        start = time.perf_counter()
+        probs = predict_probabilities([model], np.asarray(image), plan, job.infer, device)
+        labels = np.argmax(restore_original(probs, props, plan), axis=0).astype(np.uint8)
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+        for key, value in peak_memory_mb(device).items():
+            peaks[key] = max(peaks.get(key, 0.0), value)
+        write_image(labels, props.geometry, job_dir / "predictions" / f"{case_id}{dataset.file_ending}")
+        ref, geometry = read_image(label_files[case_id])
+        for row in evaluate_case(labels, ref, geometry.spacing_mm, targets, tolerance_mm):
+            rows.append({"case": case_id, **row})
+    metrics = {"infer_seconds_per_case": float(np.mean(seconds)),
+               **{f"infer_{k}": v for k, v in peaks.items()}}
+    for target in targets:
+        for metric in ("dsc", "nsd"):
+            values = [r["value"] for r in rows if r["target"] == target and r["metric"] == metric]
+            metrics[f"{metric}_{target}"] = float(np.nanmean(values)) if values else float("nan")
+    return {"metrics": metrics, "rows": rows}
+
+
+# --- the driver ----------------------------------------------------------------------------
+
+
+def job_params(job: TrainJob | EvalJob) -> dict:
+    return {**{f"axis.{k}": v for k, v in job.variant.items()}, "fold": job.fold, "seed": job.seed}
+
+
+def record_outcome(tracker, run_id: str, kind: str, outcome: dict) -> None:
+    import pandas as pd
+
+    for epoch, metrics in enumerate(outcome.get("history", [])):
+        tracker.log_epoch(run_id, epoch, metrics)
+    if kind == "eval":
+        table = pd.DataFrame(outcome["rows"], columns=["case", "target", "metric", "value"])
+        tracker.log_table(run_id, table, "per_case.csv")
+    tracker.log_metrics(run_id, outcome["metrics"])
+
+
+def run_phase(jobs: list, kind: str, make_call: Callable, executor, tracker,
+              summary: RunSummary, on_progress: Callable[[str], None]) -> None:
+    """Keep up to `executor.capacity` unfinished jobs in flight and record each outcome as it
+    arrives, so a kill loses at most the jobs in flight; failures are recorded, the phase goes on."""
+    import concurrent.futures as cf
+
+    in_flight: dict[cf.Future, tuple] = {}
+
+    def record_next() -> None:
+        done, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
+        for future in done:
+            job, run_id = in_flight.pop(future)
+            try:
+                record_outcome(tracker, run_id, "eval" if kind == "evaluations" else "train",
+                               future.result())
+            except Exception as exc:  # noqa: BLE001 - recorded, and the study goes on
+                tracker.end_job(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
+                summary.failed.append(job.name)
+                trace = "".join(traceback.format_exception(exc, limit=-3))
+                on_progress(f"FAILED {job.name}: {type(exc).__name__}: {exc}\n{trace}")
+                continue
+            tracker.end_job(run_id, ok=True)
+            setattr(summary, f"{kind}_run", getattr(summary, f"{kind}_run") + 1)
+
+    for job in jobs:
+        if tracker.finished(job.key):
+            setattr(summary, f"{kind}_skipped", getattr(summary, f"{kind}_skipped") + 1)
+            continue
+        while len(in_flight) >= executor.capacity:
+            record_next()
+        extra = {"ablate.train_key": job.train_key} if kind == "evaluations" else {}
+        run_id = tracker.start_job(job.key, job.name, "eval" if extra else "train",
+                                   job_params(job), extra)
+        on_progress(f"{'evaluate' if extra else 'train'}: {job.name}")
+        fn, args = make_call(job)
+        in_flight[executor.submit(fn, *args)] = (job, run_id)
+    while in_flight:
+        record_next()
+
+
+def run_study(study: Study, config_yaml: str = "", on_progress: Callable[[str], None] = print,
+              make_report: bool = True, executor=None) -> RunSummary:
+    from ablate.executors import InProcessExecutor
+    from ablate.preprocess import prepare
+    from ablate.study import expand
+    from ablate.tracking import Tracker, default_tracking_uri
+
+    workdir = workdir_of(study)
+    workdir.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(study)
+    check_dataset(dataset)
+    on_progress(f"dataset {dataset.name}: {len(dataset.cases)} cases; planning and preprocessing")
+    data = prepare(dataset, study.plan, workdir / "preprocessed", folds=study.folds.k,
+                   folds_seed=study.folds.seed, workers=study.workers)
+    train_jobs, eval_jobs = expand(study, data.key)
+    plan = data.plan
+    on_progress(f"plan: spacing {tuple(round(s, 2) for s in plan.target_spacing_mm)} mm, patch "
+                f"{plan.patch_size}, batch {plan.batch_size}, {plan.num_stages} stages; "
+                f"{len(train_jobs)} trainings, {len(eval_jobs)} evaluations")
+    tracker = Tracker(default_tracking_uri(study, workdir), study.name, workdir / "mlartifacts")
+    tracker.start_study({"data_key": data.key, "num_cases": len(dataset.cases)},
+                        {"plan.json": data.root / "plan.json",
+                         "fingerprint.json": data.root / "fingerprint.json"})
+    executor = executor or InProcessExecutor()
+    jobs_dir = workdir / "jobs"
+    targets = {k: tuple(v) for k, v in (study.evaluation.targets or dataset.targets()).items()}
+    tolerance = {t: study.evaluation.tolerance_mm(t) for t in targets}
+    summary = RunSummary()
+    try:
+        run_phase(train_jobs, "trainings",
+                  lambda j: (execute_training, (j, data, jobs_dir / j.key)),
+                  executor, tracker, summary, on_progress)
+        run_phase(eval_jobs, "evaluations",
+                  lambda j: (execute_evaluation,
+                             (j, jobs_dir / j.train_key / "checkpoint_final.pt", data, dataset,
+                              targets, tolerance, jobs_dir / j.key)),
+                  executor, tracker, summary, on_progress)
+    finally:
+        executor.shutdown()
+    if make_report:
+        summary.report = build_study_report(study, config_yaml, tracker)
+    return summary
+
+
+def build_study_report(study: Study, config_yaml: str = "", tracker=None) -> Path:
+    """Collect the study's results from MLflow and write the HTML report."""
+    import json
+
+    from ablate.report import build_report
+    from ablate.study import variant_label
+    from ablate.tracking import Tracker, default_tracking_uri, fetch_results
+
+    workdir = workdir_of(study)
+    uri = default_tracking_uri(study, workdir)
+    results = fetch_results(uri, study.name)
+    meta = {
+        "name": study.name, "config_yaml": config_yaml, "tracking_uri": uri,
+        "baseline": variant_label(study.baseline) if study.baseline else None,
+        "environment": environment(), "missing": list(results.missing),
+        "nsd_tolerance_mm": study.evaluation.nsd_tolerance_mm,
+    }
+    plan_path = next(iter(sorted((workdir / "preprocessed").glob("*/plan.json"))), None)
+    if plan_path is not None:
+        meta["plan"] = json.loads(plan_path.read_text())
+    path = build_report(results, meta, report_dir_of(study))
+    tracker = tracker or Tracker(uri, study.name, workdir / "mlartifacts")
+    tracker.log_study_artifact(path)
+    return path
+
+
+def environment() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    env = {"python": platform.python_version(), "platform": platform.platform(),
+           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+    for pkg in ("ablate", "torch", "numpy", "scipy", "SimpleITK", "mlflow", "surface-distance",
+                "pandas", "seaborn"):
+        try:
+            env[pkg] = version(pkg)
+        except PackageNotFoundError:
+            env[pkg] = "not installed"
+    return env

@@ -1,0 +1,96 @@
+"""nnU-Net v2's network-topology rules and the plain U-Net feature-map-size memory proxy.
+
+Pure functions. `pool_and_conv_props` follows
+nnunetv2/experiment_planning/experiment_planners/network_topology.py::get_pool_and_conv_props;
+`plain_unet_feature_map_size` follows dynamic_network_architectures' PlainConvUNet
+`compute_conv_feature_map_size` (deep supervision on, as the planner instantiates it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topology:
+    num_pool_per_axis: tuple[int, ...]
+    pool_kernel_sizes: list[tuple[int, ...]]  # [0] is all ones (stage 0 does not downsample)
+    conv_kernel_sizes: list[tuple[int, ...]]  # one per stage; the bottleneck is all 3
+    patch_size: tuple[int, ...]  # padded to be divisible by `divisible_by`
+    divisible_by: tuple[int, ...]  # 2 ** num_pool per axis
+
+
+def pad_to_divisible(shape, divisible_by) -> tuple[int, ...]:
+    """Round each axis up to the next multiple of its divisor (unchanged when already one)."""
+    return tuple(int(-(-s // d) * d) for s, d in zip(shape, divisible_by))
+
+
+def pool_and_conv_props(spacing, patch_size, min_feature_map_size: int = 4,
+                        max_numpool: int = 999) -> Topology:
+    """Pool every axis that stays >= 2 * min_feature_map_size voxels and whose spacing is within
+    2x of the finest pooled-able axis; a lone pooling axis needs >= 3 * min_feature_map_size.
+    An axis gets kernel 3 once its spacing is within 2x of the finest, else 1. The patch is
+    padded so it divides by 2 ** pools per axis."""
+    dim = len(spacing)
+    spacing_now = [float(s) for s in spacing]
+    size_now = [float(s) for s in patch_size]
+    num_pool = [0] * dim
+    kernel = [1] * dim
+    pools: list[tuple[int, ...]] = [(1,) * dim]
+    convs: list[tuple[int, ...]] = []
+    while True:
+        axes = [a for a in range(dim) if size_now[a] >= 2 * min_feature_map_size]
+        if not axes:
+            break
+        finest = min(spacing_now[a] for a in axes)
+        axes = [a for a in axes if spacing_now[a] / finest < 2 and num_pool[a] < max_numpool]
+        if not axes or (len(axes) == 1 and size_now[axes[0]] < 3 * min_feature_map_size):
+            break
+        # nnU-Net compares against the finest spacing over all axes here, not only the poolable
+        kernel = [3 if k == 3 or spacing_now[a] / min(spacing_now) < 2 else 1
+                  for a, k in enumerate(kernel)]
+        step = [1] * dim
+        for a in axes:
+            step[a] = 2
+            num_pool[a] += 1
+            spacing_now[a] *= 2
+            size_now[a] = -(-size_now[a] // 2)
+        pools.append(tuple(step))
+        convs.append(tuple(kernel))
+    convs.append((3,) * dim)
+    divisible_by = tuple(2**n for n in num_pool)
+    return Topology(tuple(num_pool), pools, convs,
+                    pad_to_divisible(patch_size, divisible_by), divisible_by)
+
+
+def features_per_stage(num_stages: int, base_features: int = 32,
+                       max_features: int = 320) -> list[int]:
+    return [min(base_features * 2**s, max_features) for s in range(num_stages)]
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
+
+
+def plain_unet_feature_map_size(patch_size, pool_kernel_sizes, features: list[int],
+                                num_classes: int, convs_per_stage: int = 2,
+                                convs_per_decoder_stage: int = 2,
+                                deep_supervision: bool = True) -> int:
+    """Summed element count of every conv / transposed-conv / seg-head output of a PlainConvUNet
+    for one sample (nnU-Net's VRAM proxy; norms and nonlinearities are not counted)."""
+    sizes, size = [], list(patch_size)
+    for stride in pool_kernel_sizes:  # encoder stage s outputs at size // prod(strides[:s+1])
+        size = [z // s for z, s in zip(size, stride)]
+        sizes.append(size)
+    total = sum(convs_per_stage * f * _prod(sz) for f, sz in zip(features, sizes))
+    n = len(features)
+    for level in range(n - 2, -1, -1):  # decoder stages, deepest first
+        voxels = _prod(sizes[level])
+        total += convs_per_decoder_stage * features[level] * voxels  # conv blocks
+        total += features[level] * voxels  # transposed conv from the level below
+        if deep_supervision or level == 0:
+            total += num_classes * voxels  # segmentation head
+    return total

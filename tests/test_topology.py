@@ -1,0 +1,58 @@
+from ablate.topology import (
+    features_per_stage,
+    pad_to_divisible,
+    plain_unet_feature_map_size,
+    pool_and_conv_props,
+)
+
+
+def test_isotropic_128_pools_five_times_per_axis():
+    t = pool_and_conv_props((1.0, 1.0, 1.0), (128, 128, 128))
+    # 128 -> 64 -> 32 -> 16 -> 8 -> 4: five pools, the next would leave < 4
+    assert t.num_pool_per_axis == (5, 5, 5)
+    assert t.pool_kernel_sizes == [(1, 1, 1)] + [(2, 2, 2)] * 5
+    assert t.conv_kernel_sizes == [(3, 3, 3)] * 6
+    assert t.patch_size == (128, 128, 128)
+    assert t.divisible_by == (32, 32, 32)
+
+
+def test_anisotropic_coarse_axis_waits_until_within_2x():
+    # z spacing 3.0 vs 0.75 in-plane: z pools only once in-plane spacing reaches >= 1.5*2
+    t = pool_and_conv_props((3.0, 0.75, 0.75), (20, 160, 160))
+    assert t.pool_kernel_sizes[1:3] == [(1, 2, 2), (1, 2, 2)]
+    assert t.conv_kernel_sizes[0] == (1, 3, 3) and t.conv_kernel_sizes[1] == (1, 3, 3)
+    # after two in-plane pools spacing is (3, 3, 3): z joins, kernel becomes 3
+    assert t.pool_kernel_sizes[3] == (2, 2, 2) and t.conv_kernel_sizes[2] == (3, 3, 3)
+    # z: 20 -> 10 -> 5 (stops: 5 < 8); in-plane 160 -> ... -> 5
+    assert t.num_pool_per_axis == (2, 5, 5)
+    assert t.patch_size == (20, 160, 160)
+
+
+def test_lone_axis_needs_three_times_min_size_and_patch_is_padded():
+    # y and x are already too small; only z (size 10 < 12) could pool -> stop immediately
+    t = pool_and_conv_props((1.0, 1.0, 1.0), (10, 7, 7))
+    assert t.num_pool_per_axis == (0, 0, 0)
+    t = pool_and_conv_props((1.0, 1.0, 1.0), (50, 30, 30))
+    # 50,30,30 -> 25,15,15 -> 13,8,8 -> 7,4,4 ; 7 < 8 stops
+    assert t.num_pool_per_axis == (3, 3, 3)
+    assert t.patch_size == (56, 32, 32)
+
+
+def test_pad_to_divisible():
+    assert pad_to_divisible((56, 64, 65), (8, 32, 32)) == (56, 64, 96)
+
+
+def test_feature_map_size_matches_nnunet_128_cube_comment():
+    # nnU-Net's planner comment: a 6-stage 3D PlainConvUNet at 128^3 (1 channel, 3 classes)
+    # is ~455.6M; by hand: encoder 2*sum f*S^3 = 178,626,560; decoder 3*sum f*S^3 (levels 0-4)
+    # = 267,878,400; seg heads 3*(128^3+...+8^3) = 7,190,016 -> 453,694,976
+    t = pool_and_conv_props((1.0, 1.0, 1.0), (128, 128, 128))
+    feats = features_per_stage(6)
+    assert feats == [32, 64, 128, 256, 320, 320]
+    assert plain_unet_feature_map_size((128,) * 3, t.pool_kernel_sizes, feats, 3) == 453_694_976
+
+
+def test_feature_map_size_without_deep_supervision_counts_one_head():
+    pools = [(1, 1, 1), (2, 2, 2)]
+    # encoder 2*4*8 + 2*8*1 = 80; decoder level 0: 2*4*8 + 4*8 = 96; head 2*8 = 16
+    assert plain_unet_feature_map_size((2, 2, 2), pools, [4, 8], 2, deep_supervision=False) == 192
