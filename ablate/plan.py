@@ -6,7 +6,20 @@ below. Add fields freely; do not rename or remove.
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.ndimage import binary_fill_holes
+
+from ablate.errors import DataError
+from ablate.imageio import Geometry, read_image
+from ablate.topology import (
+    Topology,
+    features_per_stage,
+    plain_unet_feature_map_size,
+    pool_and_conv_props,
+)
 
 
 @dataclass(frozen=True)
@@ -80,3 +93,246 @@ class Plan:
         d["conv_kernel_sizes"] = [tuple(p) for p in d["conv_kernel_sizes"]]
         d["normalization"] = [ChannelNormalization(**n) for n in d["normalization"]]
         return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fingerprint and planner (nnU-Net v2's rules; see docs/ARCHITECTURE.md and reference/nnunet.md)
+# ----------------------------------------------------------------------------------------------
+
+ANISO_THRESHOLD = 3.0
+FOREGROUND_SAMPLES_TOTAL = 10e7  # nnU-Net samples 1e8 foreground voxels over the whole dataset
+REFERENCE_FEATURE_MAP_SIZE_3D = 560e6  # nnU-Net's proxy budget for 8 GB at batch 2
+REFERENCE_BATCH_3D = 2
+MIN_BATCH = 2
+MAX_DATASET_COVERED = 0.05
+LOWRES_THRESHOLD = 0.25
+NORMALIZATION_BY_CHANNEL = {"ct": "ct", "nonorm": "noNorm", "zscore": "zscore",
+                            "rescale_to_0_1": "rescale_to_0_1", "rgb_to_0_1": "rgb_to_0_1"}
+
+
+def read_case_arrays(case) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
+    """Channels stacked as float32 (C, Z, Y, X), label as int16 (Z, Y, X) or None, geometry."""
+    arrays, geometry = [], None
+    for path in case.images:
+        array, geo = read_image(path)
+        if geometry is not None and array.shape != arrays[0].shape:
+            raise DataError(f"{path}: shape {array.shape} differs from channel 0 "
+                            f"{arrays[0].shape}; all channels of a case must share one grid")
+        geometry = geometry or geo
+        arrays.append(array.astype(np.float32, copy=False))
+    seg = None
+    if case.label is not None:
+        seg, _ = read_image(case.label)
+        if seg.shape != arrays[0].shape:
+            raise DataError(f"{case.label}: label shape {seg.shape} differs from image "
+                            f"{arrays[0].shape}; resample the label onto the image grid")
+        seg = seg.astype(np.int16, copy=False)
+    return np.stack(arrays), seg, geometry
+
+
+def crop_to_nonzero(data: np.ndarray, seg: np.ndarray | None = None):
+    """nnU-Net's crop: union of channels != 0, holes filled, bounding box. Label 0 outside the
+    mask becomes -1. Returns (data (C, ...), seg (...), bbox ((start, stop) per axis))."""
+    mask = binary_fill_holes(np.any(data != 0, axis=0))
+    if not mask.any():  # an all-zero image: keep everything
+        mask = np.ones(data.shape[1:], dtype=bool)
+    bbox = tuple((int(idx.min()), int(idx.max()) + 1) for idx in np.nonzero(mask))
+    slicer = tuple(slice(a, b) for a, b in bbox)
+    mask = mask[slicer]
+    data = data[(slice(None), *slicer)]
+    if seg is None:
+        seg = np.where(mask, 0, -1).astype(np.int16)
+    else:
+        seg = seg[slicer].astype(np.int16, copy=True)
+        seg[(seg == 0) & ~mask] = -1
+    return data, seg, bbox
+
+
+def _analyze_case(case, num_samples: int) -> dict:
+    images, seg, geometry = read_case_arrays(case)
+    if seg is None:
+        raise DataError(f"case {case.case_id}: no label file; every training case needs one")
+    labels, counts = np.unique(seg, return_counts=True)
+    cropped, seg_c, _ = crop_to_nonzero(images, seg)
+    rs = np.random.RandomState(1234)  # per case, as nnU-Net
+    foreground = seg_c > 0
+    samples = []
+    for channel in cropped:
+        pixels = channel[foreground]
+        samples.append(rs.choice(pixels, num_samples, replace=True) if pixels.size
+                       else np.zeros(0, np.float32))
+    return {"spacing": tuple(float(s) for s in geometry.spacing_mm),
+            "shape": tuple(int(s) for s in cropped.shape[1:]),
+            "samples": samples,
+            "counts": dict(zip(labels.tolist(), counts.tolist(), strict=True)),
+            "relative_size": float(np.prod(cropped.shape[1:]) / np.prod(images.shape[1:]))}
+
+
+def _analyze_all(dataset, workers: int, total_samples: float) -> list[dict]:
+    if not dataset.cases:
+        raise DataError(f"{dataset.root}: no training cases found")
+    n = int(total_samples // len(dataset.cases))
+    if workers <= 1:
+        return [_analyze_case(c, n) for c in dataset.cases]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(_analyze_case, dataset.cases, [n] * len(dataset.cases)))
+
+
+def intensity_statistics(samples: np.ndarray) -> dict[str, float]:
+    if samples.size == 0:
+        return {k: float("nan") for k in ("mean", "median", "std", "min", "max",
+                                          "percentile_00_5", "percentile_99_5")}
+    p00_5, median, p99_5 = np.percentile(samples, (0.5, 50.0, 99.5))
+    return {"mean": float(np.mean(samples)), "median": float(median),
+            "std": float(np.std(samples)), "min": float(np.min(samples)),
+            "max": float(np.max(samples)), "percentile_00_5": float(p00_5),
+            "percentile_99_5": float(p99_5)}
+
+
+def foreground_samples(dataset, workers: int = 2,
+                       total_samples: float = FOREGROUND_SAMPLES_TOTAL) -> list[np.ndarray]:
+    """The pooled foreground intensity samples per channel (nnU-Net's seeded sampling)."""
+    results = _analyze_all(dataset, workers, total_samples)
+    return [np.concatenate([r["samples"][c] for r in results])
+            for c in range(len(dataset.channels))]
+
+
+def fingerprint(dataset, workers: int = 2,
+                total_samples: float = FOREGROUND_SAMPLES_TOTAL) -> Fingerprint:
+    """Spacings, shapes after crop, foreground intensity statistics, class voxel counts."""
+    results = _analyze_all(dataset, workers, total_samples)
+    counts: dict[int, int] = {}
+    for r in results:
+        for label, count in r["counts"].items():
+            counts[int(label)] = counts.get(int(label), 0) + int(count)
+    stats = [intensity_statistics(np.concatenate([r["samples"][c] for r in results]))
+             for c in range(len(dataset.channels))]
+    return Fingerprint(
+        spacings_mm=[r["spacing"] for r in results],
+        shapes_after_crop=[r["shape"] for r in results],
+        intensity_properties=stats, class_voxel_counts=dict(sorted(counts.items())),
+        median_relative_size_after_cropping=float(np.median([r["relative_size"] for r in results])),
+        case_ids=[c.case_id for c in dataset.cases])
+
+
+def target_spacing(fp: Fingerprint) -> tuple[float, float, float]:
+    """Median spacing; for a coarse axis (> 3x the others, < 1/3 their voxels) the 10th
+    percentile of that axis, kept just above the finest other spacing."""
+    spacings = np.array(fp.spacings_mm, dtype=float)
+    target = np.percentile(spacings, 50, axis=0)
+    sizes = np.percentile(np.array(fp.shapes_after_crop, dtype=float), 50, axis=0)
+    worst = int(np.argmax(target))
+    others = [a for a in range(3) if a != worst]
+    aniso_spacing = target[worst] > ANISO_THRESHOLD * max(target[others])
+    aniso_voxels = sizes[worst] * ANISO_THRESHOLD < min(sizes[others])
+    if aniso_spacing and aniso_voxels:
+        tenth = float(np.percentile(spacings[:, worst], 10))
+        if tenth < max(target[others]):
+            tenth = max(max(target[others]), tenth) + 1e-5
+        target[worst] = tenth
+    return tuple(float(t) for t in target)
+
+
+def is_anisotropic(spacing) -> bool:
+    return max(spacing) / min(spacing) > ANISO_THRESHOLD
+
+
+def _normalizations(fp: Fingerprint, dataset, cfg, workers: int) -> list[ChannelNormalization]:
+    """Scheme from the channel name (nnU-Net); CT clip bounds from percentiles or a window."""
+    needs_samples = cfg.ct_window is not None or cfg.clip_percentiles is not None
+    out, samples = [], None
+    for c, name in enumerate(dataset.channels):
+        scheme = NORMALIZATION_BY_CHANNEL.get(name.casefold(), "zscore")
+        if scheme != "ct":
+            use_mask = scheme == "zscore" and fp.median_relative_size_after_cropping < 0.75
+            out.append(ChannelNormalization(scheme=scheme, use_mask=use_mask))
+            continue
+        props = fp.intensity_properties[c]
+        lower, upper = props["percentile_00_5"], props["percentile_99_5"]
+        mean, std = props["mean"], props["std"]
+        if needs_samples and samples is None:
+            samples = foreground_samples(dataset, workers)
+        if cfg.ct_window is not None:
+            lower = cfg.ct_window.level - cfg.ct_window.width / 2
+            upper = cfg.ct_window.level + cfg.ct_window.width / 2
+            windowed = np.clip(samples[c], lower, upper)
+            mean, std = float(np.mean(windowed)), float(np.std(windowed))
+        elif cfg.clip_percentiles is not None:
+            lower, upper = (float(v) for v in np.percentile(samples[c], cfg.clip_percentiles))
+        out.append(ChannelNormalization("ct", False, float(mean), float(std),
+                                        float(lower), float(upper)))
+    return out
+
+
+def _estimate(patch, topo: Topology, cfg, in_channels: int, num_classes: int) -> int:
+    feats = features_per_stage(len(topo.pool_kernel_sizes), cfg.base_features, cfg.max_features)
+    # input channels do not enter DNA's count (it sums conv outputs only)
+    del in_channels
+    return plain_unet_feature_map_size(patch, topo.pool_kernel_sizes, feats, num_classes)
+
+
+def _initial_patch(spacing, median_shape) -> list[int]:
+    inv = 1 / np.array(spacing, dtype=float)
+    patch = [round(v) for v in inv * (256**3 / np.prod(inv)) ** (1 / 3)]
+    return [int(min(p, m)) for p, m in zip(patch, median_shape, strict=True)]
+
+
+def fit_patch(spacing, median_shape, reference: float, cfg, in_channels: int,
+              num_classes: int) -> tuple[Topology, int]:
+    """Start from the 256^3-volume patch clipped to the median shape; shrink the axis with the
+    largest patch/median ratio by one divisibility step until the proxy fits the budget."""
+    topo = pool_and_conv_props(spacing, _initial_patch(spacing, median_shape))
+    estimate = _estimate(topo.patch_size, topo, cfg, in_channels, num_classes)
+    while estimate / REFERENCE_BATCH_3D * 2 > reference:
+        patch = list(topo.patch_size)
+        ratios = [p / m for p, m in zip(patch, median_shape, strict=True)]
+        axis = int(np.argsort(ratios)[-1])
+        probe = list(patch)
+        probe[axis] -= topo.divisible_by[axis]
+        if probe[axis] < 1:
+            break  # nothing left to shrink on the worst axis; keep the smallest valid patch
+        # re-derive the divisor for the smaller patch so no valid size is skipped (nnU-Net)
+        patch[axis] -= pool_and_conv_props(spacing, probe).divisible_by[axis]
+        if patch[axis] < 1:
+            break
+        topo = pool_and_conv_props(spacing, patch)
+        estimate = _estimate(topo.patch_size, topo, cfg, in_channels, num_classes)
+    return topo, estimate
+
+
+def make_plan(fp: Fingerprint, dataset, cfg, workers: int = 2) -> Plan:
+    """nnU-Net v2's 3d_fullres plan under cfg's memory budget and overrides."""
+    spacing = tuple(cfg.target_spacing_mm) if cfg.target_spacing_mm else target_spacing(fp)
+    new_shapes = [np.round(np.array(sp) / np.array(spacing) * np.array(sh))
+                  for sp, sh in zip(fp.spacings_mm, fp.shapes_after_crop, strict=True)]
+    median_shape = np.median(np.array(new_shapes), axis=0)
+    n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * len(fp.spacings_mm))
+    in_channels, num_classes = len(dataset.channels), dataset.num_classes
+    reference = REFERENCE_FEATURE_MAP_SIZE_3D * cfg.gpu_memory_gb / 8
+    if cfg.patch_size is not None:
+        topo = pool_and_conv_props(spacing, cfg.patch_size)
+        estimate = _estimate(topo.patch_size, topo, cfg, in_channels, num_classes)
+    else:
+        topo, estimate = fit_patch(spacing, median_shape, reference, cfg, in_channels,
+                                   num_classes)
+    batch = round(reference / estimate * REFERENCE_BATCH_3D)
+    cap = round(n_voxels_dataset * MAX_DATASET_COVERED / np.prod(topo.patch_size,
+                                                                  dtype=np.float64))
+    batch = int(max(min(batch, cap), MIN_BATCH))
+    median_spacing = np.median(np.array(fp.spacings_mm, dtype=float), axis=0)
+    coverage = np.prod(topo.patch_size, dtype=np.float64) / np.prod(median_shape,
+                                                                     dtype=np.float64)
+    return Plan(
+        target_spacing_mm=tuple(float(s) for s in spacing),
+        patch_size=tuple(int(p) for p in topo.patch_size),
+        batch_size=batch,
+        pool_kernel_sizes=[tuple(int(v) for v in p) for p in topo.pool_kernel_sizes],
+        conv_kernel_sizes=[tuple(int(v) for v in k) for k in topo.conv_kernel_sizes],
+        features_per_stage=features_per_stage(len(topo.pool_kernel_sizes), cfg.base_features,
+                                              cfg.max_features),
+        num_input_channels=in_channels, num_classes=num_classes,
+        normalization=_normalizations(fp, dataset, cfg, workers),
+        median_shape=tuple(int(round(m)) for m in median_shape),
+        anisotropic=bool(is_anisotropic(spacing) or is_anisotropic(median_spacing)),
+        cascade_recommended=bool(coverage < LOWRES_THRESHOLD),
+        memory_budget_gb=float(cfg.gpu_memory_gb))

@@ -22,7 +22,7 @@ class Topology:
 
 def pad_to_divisible(shape, divisible_by) -> tuple[int, ...]:
     """Round each axis up to the next multiple of its divisor (unchanged when already one)."""
-    return tuple(int(-(-s // d) * d) for s, d in zip(shape, divisible_by))
+    return tuple(int(-(-s // d) * d) for s, d in zip(shape, divisible_by, strict=True))
 
 
 def pool_and_conv_props(spacing, patch_size, min_feature_map_size: int = 4,
@@ -83,9 +83,10 @@ def plain_unet_feature_map_size(patch_size, pool_kernel_sizes, features: list[in
     for one sample (nnU-Net's VRAM proxy; norms and nonlinearities are not counted)."""
     sizes, size = [], list(patch_size)
     for stride in pool_kernel_sizes:  # encoder stage s outputs at size // prod(strides[:s+1])
-        size = [z // s for z, s in zip(size, stride)]
+        size = [z // s for z, s in zip(size, stride, strict=True)]
         sizes.append(size)
-    total = sum(convs_per_stage * f * _prod(sz) for f, sz in zip(features, sizes))
+    total = sum(convs_per_stage * f * _prod(sz)
+                for f, sz in zip(features, sizes, strict=True))
     n = len(features)
     for level in range(n - 2, -1, -1):  # decoder stages, deepest first
         voxels = _prod(sizes[level])

@@ -1,0 +1,310 @@
+"""Preprocess a dataset once into a shared, content-keyed cache (nnU-Net v2's default preprocessor).
+
+Per case: crop to nonzero -> normalise -> resample to the plan spacing. The cache lives in
+`<cache_root>/<key>/` (key = hash of the dataset files, the PlanConfig and PREPROCESS_VERSION)
+and holds plan.json, fingerprint.json, splits.json and per case `<id>_data.npy` (float32
+C,Z,Y,X), `<id>_seg.npy` (int8 Z,Y,X, -1 outside the nonzero mask), `<id>.json` (properties)
+and `<id>_locs.npz` (sampled voxel indices per foreground label). It is built in a temporary
+folder under an exclusive file lock and renamed into place, so concurrent callers build it once
+and never see half-written data.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import zoom
+
+from ablate.folds import Fold, make_folds, read_splits, write_splits
+from ablate.imageio import Geometry
+from ablate.plan import (
+    ANISO_THRESHOLD,
+    FOREGROUND_SAMPLES_TOTAL,
+    ChannelNormalization,
+    Fingerprint,
+    Plan,
+    crop_to_nonzero,
+    fingerprint,
+    make_plan,
+    read_case_arrays,
+)
+
+PREPROCESS_VERSION = "1"
+LOCATIONS_PER_LABEL = 10000
+MIN_LOCATION_COVERAGE = 0.01
+
+
+@dataclass(frozen=True)
+class CaseProperties:
+    case_id: str
+    geometry: Geometry  # original image geometry
+    original_shape: tuple[int, int, int]
+    crop_bbox: tuple[tuple[int, int], ...]  # (start, stop) per axis, in the original array
+    shape_after_crop: tuple[int, int, int]
+    shape_after_resample: tuple[int, int, int]
+
+    def to_json(self) -> dict:
+        return {"case_id": self.case_id, "geometry": self.geometry.to_json(),
+                "original_shape": list(self.original_shape),
+                "crop_bbox": [list(b) for b in self.crop_bbox],
+                "shape_after_crop": list(self.shape_after_crop),
+                "shape_after_resample": list(self.shape_after_resample)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> CaseProperties:
+        return cls(d["case_id"], Geometry.from_json(d["geometry"]), tuple(d["original_shape"]),
+                   tuple(tuple(b) for b in d["crop_bbox"]), tuple(d["shape_after_crop"]),
+                   tuple(d["shape_after_resample"]))
+
+
+# ---- resampling (nnU-Net's default_resampling, with scipy instead of skimage) ---------------
+
+def _separate_axis(current_spacing, new_spacing) -> int | None:
+    """The coarse axis to resample separately, when either spacing is anisotropic (> 3)."""
+    for spacing in (current_spacing, new_spacing):
+        spacing = np.asarray(spacing, dtype=float)
+        if spacing.max() / spacing.min() > ANISO_THRESHOLD:
+            coarse = np.flatnonzero(spacing == spacing.max())
+            return int(coarse[0]) if len(coarse) == 1 else None
+    return None
+
+
+def _resize(array: np.ndarray, new_shape, order: int) -> np.ndarray:
+    """skimage.resize(mode='edge', anti_aliasing=False) equivalent: pixel-centre aligned."""
+    if tuple(array.shape) == tuple(new_shape):
+        return array
+    factors = [n / o for n, o in zip(new_shape, array.shape, strict=True)]
+    out = zoom(array, factors, order=order, mode="nearest", grid_mode=True)
+    assert out.shape == tuple(new_shape), (out.shape, new_shape)
+    return out
+
+
+def _resize_separate(array, new_shape, order: int, order_z: int, axis: int | None):
+    """In-plane with `order`; the coarse axis (if any) afterwards with `order_z`."""
+    if axis is None:
+        return _resize(array, new_shape, order)
+    in_plane = list(new_shape)
+    in_plane[axis] = array.shape[axis]  # zoom factor 1 along the coarse axis = slice-wise
+    return _resize(_resize(array, in_plane, order), new_shape, order_z)
+
+
+def resample_data(data: np.ndarray, new_shape, current_spacing, new_spacing,
+                  order: int = 3, order_z: int = 0) -> np.ndarray:
+    """(C, Z, Y, X) float images to new_shape (cubic; coarse axis nearest when anisotropic)."""
+    axis = _separate_axis(current_spacing, new_spacing)
+    return np.stack([_resize_separate(c.astype(np.float32, copy=False), new_shape, order,
+                                      order_z, axis) for c in data]).astype(np.float32)
+
+
+def resample_seg(seg: np.ndarray, new_shape, current_spacing, new_spacing) -> np.ndarray:
+    """(Z, Y, X) labels: each label's one-hot resized linearly, kept where >= 0.5; the coarse
+    axis by nearest neighbour when anisotropic."""
+    if tuple(seg.shape) == tuple(new_shape):
+        return seg
+    axis = _separate_axis(current_spacing, new_spacing)
+    in_plane = list(new_shape)
+    if axis is not None:
+        in_plane[axis] = seg.shape[axis]
+    out = np.zeros(in_plane, dtype=seg.dtype)
+    for label in np.unique(seg):
+        out[_resize((seg == label).astype(np.float32), in_plane, 1) >= 0.5] = label
+    return _resize(out, new_shape, 0) if axis is not None else out
+
+
+def new_shape_for(shape, spacing, target_spacing) -> tuple[int, int, int]:
+    return tuple(int(v) for v in np.round(np.array(spacing) / np.array(target_spacing)
+                                          * np.array(shape)))
+
+
+# ---- normalisation ---------------------------------------------------------------------------
+
+def normalize(data: np.ndarray, seg: np.ndarray, schemes: list[ChannelNormalization]):
+    """Per channel, in place on a float32 copy; `seg` (-1 outside the nonzero mask) masks zscore."""
+    data = data.astype(np.float32, copy=True)
+    for c, norm in enumerate(schemes):
+        image = data[c]
+        if norm.scheme == "ct":
+            np.clip(image, norm.lower, norm.upper, out=image)
+            image -= norm.mean
+            image /= max(norm.std, 1e-8)
+        elif norm.scheme == "zscore" and norm.use_mask:
+            mask = seg >= 0
+            mean, std = image[mask].mean(), image[mask].std()
+            image[mask] = (image[mask] - mean) / max(std, 1e-8)
+        elif norm.scheme == "zscore":
+            image -= image.mean()
+            image /= max(image.std(), 1e-8)
+        elif norm.scheme == "rescale_to_0_1":
+            image -= image.min()
+            image /= np.clip(image.max(), a_min=1e-8, a_max=None)
+        elif norm.scheme == "rgb_to_0_1":
+            image /= 255.0
+    return data
+
+
+# ---- one case --------------------------------------------------------------------------------
+
+def _transform(data, seg, geometry: Geometry, plan: Plan, case_id: str):
+    original_shape = tuple(int(s) for s in data.shape[1:])
+    data, seg, bbox = crop_to_nonzero(data, seg)
+    shape_after_crop = tuple(int(s) for s in data.shape[1:])
+    new_shape = new_shape_for(shape_after_crop, geometry.spacing_mm, plan.target_spacing_mm)
+    data = normalize(data, seg, plan.normalization)
+    data = resample_data(data, new_shape, geometry.spacing_mm, plan.target_spacing_mm)
+    seg = resample_seg(seg, new_shape, geometry.spacing_mm, plan.target_spacing_mm)
+    props = CaseProperties(case_id, geometry, original_shape, bbox, shape_after_crop, new_shape)
+    return data, seg, props
+
+
+def preprocess_images(images: list[np.ndarray], geometry: Geometry,
+                      plan: Plan) -> tuple[np.ndarray, CaseProperties]:
+    """The training transform for unseen images (one (Z, Y, X) array per channel)."""
+    data = np.stack([np.asarray(i, dtype=np.float32) for i in images])
+    data, _, props = _transform(data, None, geometry, plan, case_id="")
+    return data, props
+
+
+def sample_class_locations(seg: np.ndarray, labels, seed: int = 1234) -> dict[int, np.ndarray]:
+    """Up to 10000 voxel indices (N, 3) per label (at least 1 % of its voxels), seeded."""
+    rs = np.random.RandomState(seed)
+    out = {}
+    for label in labels:
+        coords = np.argwhere(seg == label)
+        if len(coords) == 0:
+            out[int(label)] = np.zeros((0, 3), dtype=np.int64)
+            continue
+        n = max(min(LOCATIONS_PER_LABEL, len(coords)),
+                int(np.ceil(len(coords) * MIN_LOCATION_COVERAGE)))
+        out[int(label)] = coords[rs.choice(len(coords), n, replace=False)]
+    return out
+
+
+def _preprocess_case(case, plan: Plan, labels: list[int], folder: Path) -> str:
+    data, seg, geometry = read_case_arrays(case)
+    data, seg, props = _transform(data, seg, geometry, plan, case.case_id)
+    locations = sample_class_locations(seg, labels)
+    np.save(folder / f"{case.case_id}_data.npy", data.astype(np.float32))
+    np.save(folder / f"{case.case_id}_seg.npy", seg.astype(np.int8))
+    np.savez(folder / f"{case.case_id}_locs.npz", **{str(k): v for k, v in locations.items()})
+    (folder / f"{case.case_id}.json").write_text(json.dumps(props.to_json()))
+    return case.case_id
+
+
+def restore_original(probabilities: np.ndarray, props: CaseProperties, plan: Plan) -> np.ndarray:
+    """(K, Z, Y, X) at plan spacing -> (K, *original_shape); background 1 outside the crop."""
+    axis = _separate_axis(plan.target_spacing_mm, props.geometry.spacing_mm)
+    cropped = np.stack([_resize_separate(p.astype(np.float32, copy=False),
+                                         props.shape_after_crop, 1, 0, axis)
+                        for p in probabilities])  # (K, *shape_after_crop)
+    out = np.zeros((probabilities.shape[0], *props.original_shape), dtype=np.float32)
+    out[0] = 1.0
+    out[(slice(None), *(slice(a, b) for a, b in props.crop_bbox))] = cropped
+    return out
+
+
+# ---- the shared cache ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PreprocessedData:
+    root: Path  # <cache_root>/<key>/
+    key: str  # content hash of dataset files + PlanConfig + preprocessing code version
+    plan: Plan
+    fingerprint: Fingerprint
+    case_ids: tuple[str, ...]
+    folds: list[Fold]
+
+    def load_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray, CaseProperties]:
+        """Memory-mapped data float32 (C, Z, Y, X), seg int8 (Z, Y, X), properties."""
+        data = np.load(self.root / f"{case_id}_data.npy", mmap_mode="r")
+        seg = np.load(self.root / f"{case_id}_seg.npy", mmap_mode="r")
+        props = CaseProperties.from_json(json.loads((self.root / f"{case_id}.json").read_text()))
+        return data, seg, props
+
+    def class_locations(self, case_id: str) -> dict[int, np.ndarray]:
+        with np.load(self.root / f"{case_id}_locs.npz") as locs:
+            return {int(k): locs[k] for k in locs.files}
+
+
+def cache_key(dataset, cfg, intensity_samples: float = FOREGROUND_SAMPLES_TOTAL) -> str:
+    h = hashlib.sha256()
+    for part in (dataset.content_hash(), cfg.model_dump_json(), PREPROCESS_VERSION,
+                 repr(float(intensity_samples))):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _build(dataset, cfg, folder: Path, folds: list[Fold], workers: int,
+           intensity_samples: float) -> None:
+    started = time.time()
+    fp = fingerprint(dataset, workers, intensity_samples)
+    plan = make_plan(fp, dataset, cfg, workers)
+    (folder / "fingerprint.json").write_text(json.dumps(fp.to_json(), indent=1))
+    labels = sorted(v for v in dataset.labels.values() if v != 0)
+    cases = list(dataset.cases)
+    if workers <= 1:
+        for case in cases:
+            _preprocess_case(case, plan, labels, folder)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_preprocess_case, cases, [plan] * len(cases),
+                          [labels] * len(cases), [folder] * len(cases)))
+    write_splits(folds, folder / "splits.json")
+    (folder / "build_info.json").write_text(json.dumps(
+        {"pid": os.getpid(), "seconds": time.time() - started, "version": PREPROCESS_VERSION}))
+    (folder / "plan.json").write_text(json.dumps(plan.to_json(), indent=1))
+
+
+def _build_once(dataset, cfg, cache_root: Path, key: str, folds: list[Fold], workers: int,
+                intensity_samples: float) -> None:
+    """Build `<cache_root>/<key>` under an exclusive lock; the rename makes it appear whole."""
+    final = cache_root / key
+    with open(cache_root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if final.is_dir():
+                return  # another caller built it while we waited
+            tmp = cache_root / f".tmp-{key}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            try:
+                _build(dataset, cfg, tmp, folds, workers, intensity_samples)
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def prepare(dataset, cfg, cache_root: Path, folds: int = 5, folds_seed: int = 12345,
+            workers: int = 2, intensity_samples: float = FOREGROUND_SAMPLES_TOTAL,
+            ) -> PreprocessedData:
+    """Fingerprint, plan, preprocess and split `dataset` once; later calls reuse the cache.
+
+    Folds come from `<dataset.root>/splits_final.json` when present (nnU-Net's custom splits),
+    else `make_folds(case ids, folds, folds_seed)`. `intensity_samples` is nnU-Net's 1e8
+    foreground-sample budget; lower it for quick runs (it is part of the cache key).
+    """
+    cache_root = Path(cache_root)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    key = cache_key(dataset, cfg, intensity_samples)
+    case_ids = tuple(sorted(c.case_id for c in dataset.cases))
+    custom = Path(dataset.root) / "splits_final.json"
+    split = read_splits(custom) if custom.is_file() else make_folds(case_ids, folds, folds_seed)
+    if not (cache_root / key).is_dir():
+        _build_once(dataset, cfg, cache_root, key, split, workers, intensity_samples)
+    root = cache_root / key
+    plan = Plan.from_json(json.loads((root / "plan.json").read_text()))
+    fp = Fingerprint.from_json(json.loads((root / "fingerprint.json").read_text()))
+    return PreprocessedData(root=root, key=key, plan=plan, fingerprint=fp, case_ids=case_ids,
+                            folds=split)
