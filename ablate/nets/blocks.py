@@ -1,4 +1,4 @@
-"""Building blocks of the three U-Nets: plain conv, post-activation residual, pre-activation residual.
+"""Blocks of the three U-Nets: plain conv, post-activation residual, pre-activation residual.
 
 Every op is nnU-Net's: Conv3d with bias and padding k // 2, InstanceNorm3d (affine, eps 1e-5),
 LeakyReLU(0.01). A *stage builder* turns (in_channels, out_channels, kernel, stride, units) into one
@@ -19,7 +19,9 @@ UnitBuilder = Callable[[int, int, Triple], nn.Module]
 LEAKY_SLOPE = 1e-2
 
 
-def conv3d(in_ch: int, out_ch: int, kernel: Triple, stride: Triple = (1, 1, 1), bias: bool = True) -> nn.Conv3d:
+def conv3d(
+    in_ch: int, out_ch: int, kernel: Triple, stride: Triple = (1, 1, 1), bias: bool = True
+) -> nn.Conv3d:
     padding = tuple(k // 2 for k in kernel)
     return nn.Conv3d(in_ch, out_ch, kernel, stride, padding, bias=bias)
 
@@ -32,11 +34,15 @@ def act() -> nn.LeakyReLU:
     return nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
 
 
-def conv_norm_act(in_ch: int, out_ch: int, kernel: Triple, stride: Triple = (1, 1, 1)) -> nn.Sequential:
+def conv_norm_act(
+    in_ch: int, out_ch: int, kernel: Triple, stride: Triple = (1, 1, 1)
+) -> nn.Sequential:
     return nn.Sequential(conv3d(in_ch, out_ch, kernel, stride), norm(out_ch), act())
 
 
-def norm_act_conv(in_ch: int, out_ch: int, kernel: Triple, stride: Triple = (1, 1, 1)) -> nn.Sequential:
+def norm_act_conv(
+    in_ch: int, out_ch: int, kernel: Triple, stride: Triple = (1, 1, 1)
+) -> nn.Sequential:
     """A pre-activation conv unit (used by the pre-act decoder)."""
     return nn.Sequential(norm(in_ch), act(), conv3d(in_ch, out_ch, kernel, stride))
 
@@ -46,7 +52,7 @@ def _is_strided(stride: Triple) -> bool:
 
 
 def _projection(in_ch: int, out_ch: int, stride: Triple, with_norm: bool) -> nn.Module:
-    """ResNet-D shortcut: AvgPool(stride) then 1x1x1 conv (no bias) [+ norm]; identity if shape kept."""
+    """ResNet-D shortcut: AvgPool(stride), 1x1x1 conv (no bias) [+ norm]; identity if shape kept."""
     ops: list[nn.Module] = []
     if _is_strided(stride):
         ops.append(nn.AvgPool3d(stride, stride))
@@ -58,7 +64,10 @@ def _projection(in_ch: int, out_ch: int, stride: Triple, with_norm: bool) -> nn.
 
 
 class ResidualBlock(nn.Module):
-    """Post-activation ResNet-D block (DNA's BasicBlockD): act(norm(conv(act(norm(conv(x))))) + skip(x))."""
+    """Post-activation ResNet-D block (DNA's BasicBlockD).
+
+    act(norm(conv(act(norm(conv(x))))) + skip(x)); conv1 carries the stride.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: Triple, stride: Triple = (1, 1, 1)):
         super().__init__()
@@ -104,7 +113,7 @@ class PreActResidualBlock(nn.Module):
         return self.conv2(self.act2(self.norm2(self.conv1(pre)))) + shortcut
 
     def zero_init_residual(self) -> None:
-        """There is no norm after the last conv, so zero that conv instead (reference nnunet.md 2.4)."""
+        """No norm follows the last conv, so zero that conv instead (reference nnunet.md 2.4)."""
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
 
@@ -123,7 +132,7 @@ preact_stage: StageBuilder = _stacked(PreActResidualBlock)
 
 
 def init_weights(net: nn.Module, generator: torch.Generator | None = None) -> None:
-    """nnU-Net's init: kaiming_normal_(a=1e-2) on (transposed) convs, bias 0; residual branches zeroed."""
+    """nnU-Net's init: kaiming_normal_(a=1e-2) on (transposed) convs, bias 0; residuals zeroed."""
     for module in net.modules():
         if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
             nn.init.kaiming_normal_(module.weight, a=LEAKY_SLOPE, generator=generator)

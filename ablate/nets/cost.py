@@ -25,7 +25,7 @@ def _conv_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torc
 
 
 def count_flops(net: nn.Module, patch_size: tuple[int, ...], in_channels: int) -> int:
-    """Forward FLOPs for one patch (batch 1) = 2 x multiply-accumulates of every Conv3d/ConvTranspose3d.
+    """Forward FLOPs for one patch (batch 1): 2 x multiply-accumulates of Conv3d/ConvTranspose3d.
 
     Measured with forward hooks on a copy of `net` moved to the meta device (no memory, no compute),
     so shapes are exact for any topology. Biases, norms, activations and pooling are not counted.

@@ -8,9 +8,10 @@ so checkpoints load with deep supervision on or off.
 Features: plan.features_per_stage, or with `cfg.base_features = b` the rule
 `min(b * 2**s, max(plan.features_per_stage))` (seed 004's 24/30 base with the plan's 320 cap).
 
-Encoder units per stage: "plain" 2 convs (nnU-Net); "residual"/"preact" take `cfg.blocks_per_stage`,
-default nnU-Net ResEnc's (1, 3, 4, 6, 6, 6, ...). A tuple shorter than the plan's stage count repeats
-its last entry, a longer one is cut, so (1, 2, 3, 4) gives seed 004's 1, 2, 3, 4, 4, ... at any depth.
+Encoder units per stage: "plain" 2 convs (nnU-Net); "residual"/"preact" take
+`cfg.blocks_per_stage`, default nnU-Net ResEnc's (1, 3, 4, 6, 6, 6, ...). A tuple shorter than
+the plan's stage count repeats its last entry, a longer one is cut, so (1, 2, 3, 4) gives
+seed 004's 1, 2, 3, 4, 4, ... at any depth.
 `blocks_per_stage` is ignored by "plain".
 """
 
@@ -63,7 +64,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         decoder_units=1,
         fixed_encoder_units=None,
         stem=blocks.conv_norm_act,
-        summary="nnU-Net ResEnc (ResidualEncoderUNet): BasicBlockD encoder, 1 conv per decoder stage",
+        summary="nnU-Net ResEnc: BasicBlockD encoder, 1 conv per decoder stage",
     ),
     "preact": ArchSpec(
         stage=blocks.preact_stage,
@@ -72,7 +73,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         fixed_encoder_units=None,
         stem=blocks.conv3d,
         pre_head=_norm_act,
-        summary="pre-activation residual encoder (seed 004), IN-LReLU-conv decoder, norm+act before heads",
+        summary="pre-act residual encoder (seed 004), IN-LReLU-conv decoder, norm+act before heads",
     ),
 }
 
@@ -96,16 +97,22 @@ class UNet(nn.Module):
         self.stem = spec.stem(in_channels, features[0], kernels[0]) if spec.stem else nn.Identity()
         channels = features[0] if spec.stem else in_channels
         self.encoder = nn.ModuleList()
-        for f, k, s, units in zip(features, kernels, strides, encoder_units):
+        for f, k, s, units in zip(features, kernels, strides, encoder_units, strict=True):
             self.encoder.append(spec.stage(channels, f, k, s, units))
             channels = f
-        self.decoder, self.upsamplers, self.heads = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        self.upsamplers = nn.ModuleList()
+        self.heads = nn.ModuleList()
         for s in reversed(range(len(features) - 1)):  # deepest skip first
             f, k = features[s], kernels[s]
-            units = [spec.decoder_unit(2 * f if i == 0 else f, f, k) for i in range(spec.decoder_units)]
+            units = [
+                spec.decoder_unit(2 * f if i == 0 else f, f, k) for i in range(spec.decoder_units)
+            ]
             self.decoder.append(nn.Sequential(*units))
             up_stride = strides[s + 1]
-            self.upsamplers.append(nn.ConvTranspose3d(features[s + 1], f, up_stride, up_stride, bias=True))
+            self.upsamplers.append(
+                nn.ConvTranspose3d(features[s + 1], f, up_stride, up_stride, bias=True)
+            )
             head = nn.Conv3d(f, num_classes, 1, bias=True)
             self.heads.append(nn.Sequential(spec.pre_head(f), head) if spec.pre_head else head)
 
@@ -117,9 +124,13 @@ class UNet(nn.Module):
             skips.append(x)
         outputs = []
         last = len(self.decoder) - 1
-        for i, (up, decode, head) in enumerate(zip(self.upsamplers, self.decoder, self.heads)):
+        for i, (up, decode, head) in enumerate(
+            zip(self.upsamplers, self.decoder, self.heads, strict=True)
+        ):
             x = up(x)  # (B, C_skip, Z_skip, Y_skip, X_skip)
-            x = decode(torch.cat((x, skips[-(i + 2)]), dim=1))  # (B, C_skip, Z_skip, Y_skip, X_skip)
+            x = decode(
+                torch.cat((x, skips[-(i + 2)]), dim=1)
+            )  # (B, C_skip, Z_skip, Y_skip, X_skip)
             if self.deep_supervision or i == last:
                 outputs.append(head(x))  # (B, K, Z_skip, Y_skip, X_skip)
         outputs.reverse()
@@ -147,21 +158,24 @@ def encoder_units(cfg: TrainConfig, spec: ArchSpec, n_stages: int) -> list[int]:
         return [spec.fixed_encoder_units] * n_stages
     wanted = tuple(cfg.blocks_per_stage or RESENC_BLOCKS)
     if not wanted or min(wanted) < 1:
-        raise ConfigError(f"train.blocks_per_stage: {wanted} needs positive block counts, e.g. [1, 3, 4, 6, 6, 6]")
+        raise ConfigError(
+            f"train.blocks_per_stage: {wanted} needs positive block counts, e.g. [1, 3, 4, 6, 6, 6]"
+        )
     return [wanted[min(s, len(wanted) - 1)] for s in range(n_stages)]
 
 
 def _check_plan(plan: Plan) -> None:
     n = plan.num_stages
     if n < 2 or len(plan.conv_kernel_sizes) != n or len(plan.pool_kernel_sizes) != n:
+        lengths = (n, len(plan.conv_kernel_sizes), len(plan.pool_kernel_sizes))
         raise ConfigError(
-            f"plan.json: features_per_stage ({n}), conv_kernel_sizes ({len(plan.conv_kernel_sizes)}) and "
-            f"pool_kernel_sizes ({len(plan.pool_kernel_sizes)}) need one equal length >= 2; re-run planning"
+            f"plan.json: features_per_stage, conv_kernel_sizes, pool_kernel_sizes have lengths "
+            f"{lengths}; they need one equal length >= 2; re-run planning"
         )
 
 
 def build_network(cfg: TrainConfig, plan: Plan, generator: torch.Generator | None = None) -> UNet:
-    """The network for `cfg.arch` on `plan`'s topology, nnU-Net-initialised (from `generator` if given).
+    """The network `cfg.arch` on `plan`'s topology, nnU-Net-initialised (from `generator` if given).
 
     `net.deep_supervision` starts as `cfg.deep_supervision != "none"`; training may toggle it.
     """
