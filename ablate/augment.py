@@ -23,7 +23,13 @@ MAX_ROTATION_DEG = 30.0
 SCALE_RANGE = (0.7, 1.4)
 
 
-def mirror(data: np.ndarray, seg: np.ndarray, rng: np.random.Generator, axes: Sequence[int] = (0, 1, 2), p: float = 0.5):
+def mirror(
+    data: np.ndarray,
+    seg: np.ndarray,
+    rng: np.random.Generator,
+    axes: Sequence[int] = (0, 1, 2),
+    p: float = 0.5,
+):
     flipped = tuple(a for a in axes if rng.uniform() < p)
     if not flipped:
         return data, seg, None
@@ -44,23 +50,30 @@ def _rotation_matrix(angles_rad: Sequence[float]) -> np.ndarray:
     return matrix
 
 
-def enlarged_patch_size(patch_size: Sequence[int], max_rotation_deg: float = MAX_ROTATION_DEG) -> tuple[int, ...]:
+def enlarged_patch_size(
+    patch_size: Sequence[int], max_rotation_deg: float = MAX_ROTATION_DEG
+) -> tuple[int, ...]:
     """nnU-Net's get_patch_size: the patch rotated by the maximum angle about each axis, / 0.85."""
     corner = np.asarray(patch_size, dtype=float)
     extent = corner.copy()
     angle = np.deg2rad(max_rotation_deg)
     for axis in range(3):
-        angles = [0.0, 0.0, 0.0]
-        angles[axis] = angle
-        extent = np.maximum(extent, np.abs(_rotation_matrix(angles) @ corner))
+        for signed in (angle, -angle):  # nnU-Net's matrices differ in sign per axis; cover both
+            angles = [0.0, 0.0, 0.0]
+            angles[axis] = signed
+            extent = np.maximum(extent, np.abs(_rotation_matrix(angles) @ corner))
     return tuple(int(e) for e in extent / 0.85)
 
 
 def spatial(
-    data: np.ndarray, seg: np.ndarray, rng: np.random.Generator, patch_size: Sequence[int],
-    p_rotation: float = 0.2, p_scaling: float = 0.2,
+    data: np.ndarray,
+    seg: np.ndarray,
+    rng: np.random.Generator,
+    patch_size: Sequence[int],
+    p_rotation: float = 0.2,
+    p_scaling: float = 0.2,
 ):
-    """Rotation (±30° per axis) and scaling (one factor, 0.7-1.4) about the centre, cropped to patch_size.
+    """Rotation (±30° per axis) and scaling (one factor, 0.7-1.4) about the centre.
 
     Always returns a centred `patch_size` crop of the (possibly larger) input sample.
     """
@@ -69,18 +82,28 @@ def spatial(
     scale = float(rng.uniform(*SCALE_RANGE)) if scale_it else 1.0
     in_centre = (np.asarray(seg.shape) - 1) / 2
     if not (rotate or scale_it):
-        start = [int(round(c - (p - 1) / 2)) for c, p in zip(in_centre, patch_size)]
-        crop = tuple(slice(s, s + p) for s, p in zip(start, patch_size))
+        start = [int(round(c - (p - 1) / 2)) for c, p in zip(in_centre, patch_size, strict=True)]
+        crop = tuple(slice(s, s + p) for s, p in zip(start, patch_size, strict=True))
         return data[(slice(None), *crop)], seg[crop], None
     out_centre = (np.asarray(patch_size) - 1) / 2
     grid = np.indices(patch_size, dtype=np.float64).reshape(3, -1) - out_centre[:, None]  # (3, N)
     coords = (_rotation_matrix(angles) * scale) @ grid + in_centre[:, None]
-    data_out = np.stack([
-        ndimage.map_coordinates(channel, coords, order=1, mode="constant", cval=0.0).reshape(patch_size)
-        for channel in data
-    ]).astype(np.float32)
-    seg_out = ndimage.map_coordinates(seg, coords, order=0, mode="constant", cval=0).reshape(patch_size)
-    return data_out, seg_out.astype(seg.dtype), {"angles_deg": np.rad2deg(angles).tolist(), "scale": scale}
+    data_out = np.stack(
+        [
+            ndimage.map_coordinates(channel, coords, order=1, mode="constant", cval=0.0).reshape(
+                patch_size
+            )
+            for channel in data
+        ]
+    ).astype(np.float32)
+    seg_out = ndimage.map_coordinates(seg, coords, order=0, mode="constant", cval=0).reshape(
+        patch_size
+    )
+    return (
+        data_out,
+        seg_out.astype(seg.dtype),
+        {"angles_deg": np.rad2deg(angles).tolist(), "scale": scale},
+    )
 
 
 def gaussian_noise(data, seg, rng: np.random.Generator, p: float = 0.1):
@@ -123,12 +146,14 @@ def contrast(data, seg, rng: np.random.Generator, p: float = 0.15):
 
 
 def _resize(volume: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
-    axes = [np.linspace(0, s - 1, n) for s, n in zip(volume.shape, shape)]
+    axes = [np.linspace(0, s - 1, n) for s, n in zip(volume.shape, shape, strict=True)]
     coords = np.stack(np.meshgrid(*axes, indexing="ij"))
     return ndimage.map_coordinates(volume, coords, order=order, mode="nearest")
 
 
-def low_resolution(data, seg, rng: np.random.Generator, p: float = 0.25, p_per_channel: float = 0.5):
+def low_resolution(
+    data, seg, rng: np.random.Generator, p: float = 0.25, p_per_channel: float = 0.5
+):
     """Downsample (nearest) by a zoom in (0.5, 1), same for all axes, and upsample back (linear)."""
     if rng.uniform() >= p:
         return data, seg, None
@@ -164,15 +189,24 @@ def gamma(data, seg, rng: np.random.Generator, p: float = 0.3, invert: bool = Fa
     return out, seg, {"gamma": gammas, "invert": invert}
 
 
-def augment_sample(data: np.ndarray, seg: np.ndarray, rng: np.random.Generator, mode: str,
-                   patch_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[tuple[str, Params]]]:
-    """Apply the `mode` pipeline ("nnunet" | "mirror" | "none"); returns the applied transforms' params."""
+def augment_sample(
+    data: np.ndarray,
+    seg: np.ndarray,
+    rng: np.random.Generator,
+    mode: str,
+    patch_size: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, Params]]]:
+    """Apply the `mode` pipeline (nnunet | mirror | none); returns each transform's params."""
     if mode not in AUGMENTATIONS:
-        raise ConfigError(f"train.augmentation: unknown {mode!r}; valid: {', '.join(AUGMENTATIONS)}")
+        raise ConfigError(
+            f"train.augmentation: unknown {mode!r}; valid: {', '.join(AUGMENTATIONS)}"
+        )
     record: list[tuple[str, Params]] = []
     data, seg, params = mirror(data, seg, rng) if mode != "none" else (data, seg, None)
     record.append(("mirror", params))
-    data, seg, params = spatial(data, seg, rng, patch_size, *((0.2, 0.2) if mode == "nnunet" else (0.0, 0.0)))
+    data, seg, params = spatial(
+        data, seg, rng, patch_size, *((0.2, 0.2) if mode == "nnunet" else (0.0, 0.0))
+    )
     record.append(("spatial", params))
     if mode == "nnunet":
         for name, transform in INTENSITY:
@@ -194,5 +228,5 @@ AUGMENTATIONS = ("nnunet", "mirror", "none")
 
 
 def sample_size_for(mode: str, patch_size: Sequence[int]) -> tuple[int, ...]:
-    """The size to crop before augmenting: enlarged for nnU-Net's rotation/scaling, else the patch."""
+    """The size to crop before augmenting: enlarged for rotation/scaling, else the patch."""
     return enlarged_patch_size(patch_size) if mode == "nnunet" else tuple(patch_size)

@@ -1,4 +1,4 @@
-"""Segmentation losses (nnU-Net's, seed 000's Dice+TopK, seed 001's CE->Dice schedule) and deep supervision.
+"""Segmentation losses (nnU-Net's, seed 000's Dice+TopK, seed 001's CE->Dice) and deep supervision.
 
 Every loss is called as ``loss(logits, target, progress)``: logits (B, K, Z, Y, X), target
 (B, 1, Z, Y, X) long with values in [0, K), progress in [0, 1] the fraction of training done.
@@ -19,11 +19,15 @@ from ablate.errors import ConfigError
 
 
 class Loss(Protocol):
-    def __call__(self, logits: torch.Tensor, target: torch.Tensor, progress: float) -> torch.Tensor: ...
+    def __call__(
+        self, logits: torch.Tensor, target: torch.Tensor, progress: float
+    ) -> torch.Tensor: ...
 
 
-def soft_dice(logits: torch.Tensor, target: torch.Tensor, batch_dice: bool, smooth: float = 1e-5) -> torch.Tensor:
-    """nnU-Net's MemoryEfficientSoftDiceLoss: softmax, no background, mean over classes; returns -dice."""
+def soft_dice(
+    logits: torch.Tensor, target: torch.Tensor, batch_dice: bool, smooth: float = 1e-5
+) -> torch.Tensor:
+    """nnU-Net's MemoryEfficientSoftDiceLoss: softmax, no background, class mean; returns -dice."""
     probs = torch.softmax(logits.float(), dim=1)[:, 1:]  # (B, K-1, Z, Y, X)
     spatial = tuple(range(2, logits.ndim))
     with torch.no_grad():
@@ -41,9 +45,13 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), target[:, 0].long())
 
 
-def topk_cross_entropy(logits: torch.Tensor, target: torch.Tensor, percent: float = 10.0) -> torch.Tensor:
+def topk_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, percent: float = 10.0
+) -> torch.Tensor:
     """nnU-Net's TopKLoss: mean CE over the `percent` % highest-loss voxels of the whole batch."""
-    per_voxel = F.cross_entropy(logits.float(), target[:, 0].long(), reduction="none")  # (B, Z, Y, X)
+    per_voxel = F.cross_entropy(
+        logits.float(), target[:, 0].long(), reduction="none"
+    )  # (B, Z, Y, X)
     k = max(1, int(per_voxel.numel() * percent / 100))
     top, _ = torch.topk(per_voxel.reshape(-1), k, sorted=False)
     return top.mean()
@@ -146,14 +154,18 @@ def deep_supervision_loss(loss: Loss, mode: str) -> Callable[..., torch.Tensor]:
     The target is downsampled to each output's shape; zero-weight outputs are skipped.
     """
 
-    def wrapped(outputs: torch.Tensor | list[torch.Tensor], target: torch.Tensor, progress: float) -> torch.Tensor:
+    def wrapped(
+        outputs: torch.Tensor | list[torch.Tensor], target: torch.Tensor, progress: float
+    ) -> torch.Tensor:
         if isinstance(outputs, torch.Tensor):
             return loss(outputs, target, progress)
         weights = deep_supervision_weights(mode, len(outputs))
         total = outputs[0].new_zeros((), dtype=torch.float32)
-        for weight, out in zip(weights, outputs):
+        for weight, out in zip(weights, outputs, strict=True):
             if weight:
-                total = total + weight * loss(out, downsample_target(target, tuple(out.shape[2:])), progress)
+                total = total + weight * loss(
+                    out, downsample_target(target, tuple(out.shape[2:])), progress
+                )
         return total
 
     return wrapped

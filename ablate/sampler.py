@@ -51,25 +51,28 @@ def choose_patch_start(
     Otherwise the start is uniform over the valid range. When the image is smaller than the patch,
     the valid range centres it (padding split as nnU-Net does).
     """
-    need_pad = [max(p - s, 0) for s, p in zip(shape, patch_size)]
+    need_pad = [max(p - s, 0) for s, p in zip(shape, patch_size, strict=True)]
     low = [-n // 2 for n in need_pad]
-    high = [s + n // 2 + n % 2 - p for s, n, p in zip(shape, need_pad, patch_size)]
+    high = [s + n // 2 + n % 2 - p for s, n, p in zip(shape, need_pad, patch_size, strict=True)]
     classes = sorted(c for c, v in (locations or {}).items() if c > 0 and len(v) > 0)
     if not classes:
-        return tuple(int(rng.integers(lo, hi + 1)) for lo, hi in zip(low, high))
+        return tuple(int(rng.integers(lo, hi + 1)) for lo, hi in zip(low, high, strict=True))
     voxels = locations[classes[int(rng.integers(len(classes)))]]
     voxel = voxels[int(rng.integers(len(voxels)))]
     return tuple(
-        int(np.clip(v - p // 2, lo, hi)) for v, p, lo, hi in zip(voxel, patch_size, low, high)
+        int(np.clip(v - p // 2, lo, hi))
+        for v, p, lo, hi in zip(voxel, patch_size, low, high, strict=True)
     )
 
 
-def crop_padded(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: float) -> np.ndarray:
+def crop_padded(
+    array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: float
+) -> np.ndarray:
     """Crop the last len(start) axes at [start, start + size), padding outside with `fill`."""
     lead = array.shape[: array.ndim - len(start)]
     out = np.full((*lead, *size), fill, dtype=array.dtype)
     src, dst = [], []
-    for s, n, dim in zip(start, size, array.shape[len(lead):]):
+    for s, n, dim in zip(start, size, array.shape[len(lead) :], strict=True):
         lo, hi = max(s, 0), min(s + n, dim)
         src.append(slice(lo, max(hi, lo)))
         dst.append(slice(lo - s, lo - s + max(hi - lo, 0)))
@@ -78,7 +81,11 @@ def crop_padded(array: np.ndarray, start: Sequence[int], size: Sequence[int], fi
 
 
 def sample_patch(
-    source: CaseSource, case_id: str, patch_size: Sequence[int], force_fg: bool, rng: np.random.Generator
+    source: CaseSource,
+    case_id: str,
+    patch_size: Sequence[int],
+    force_fg: bool,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One (data (C, *patch), seg (*patch)) pair; data padded with 0, seg with -1, then -1 -> 0."""
     data, seg, _ = source.load_case(case_id)
@@ -99,14 +106,16 @@ def sample_batch(
     rng: np.random.Generator,
     augment: Augment | None = None,
 ) -> Batch:
-    """Cases drawn uniformly with replacement; positions >= round(bs * (1 - p)) forced to foreground.
+    """Cases drawn uniformly with replacement; positions >= round(bs * (1 - p)) forced to fg.
 
     `sample_size` may exceed the final patch size when `augment` crops (nnU-Net's enlarged patch).
     """
     datas, segs = [], []
     for i in range(batch_size):
         case_id = case_ids[int(rng.integers(len(case_ids)))]
-        data, seg = sample_patch(source, case_id, sample_size, is_forced_foreground(i, batch_size, oversample), rng)
+        data, seg = sample_patch(
+            source, case_id, sample_size, is_forced_foreground(i, batch_size, oversample), rng
+        )
         if augment is not None:
             data, seg = augment(data, seg, rng)
         datas.append(data)
@@ -114,7 +123,9 @@ def sample_batch(
     return np.stack(datas).astype(np.float32, copy=False), np.stack(segs)
 
 
-def iterate_batches(make_batch: Callable[[int], Batch], count: int, workers: int, prefetch: int = 2) -> Iterator[Batch]:
+def iterate_batches(
+    make_batch: Callable[[int], Batch], count: int, workers: int, prefetch: int = 2
+) -> Iterator[Batch]:
     """Yield make_batch(0..count-1) in order; with workers > 0, computed ahead in threads.
 
     At most workers * prefetch batches are in flight (a bounded queue), so memory stays flat.

@@ -1,0 +1,354 @@
+"""Training: nnU-Net's loop (SGD, poly LR, grad clip 12, AMP on CUDA), resumable bit-for-bit on CPU.
+
+Randomness: the network initialisation uses torch's global generator inside `torch.random.fork_rng`
+seeded from the job's seed (the caller's state is restored afterwards); every batch is drawn from a
+numpy Generator seeded by (seed, epoch, split, batch index), so a resumed run sees the same batches.
+Checkpoints (`checkpoint_latest.pt` every epoch, `checkpoint_final.pt` at the end) are written
+atomically and load with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ablate.augment import augment_sample, sample_size_for
+from ablate.config import TrainConfig
+from ablate.device import peak_memory_mb, reset_peak_memory, select_device, synchronize
+from ablate.errors import ConfigError, DataError
+from ablate.losses import build_loss, deep_supervision_loss
+from ablate.plan import Plan
+from ablate.sampler import batch_rng, iterate_batches, sample_batch
+
+LATEST, FINAL = "checkpoint_latest.pt", "checkpoint_final.pt"
+TRAIN_SPLIT, VAL_SPLIT = 0, 1
+RESUME_IGNORED_FIELDS = ("device", "data_workers")  # may differ between a run and its resume
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint: Path  # checkpoint_final.pt
+    epochs: int
+    seconds: float
+    seconds_per_epoch: float
+    peak_memory_mb: dict[str, float]
+    parameters: int
+    flops: int
+    history: list[
+        dict[str, float]
+    ]  # per epoch: train_loss, val_loss, pseudo_dice, lr, epoch_seconds
+
+
+def train(
+    cfg: TrainConfig,
+    data: Any,  # PreprocessedData
+    fold: int,
+    seed: int,
+    out_dir: Path,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train one fold; resumes from out_dir/checkpoint_latest.pt when present."""
+    from ablate.nets import build_network  # lazy: nets is a sibling stage
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = select_device(cfg.device)
+    plan, split = data.plan, _fold_split(data, fold)
+    batch_size = cfg.batch_size or plan.batch_size
+    cuda_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        net = build_network(cfg, plan).to(device)
+        parameters, flops = _count(net, plan)
+        if hasattr(net, "deep_supervision"):
+            net.deep_supervision = cfg.deep_supervision != "none"
+        optimizer = torch.optim.SGD(
+            net.parameters(),
+            lr=cfg.initial_lr,
+            momentum=cfg.momentum,
+            nesterov=True,
+            weight_decay=cfg.weight_decay,
+        )
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+        start_epoch, history = _resume(out_dir / LATEST, cfg, net, optimizer, scaler, device)
+        loss_fn = deep_supervision_loss(
+            build_loss(cfg.loss, _batch_dice(plan)), cfg.deep_supervision
+        )
+        loaders = _Loaders(cfg, data, split, batch_size, seed)
+        reset_peak_memory(device)
+        for epoch in range(start_epoch, cfg.epochs):
+            metrics = _run_epoch(epoch, cfg, net, optimizer, scaler, loss_fn, loaders, device)
+            history.append(metrics)
+            state = (net, optimizer, scaler, epoch + 1, cfg, plan, history, seed, fold)
+            _save_checkpoint(out_dir / LATEST, *state)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, dict(metrics))
+        final = out_dir / FINAL
+        _save_checkpoint(final, net, optimizer, scaler, cfg.epochs, cfg, plan, history, seed, fold)
+    seconds = float(sum(h["epoch_seconds"] for h in history))
+    return TrainResult(
+        checkpoint=final,
+        epochs=cfg.epochs,
+        seconds=seconds,
+        seconds_per_epoch=seconds / max(len(history), 1),
+        peak_memory_mb=peak_memory_mb(device),
+        parameters=parameters,
+        flops=flops,
+        history=history,
+    )
+
+
+def poly_lr(initial_lr: float, epoch: int, schedule_epochs: int, exponent: float = 0.9) -> float:
+    """nnU-Net's PolyLRScheduler, stepped per epoch; 0 past the end of the schedule."""
+    return initial_lr * max(0.0, 1 - epoch / schedule_epochs) ** exponent
+
+
+def _run_epoch(epoch: int, cfg: TrainConfig, net, optimizer, scaler, loss_fn, loaders, device):
+    """One epoch of training then validation; returns the epoch's metrics."""
+    began = time.perf_counter()
+    lr = poly_lr(cfg.initial_lr, epoch, cfg.lr_schedule_epochs or cfg.epochs)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    progress = epoch / cfg.epochs  # the loss schedule's fraction of training done
+    net.train()
+    losses = [
+        _train_step(net, optimizer, scaler, loss_fn, batch, progress, cfg.grad_clip, device)
+        for batch in loaders.train(epoch)
+    ]
+    num_classes = loaders.data.plan.num_classes
+    val_loss, dice = _validate(net, loss_fn, loaders.val(epoch), progress, num_classes, device)
+    synchronize(device)
+    return {
+        "train_loss": float(np.mean(losses)),
+        "val_loss": val_loss,
+        "pseudo_dice": dice,
+        "lr": lr,
+        "epoch_seconds": time.perf_counter() - began,
+    }
+
+
+def _train_step(
+    net, optimizer, scaler, loss_fn, batch, progress: float, grad_clip: float, device
+) -> float:
+    data, target = _to_device(batch, device)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, enabled=device.type == "cuda"):
+        outputs = net(data)  # list of (B, K, Z, Y, X), full resolution first, or one tensor
+        loss = loss_fn(outputs, target, progress)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach().cpu())
+
+
+@torch.no_grad()
+def _validate(
+    net, loss_fn, batches, progress: float, num_classes: int, device
+) -> tuple[float, float]:
+    """Mean loss and pseudo Dice (TP/FP/FN summed over all patches per class, then mean)."""
+    net.eval()
+    losses, counts = [], torch.zeros(3, num_classes - 1, dtype=torch.float64)
+    for batch in batches:
+        data, target = _to_device(batch, device)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            outputs = net(data)
+            losses.append(float(loss_fn(outputs, target, progress).cpu()))
+        logits = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+        counts += confusion_counts(logits.argmax(1), target[:, 0], num_classes).cpu()
+    if not losses:
+        return math.nan, math.nan
+    return float(np.mean(losses)), pseudo_dice(counts)
+
+
+def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(3, K-1) rows TP, FP, FN per foreground class of label maps pred and target (same shape)."""
+    rows = []
+    for c in range(1, num_classes):
+        p, t = pred == c, target == c
+        rows.append(torch.stack([(p & t).sum(), (p & ~t).sum(), (~p & t).sum()]))
+    return torch.stack(rows, dim=1).double()
+
+
+def pseudo_dice(counts: torch.Tensor) -> float:
+    """Mean over classes of 2TP / (2TP + FP + FN); classes absent from pred and ref are skipped."""
+    tp, fp, fn = counts
+    denominator = 2 * tp + fp + fn
+    dice = (2 * tp / denominator)[denominator > 0]
+    return float(dice.mean()) if dice.numel() else math.nan
+
+
+def _to_device(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
+    data, seg = batch
+    pin = device.type == "cuda"
+    data_t = torch.from_numpy(data)  # (B, C, Z, Y, X)
+    seg_t = torch.from_numpy(seg.astype(np.int64))  # (B, 1, Z, Y, X)
+    if pin:
+        data_t, seg_t = data_t.pin_memory(), seg_t.pin_memory()
+    return data_t.to(device, non_blocking=pin), seg_t.to(device, non_blocking=pin)
+
+
+class _Loaders:
+    """Train batches augmented per cfg.augmentation; validation batches plain, same sampling."""
+
+    def __init__(self, cfg: TrainConfig, data, split, batch_size: int, seed: int):
+        self.cfg, self.data, self.split, self.batch_size, self.seed = (
+            cfg,
+            data,
+            split,
+            batch_size,
+            seed,
+        )
+        self.patch_size = tuple(data.plan.patch_size)
+
+    def train(self, epoch: int):
+        mode, patch = self.cfg.augmentation, self.patch_size
+
+        def augment(d, s, rng):
+            return augment_sample(d, s, rng, mode, patch)[:2]
+
+        return self._batches(
+            self.split.train,
+            epoch,
+            TRAIN_SPLIT,
+            self.cfg.iterations_per_epoch,
+            sample_size_for(mode, patch),
+            augment,
+        )
+
+    def val(self, epoch: int):
+        if not self.split.val:
+            return iter(())
+        return self._batches(
+            self.split.val, epoch, VAL_SPLIT, self.cfg.val_iterations, self.patch_size, None
+        )
+
+    def _batches(self, case_ids: Sequence[str], epoch: int, split: int, count: int, size, augment):
+        def make(i: int):
+            rng = batch_rng(self.seed, epoch, split, i)
+            return sample_batch(
+                self.data,
+                case_ids,
+                self.batch_size,
+                size,
+                self.cfg.oversample_foreground,
+                rng,
+                augment,
+            )
+
+        return iterate_batches(make, count, self.cfg.data_workers)
+
+
+def _fold_split(data, fold: int):
+    if not 0 <= fold < len(data.folds):
+        raise ConfigError(
+            f"fold: {fold} is out of range; the preprocessed data has {len(data.folds)} folds"
+        )
+    split = data.folds[fold]
+    if not split.train:
+        raise DataError(
+            f"fold {fold}: no training cases; check the dataset and the number of folds"
+        )
+    return split
+
+
+def _batch_dice(plan: Plan) -> bool:
+    """nnU-Net: batch Dice for 3d_fullres only when a cascade (lowres) configuration exists."""
+    return bool(getattr(plan, "batch_dice", plan.cascade_recommended))
+
+
+def _count(net: nn.Module, plan: Plan) -> tuple[int, int]:
+    import ablate.nets as nets
+
+    count_parameters = getattr(nets, "count_parameters", None)
+    count_flops = getattr(nets, "count_flops", None)
+    parameters = (
+        count_parameters(net) if count_parameters else sum(p.numel() for p in net.parameters())
+    )
+    flops = count_flops(net, plan.patch_size, plan.num_input_channels) if count_flops else 0
+    return int(parameters), int(flops)
+
+
+def _rng_state(device: torch.device, seed: int) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "batch_seed": seed}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _save_checkpoint(
+    path: Path,
+    net,
+    optimizer,
+    scaler,
+    epoch: int,
+    cfg: TrainConfig,
+    plan: Plan,
+    history: list[dict[str, float]],
+    seed: int,
+    fold: int,
+) -> None:
+    device = next(net.parameters()).device
+    checkpoint = {
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "config": cfg.model_dump_json(),
+        "plan": json.dumps(plan.to_json()),
+        "history": history,
+        "rng": _rng_state(device, seed),
+        "seed": seed,
+        "fold": fold,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+
+
+def _resume(
+    path: Path, cfg: TrainConfig, net, optimizer, scaler, device
+) -> tuple[int, list[dict[str, float]]]:
+    """Restore state from `path` if present; returns (first epoch to run, history so far)."""
+    if not path.exists():
+        return 0, []
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    saved = TrainConfig.model_validate_json(checkpoint["config"]).model_dump(
+        exclude=set(RESUME_IGNORED_FIELDS)
+    )
+    if saved != cfg.model_dump(exclude=set(RESUME_IGNORED_FIELDS)):
+        raise ConfigError(
+            f"{path}: was written with a different training config; delete it or use a new out_dir"
+        )
+    net.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
+    if device.type == "cuda" and "cuda" in checkpoint["rng"]:
+        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"].cpu(), device)
+    return int(checkpoint["epoch"]), list(checkpoint["history"])
+
+
+def load_model(checkpoint: Path, device) -> tuple[nn.Module, TrainConfig, Plan]:
+    """The trained network in eval mode with deep supervision off, its TrainConfig and Plan."""
+    from ablate.nets import build_network
+
+    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    cfg = TrainConfig.model_validate_json(state["config"])
+    plan = Plan.from_json(json.loads(state["plan"]))
+    net = build_network(cfg, plan)
+    net.load_state_dict(state["model"])
+    if hasattr(net, "deep_supervision"):
+        net.deep_supervision = False
+    return net.to(device).eval(), cfg, plan

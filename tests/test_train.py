@@ -1,0 +1,175 @@
+import sys
+import types
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import ablate
+from ablate.config import TrainConfig
+from ablate.plan import ChannelNormalization, Plan
+from ablate.train import confusion_counts, load_model, poly_lr, pseudo_dice, train
+
+PATCH = (4, 6, 8)
+
+
+class TinyNet(nn.Module):
+    """Stand-in for ablate.nets: full-resolution and half-resolution logits."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.deep_supervision = True
+        self.full = nn.Conv3d(in_channels, num_classes, 3, padding=1)
+        self.coarse = nn.Conv3d(in_channels, num_classes, 1)
+
+    def forward(self, x):
+        full = self.full(x)  # (B, K, Z, Y, X)
+        if not self.deep_supervision:
+            return full
+        return [full, self.coarse(nn.functional.avg_pool3d(x, 2))]  # (B, K, Z/2, Y/2, X/2)
+
+
+@pytest.fixture
+def tiny_nets(monkeypatch):
+    module = types.ModuleType("ablate.nets")
+    module.build_network = lambda cfg, plan: TinyNet(plan.num_input_channels, plan.num_classes)
+    module.count_parameters = lambda net: sum(p.numel() for p in net.parameters())
+    monkeypatch.setitem(sys.modules, "ablate.nets", module)
+    monkeypatch.setattr(ablate, "nets", module, raising=False)
+
+
+@dataclass(frozen=True)
+class Fold:
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+
+
+class TinyData:
+    """Stand-in for PreprocessedData: two random (1, 6, 8, 10) cases with labels 1 and 2."""
+
+    def __init__(self):
+        self.plan = Plan(
+            target_spacing_mm=(2.0, 1.0, 1.0),
+            patch_size=PATCH,
+            batch_size=2,
+            pool_kernel_sizes=[(1, 1, 1), (2, 2, 2)],
+            conv_kernel_sizes=[(3, 3, 3)] * 2,
+            features_per_stage=[4, 8],
+            num_input_channels=1,
+            num_classes=3,
+            normalization=[ChannelNormalization("zscore")],
+            median_shape=(6, 8, 10),
+            anisotropic=False,
+        )
+        self.case_ids = ("a", "b")
+        self.folds = [Fold(("a", "b"), ("b",))]
+        rng = np.random.default_rng(0)
+        self.cases = {}
+        for case_id in self.case_ids:
+            seg = np.zeros((6, 8, 10), dtype=np.int8)
+            seg[1:4, 2:6, 3:7] = 1
+            seg[2, 3, 4:6] = 2
+            seg[0, 0, 0] = -1
+            data = (seg[None] + rng.normal(0, 0.5, (1, 6, 8, 10))).astype(np.float32)
+            self.cases[case_id] = (data, seg)
+
+    def load_case(self, case_id):
+        return (*self.cases[case_id], None)
+
+    def class_locations(self, case_id):
+        seg = self.cases[case_id][1]
+        return {c: np.argwhere(seg == c) for c in (1, 2)}
+
+
+def _cfg(**kwargs):
+    defaults = dict(
+        epochs=2,
+        iterations_per_epoch=2,
+        val_iterations=1,
+        data_workers=0,
+        device="cpu",
+        augmentation="mirror",
+    )
+    return TrainConfig(**{**defaults, **kwargs})
+
+
+def test_poly_lr():
+    assert poly_lr(0.01, 0, 10) == 0.01
+    assert poly_lr(0.01, 5, 10) == pytest.approx(0.01 * 0.5**0.9)
+    assert poly_lr(0.01, 12, 10) == 0.0
+
+
+def test_pseudo_dice_pools_counts_over_patches():
+    pred = torch.tensor([[1, 1, 0, 2]])
+    ref = torch.tensor([[1, 0, 0, 0]])
+    counts = confusion_counts(pred, ref, 3) + confusion_counts(ref, ref, 3)
+    # class 1: TP 2, FP 1, FN 0 -> 4/5; class 2: TP 0, FP 1 -> 0
+    assert counts[:, 0].tolist() == [2, 1, 0]
+    assert pseudo_dice(counts) == pytest.approx((0.8 + 0.0) / 2)
+
+
+def test_tiny_training_writes_loadable_checkpoints(tiny_nets, tmp_path):
+    seen = []
+    result = train(
+        _cfg(augmentation="nnunet"),
+        TinyData(),
+        0,
+        1,
+        tmp_path,
+        on_epoch_end=lambda e, m: seen.append((e, m)),
+    )
+    assert [e for e, _ in seen] == [0, 1]
+    assert result.checkpoint == tmp_path / "checkpoint_final.pt" and result.checkpoint.exists()
+    assert (tmp_path / "checkpoint_latest.pt").exists()
+    assert len(result.history) == 2 and set(result.history[0]) == {
+        "train_loss",
+        "val_loss",
+        "pseudo_dice",
+        "lr",
+        "epoch_seconds",
+    }
+    assert result.history[1]["lr"] == pytest.approx(0.01 * 0.5**0.9)
+    assert result.parameters == sum(p.numel() for p in TinyNet(1, 3).parameters())
+    assert result.seconds_per_epoch > 0 and result.peak_memory_mb
+    state = torch.load(result.checkpoint, weights_only=True)
+    assert state["epoch"] == 2 and TrainConfig.model_validate_json(state["config"]).epochs == 2
+    net, cfg, plan = load_model(result.checkpoint, torch.device("cpu"))
+    assert not net.training and not net.deep_supervision and plan.patch_size == PATCH
+    assert net(torch.zeros(1, 1, *PATCH)).shape == (1, 3, *PATCH)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_after_first_epoch(epoch, metrics):
+    if epoch == 0:
+        raise Interrupt
+
+
+def test_interrupted_and_resumed_training_matches_uninterrupted(tiny_nets, tmp_path):
+    data = TinyData()
+    whole = train(_cfg(epochs=3), data, 0, 5, tmp_path / "whole")
+    with pytest.raises(Interrupt):
+        train(
+            _cfg(epochs=3, data_workers=2),
+            data,
+            0,
+            5,
+            tmp_path / "split",
+            _interrupt_after_first_epoch,
+        )
+    assert not (tmp_path / "split" / "checkpoint_final.pt").exists()
+    resumed = train(_cfg(epochs=3), data, 0, 5, tmp_path / "split")
+    a = torch.load(whole.checkpoint, weights_only=True)["model"]
+    b = torch.load(resumed.checkpoint, weights_only=True)["model"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert [h["train_loss"] for h in whole.history] == [h["train_loss"] for h in resumed.history]
+    other_seed = train(_cfg(epochs=1), data, 0, 6, tmp_path / "other")
+    assert not torch.equal(
+        torch.load(other_seed.checkpoint, weights_only=True)["model"]["full.weight"],
+        a["full.weight"],
+    )
