@@ -80,12 +80,13 @@ def window_starts(size: int, patch: int, step: float = 0.5) -> list[int]:
 def _pad_to_patch(data: torch.Tensor, patch_size: Sequence[int]):
     """Pad (C, Z, Y, X) with zeros, centred as nnU-Net's pad_nd_image; returns data and the crop."""
     pads, crop = [], []
-    for size, patch in zip(data.shape[1:], patch_size):
+    for size, patch in zip(data.shape[1:], patch_size, strict=True):
         total = max(patch - size, 0)
         before = total // 2
         pads.append((before, total - before))
         crop.append(slice(before, before + size))
-    flat = [p for before_after in reversed(pads) for p in before_after]  # F.pad wants last axis first
+    # F.pad takes (before, after) pairs starting from the last axis
+    flat = [p for before_after in reversed(pads) for p in before_after]
     return torch.nn.functional.pad(data, flat), tuple(crop)
 
 
@@ -139,9 +140,9 @@ def sliding_window_logits(
     x = torch.as_tensor(data, dtype=torch.float32).to(device)  # (C, Z, Y, X)
     x, crop = _pad_to_patch(x, patch_size)
     weights = torch.from_numpy(gaussian_importance(patch_size)).to(device)  # (pz, py, px)
-    starts = [window_starts(s, p, step) for s, p in zip(x.shape[1:], patch_size)]
+    starts = [window_starts(s, p, step) for s, p in zip(x.shape[1:], patch_size, strict=True)]
     slicers = [
-        tuple(slice(s, s + p) for s, p in zip(corner, patch_size))
+        tuple(slice(s, s + p) for s, p in zip(corner, patch_size, strict=True))
         for corner in itertools.product(*starts)
     ]
     logits = None
@@ -154,8 +155,9 @@ def sliding_window_logits(
                 out = _forward_tta(model, batch, tta_axes)  # (B, K, pz, py, px)
             if logits is None:
                 logits = torch.zeros((out.shape[1], *x.shape[1:]), device=device)  # (K, Z, Y, X)
-            for window, s in zip(out, batch_slicers):
-                logits[(slice(None), *s)] += window * weights
+            out *= weights  # (B, K, pz, py, px)
+            for window, s in zip(out, batch_slicers, strict=True):
+                logits[(slice(None), *s)] += window
                 weight_sum[s] += weights
         logits /= weight_sum
     return logits[(slice(None), *crop)]

@@ -1,0 +1,180 @@
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+from torch import nn
+
+from ablate.config import InferConfig
+from ablate.errors import ConfigError
+from ablate.imageio import Geometry, read_image
+from ablate.infer import (
+    gaussian_importance,
+    mirror_combinations,
+    predict_case,
+    predict_probabilities,
+    sliding_window_logits,
+    window_starts,
+)
+from ablate.plan import ChannelNormalization, Plan
+
+CPU = torch.device("cpu")
+PATCH = (4, 6, 8)  # (z, y, x), non-cubic
+
+
+class CoordinateEcho(nn.Module):
+    """Returns its input as logits; with deep supervision on it would return a list."""
+
+    def __init__(self):
+        super().__init__()
+        self.deep_supervision = True
+        self.calls, self.samples = 0, 0
+
+    def forward(self, x):  # (B, C, Z, Y, X)
+        self.calls += 1
+        self.samples += x.shape[0]
+        return [x, x[:, :, ::2, ::2, ::2]] if self.deep_supervision else x
+
+
+def coordinate_map(shape) -> np.ndarray:
+    return np.stack(np.indices(shape)).astype(np.float32)  # (3, Z, Y, X)
+
+
+def nnunet_steps(size, patch, step):  # nnunetv2 compute_steps_for_sliding_window, one axis
+    num = int(np.ceil((size - patch) / (patch * step))) + 1
+    actual = (size - patch) / (num - 1) if num > 1 else 99999999999
+    return [int(np.round(actual * i)) for i in range(num)]
+
+
+def test_mirror_combinations_order_and_prefixes():
+    assert mirror_combinations((0, 1, 2), 8) == [
+        (), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)
+    ]
+    assert mirror_combinations((0, 1, 2), 2) == [(), (0,)]
+    assert mirror_combinations((1, 2), 4) == [(), (1,), (2,), (1, 2)]
+    assert mirror_combinations((), 1) == [()]
+
+
+def test_mirror_combinations_rejects_too_many():
+    with pytest.raises(ConfigError, match="infer.tta: 8 .*give 4"):
+        mirror_combinations((0, 1), 8)
+    with pytest.raises(ConfigError, match="mirror_axes"):
+        mirror_combinations((0, 3), 2)
+
+
+def test_window_starts_matches_nnunet_formula():
+    assert window_starts(10, 4) == [0, 2, 4, 6]
+    assert window_starts(11, 4) == [0, 2, 4, 5, 7]  # 5 windows, stride 1.75
+    assert window_starts(4, 4) == [0]
+    for size in range(8, 40):
+        for step in (0.5, 0.33, 1.0):
+            assert window_starts(size, 8, step) == nnunet_steps(size, 8, step)
+            assert window_starts(size, 8, step)[-1] == size - 8
+
+
+def test_gaussian_importance_is_nnunets_normalised():
+    g = gaussian_importance(PATCH)
+    delta = np.zeros(PATCH)
+    delta[2, 3, 4] = 1
+    ref = gaussian_filter(delta, [p / 8 for p in PATCH], 0, mode="constant", cval=0)
+    ref /= ref.max()
+    ref[ref == 0] = ref[ref != 0].min()
+    np.testing.assert_allclose(g, ref, rtol=1e-6)
+    assert g.dtype == np.float32 and g.max() == 1.0 and g[2, 3, 4] == 1.0 and g.min() > 0
+
+
+@pytest.mark.parametrize("shape", [(9, 13, 20), (4, 6, 8), (3, 5, 11)])  # larger, equal, smaller
+def test_sliding_window_reconstructs_position(shape):
+    data = coordinate_map(shape)
+    model = CoordinateEcho()
+    out = sliding_window_logits(model, data, PATCH, 0.5, [()], 2, CPU)
+    assert out.shape == (3, *shape)
+    np.testing.assert_allclose(out.numpy(), data, atol=1e-5)
+    assert model.deep_supervision is True and model.training  # restored afterwards
+
+
+def test_mirror_tta_flips_back():
+    data = coordinate_map((9, 13, 20))
+    combos = mirror_combinations((0, 1, 2), 8)
+    out = sliding_window_logits(CoordinateEcho(), data, PATCH, 0.5, combos, 2, CPU)
+    np.testing.assert_allclose(out.numpy(), data, atol=1e-5)
+
+
+def test_tta_changes_nothing_for_a_pointwise_model():
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Conv3d(2, 3, kernel_size=1)
+    data = torch.randn((2, 7, 9, 12), generator=gen)
+    plain = sliding_window_logits(model, data, PATCH, 0.5, [()], 2, CPU)
+    tta = sliding_window_logits(model, data, PATCH, 0.5, mirror_combinations((0, 1, 2), 8), 2, CPU)
+    torch.testing.assert_close(tta, plain, atol=1e-5, rtol=1e-5)
+    spatial = nn.Conv3d(2, 3, kernel_size=3, padding=1)  # not mirror-symmetric: TTA must matter
+    a = sliding_window_logits(spatial, data, PATCH, 0.5, [()], 2, CPU)
+    b = sliding_window_logits(spatial, data, PATCH, 0.5, [(), (2,)], 2, CPU)
+    assert not torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+@pytest.mark.parametrize("window_batch", [1, 3])
+def test_tta_k_runs_k_passes_per_window(k, window_batch):
+    shape = (9, 13, 20)
+    n_windows = math.prod(len(window_starts(s, p)) for s, p in zip(shape, PATCH, strict=True))
+    model = CoordinateEcho()
+    combos = mirror_combinations((0, 1, 2), k)
+    sliding_window_logits(model, coordinate_map(shape), PATCH, 0.5, combos, window_batch, CPU)
+    assert model.samples == k * n_windows
+    assert model.calls == k * math.ceil(n_windows / window_batch)
+
+
+class ConstantLogits(nn.Module):
+    def __init__(self, values):
+        super().__init__()
+        self.register_buffer("values", torch.tensor(values).view(1, -1, 1, 1, 1))
+
+    def forward(self, x):  # (B, C, Z, Y, X) -> (B, K, Z, Y, X)
+        return self.values.expand(x.shape[0], -1, *x.shape[2:])
+
+
+def tiny_plan() -> Plan:
+    return Plan(
+        target_spacing_mm=(2.0, 1.0, 1.0), patch_size=PATCH, batch_size=2,
+        pool_kernel_sizes=[(1, 1, 1)], conv_kernel_sizes=[(3, 3, 3)], features_per_stage=[4],
+        num_input_channels=1, num_classes=2, normalization=[ChannelNormalization("zscore")],
+        median_shape=(9, 13, 20), anisotropic=False,
+    )
+
+
+def test_predict_probabilities_averages_logits_over_models():
+    models = [ConstantLogits([0.0, 2.0]), ConstantLogits([0.0, 0.0])]
+    data = np.zeros((1, 5, 7, 9), dtype=np.float32)
+    cfg = InferConfig(tta=4, window_batch=2)
+    probs = predict_probabilities(models, data, tiny_plan(), cfg, CPU)
+    assert probs.shape == (2, 5, 7, 9) and probs.dtype == np.float32
+    expected = 1 / (1 + math.exp(-1.0))  # softmax of the mean logits (0, 1)
+    np.testing.assert_allclose(probs[1], expected, rtol=1e-6)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, rtol=1e-6)
+    with pytest.raises(ConfigError, match="no models"):
+        predict_probabilities([], data, tiny_plan(), cfg, CPU)
+
+
+def test_predict_case_writes_the_argmax_label_map(tmp_path, monkeypatch):
+    # a stand-in for ablate.preprocess so this test does not depend on the preprocessing stage
+    fake = types.ModuleType("ablate.preprocess")
+    fake.preprocess_images = lambda images, geometry, plan: (np.stack(images), None)
+    fake.restore_original = lambda probabilities, props, plan: probabilities
+    monkeypatch.setitem(sys.modules, "ablate.preprocess", fake)
+    geometry = Geometry((2.0, 1.0, 0.5), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    image = np.zeros((5, 7, 9), dtype=np.float32)
+    image[:, :, 5:] = 1.0
+    model = nn.Conv3d(1, 2, kernel_size=1)
+    with torch.no_grad():  # logit of class 1 minus class 0 = 4 * intensity - 2
+        model.weight.copy_(torch.tensor([-2.0, 2.0]).view(2, 1, 1, 1, 1))
+        model.bias.copy_(torch.tensor([1.0, -1.0]))
+    out = tmp_path / "case.nii.gz"
+    labels = predict_case([model], [image], geometry, tiny_plan(), InferConfig(tta=2), CPU, out)
+    written, written_geometry = read_image(out)
+    np.testing.assert_array_equal(labels, image.astype(np.uint8))
+    np.testing.assert_array_equal(written, labels)
+    assert written_geometry.spacing_mm == geometry.spacing_mm
