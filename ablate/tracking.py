@@ -1,0 +1,353 @@
+"""MLflow tracking: one parent run per study, one child run per train/eval job, tags for resume.
+
+The only module that imports mlflow. A `Tracker` is used from one process (the driver), so the
+SQLite store has a single writer. Results are read back from MLflow, never from local side files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from ablate.errors import ConfigError
+from ablate.report.collect import Results
+from ablate.study import EvalJob, Study, TrainJob, variant_label
+
+for _name in ("mlflow", "alembic", "alembic.runtime.migration"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+TAG_VALUE_LIMIT = 5000  # MLflow allows 8000; keep error tags readable
+PARAM_VALUE_LIMIT = 6000
+CURVE_METRICS = ("train_loss", "val_loss", "pseudo_dice", "lr", "epoch_seconds")
+TRAIN_COST = {"train_seconds": ("train_seconds",), "seconds_per_epoch": ("seconds_per_epoch",),
+              "peak_train_memory_mb": ("peak_train_memory_mb", "peak_memory_mb"),
+              "parameters": ("parameters",), "flops": ("flops",)}
+EVAL_COST = {"infer_seconds_per_case": ("infer_seconds_per_case",),
+             "peak_infer_memory_mb": ("peak_infer_memory_mb", "peak_memory_mb")}
+STATE_RANK = {"done": 0, "running": 1, "failed": 2, "superseded": 3}
+
+
+def default_tracking_uri(study: Study, workdir: Path) -> str:
+    """The study's `tracking_uri`, else $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db."""
+    if study.tracking_uri:
+        return study.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(workdir).absolute() / 'mlflow.db'}"
+
+
+def encode_value(value: Any) -> str:
+    """Axis values as params: strings as they are, everything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def decode_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000,
+                                  page_token=token, order_by=["attributes.start_time ASC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Path) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            location = artifact_root.absolute().as_uri()
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # another process created it first
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+class Tracker:
+    """MLflow runs of one study: a parent run (`ablate.kind = study`) and a child run per job."""
+
+    def __init__(self, tracking_uri: str, study_name: str, artifact_root: Path):
+        self.tracking_uri = tracking_uri
+        self.study_name = study_name
+        self.client = MlflowClient(tracking_uri)
+        self.experiment_id = _get_or_create_experiment(self.client, study_name, Path(artifact_root))
+        self.parent_run_id: str | None = None
+
+    def start_study(self, params: dict[str, Any], artifacts: dict[str, Path],
+                    axes: list[str] | None = None) -> str:
+        """Reuse (or create) the study's parent run; log params (values changed since an earlier
+        run go to tags `latest.<name>`, as MLflow params are immutable) and artifacts (name ->
+        file; the file is logged under that name)."""
+        found = _search_all(self.client, self.experiment_id, "tags.`ablate.kind` = 'study'")
+        if found:
+            run = found[0]
+            self.parent_run_id = run.info.run_id
+            if run.info.status != "RUNNING":
+                self.client.update_run(self.parent_run_id, status="RUNNING")
+            existing = run.data.params
+        else:
+            tags = {"ablate.study": self.study_name, "ablate.kind": "study"}
+            run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.study_name)
+            self.parent_run_id = run.info.run_id
+            existing = {}
+        encoded = {k: encode_value(v)[:PARAM_VALUE_LIMIT] for k, v in params.items()}
+        new = [Param(k, v) for k, v in encoded.items() if k not in existing]
+        changed = [RunTag(f"latest.{k}", v) for k, v in encoded.items()
+                   if k in existing and existing[k] != v]
+        if axes is not None:
+            changed.append(RunTag("ablate.axes", json.dumps(list(axes))))
+        self.client.log_batch(self.parent_run_id, params=new, tags=changed)
+        for name, path in artifacts.items():
+            self._log_named_file(self.parent_run_id, name, Path(path))
+        return self.parent_run_id
+
+    def _ensure_parent(self) -> str:
+        if self.parent_run_id is None:
+            found = _search_all(self.client, self.experiment_id, "tags.`ablate.kind` = 'study'")
+            self.parent_run_id = found[0].info.run_id if found else self.start_study({}, {})
+        return self.parent_run_id
+
+    def log_study_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Attach a file (e.g. the report) to the study's parent run, creating it if needed."""
+        self.client.log_artifact(self._ensure_parent(), str(path), artifact_path)
+
+    def end_study(self, ok: bool = True) -> None:
+        if self.parent_run_id is not None:
+            self.client.set_terminated(self.parent_run_id, "FINISHED" if ok else "FAILED")
+
+    def log_planned_jobs(self, jobs: list[dict[str, str]]) -> None:
+        """Record every planned job ({"job_key", "name", "kind"}) so `fetch_results` can list the
+        ones that never finished, including those never started."""
+        self._log_json(self._parent(), "jobs.json", jobs)
+
+    def _parent(self) -> str:
+        if self.parent_run_id is None:
+            raise RuntimeError("Tracker.start_study must be called before logging jobs")
+        return self.parent_run_id
+
+    def _runs_of(self, job_key: str) -> list:
+        return _search_all(self.client, self.experiment_id, f"tags.`ablate.job_key` = '{job_key}'")
+
+    def finished(self, job_key: str) -> bool:
+        return any(r.info.status == "FINISHED" for r in self._runs_of(job_key))
+
+    def start_job(self, job_key: str, name: str, kind: str, params: dict[str, Any],
+                  tags: dict[str, str], variant: dict[str, Any] | None = None) -> str:
+        """Open a child run. `variant` (axis -> value) becomes params and tags `axis.<name>` and
+        the tag `ablate.variant`; pass `fold` and `seed` in `params`. An earlier unfinished run
+        of the same job is marked FAILED with `ablate.state = superseded`."""
+        for run in self._runs_of(job_key):
+            if run.info.status == "RUNNING":
+                self.client.set_tag(run.info.run_id, "ablate.state", "superseded")
+                self.client.set_terminated(run.info.run_id, "FAILED")
+        if variant is None:  # the runner passes axis values as params `axis.<name>`
+            variant = {k[len("axis."):]: v for k, v in params.items() if k.startswith("axis.")}
+        axis_values = {f"axis.{a}": encode_value(v) for a, v in variant.items()}
+        all_tags = {"mlflow.parentRunId": self._parent(), "ablate.study": self.study_name,
+                    "ablate.kind": kind, "ablate.job_key": job_key,
+                    "ablate.variant": variant_label(variant),
+                    "ablate.state": "running", **axis_values, **tags}
+        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
+        run_params = {**axis_values, **{k: encode_value(v) for k, v in params.items()}}
+        self.client.log_batch(run.info.run_id, params=[Param(k, v[:PARAM_VALUE_LIMIT])
+                                                      for k, v in run_params.items()])
+        return run.info.run_id
+
+    def start_train_job(self, job: TrainJob, params: dict[str, Any] | None = None) -> str:
+        """`start_job` for a TrainJob: variant, fold and seed from the job."""
+        return self.start_job(job.key, job.name, "train",
+                              {"fold": job.fold, "seed": job.seed, **(params or {})}, {},
+                              variant=job.variant)
+
+    def start_eval_job(self, job: EvalJob, params: dict[str, Any] | None = None) -> str:
+        """`start_job` for an EvalJob; tags `ablate.train_key` so costs join their training."""
+        return self.start_job(job.key, job.name, "eval",
+                              {"fold": job.fold, "seed": job.seed, **(params or {})},
+                              {"ablate.train_key": job.train_key}, variant=job.variant)
+
+    def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, int(epoch)) for k, v in metrics.items()]
+        self.client.log_batch(run_id, metrics=batch)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        self.log_epoch(run_id, 0, metrics)
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_table(self, run_id: str, df: pd.DataFrame, name: str) -> None:
+        """A DataFrame as the CSV artifact `name` (".csv" appended when missing)."""
+        name = name if name.endswith(".csv") else f"{name}.csv"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            df.to_csv(path, index=False)
+            self.client.log_artifact(run_id, str(path))
+
+    def _log_json(self, run_id: str, name: str, data: Any) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(json.dumps(data, indent=1))
+            self.client.log_artifact(run_id, str(path))
+
+    def _log_named_file(self, run_id: str, name: str, path: Path) -> None:
+        if path.name == name:
+            self.client.log_artifact(run_id, str(path))
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copyfile(path, Path(tmp) / name)
+            self.client.log_artifact(run_id, str(Path(tmp) / name))
+
+    def end_job(self, run_id: str, ok: bool, error: str | None = None) -> None:
+        self.client.set_tag(run_id, "ablate.state", "done" if ok else "failed")
+        if error:
+            self.client.set_tag(run_id, "ablate.error", error[:TAG_VALUE_LIMIT])
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def job_states(self) -> dict[str, str]:
+        """job_key -> best state over its runs (done > running > failed > superseded)."""
+        states: dict[str, str] = {}
+        for run in _search_all(self.client, self.experiment_id, "tags.`ablate.kind` != 'study'"):
+            key = run.data.tags.get("ablate.job_key")
+            state = run.data.tags.get("ablate.state", "running")
+            if run.info.status == "FINISHED":
+                state = "done"
+            if key and STATE_RANK.get(state, 9) < STATE_RANK.get(states.get(key, ""), 9):
+                states[key] = state
+        return states
+
+
+# ---------------------------------------------------------------- reading results back
+
+
+def _first_metric(metrics: dict[str, float], names: tuple[str, ...]) -> float:
+    return next((metrics[n] for n in names if n in metrics), float("nan"))
+
+
+def _identity(run, axes: list[str]) -> dict[str, Any]:
+    params = run.data.params
+    row = {"variant": run.data.tags.get("ablate.variant", run.info.run_name)}
+    for axis in axes:
+        row[axis] = decode_value(params[f"axis.{axis}"]) if f"axis.{axis}" in params else None
+    row["fold"] = int(params.get("fold", -1))
+    row["seed"] = int(params.get("seed", 0))
+    return row
+
+
+def _download_csv(client: MlflowClient, run_id: str, name: str, tmp: str) -> pd.DataFrame | None:
+    try:
+        path = client.download_artifacts(run_id, name, tmp)
+    except (MlflowException, OSError):
+        return None
+    return pd.read_csv(path)
+
+
+def _curves(client: MlflowClient, run, identity: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for metric in CURVE_METRICS:
+        if metric not in run.data.metrics:
+            continue
+        for point in client.get_metric_history(run.info.run_id, metric):
+            rows.append({"variant": identity["variant"], "fold": identity["fold"],
+                         "seed": identity["seed"], "epoch": point.step, "metric": metric,
+                         "value": point.value})
+    return rows
+
+
+def _missing(client: MlflowClient, parent, runs: list, tmp: str) -> list[str]:
+    """Readable labels ("train plain · fold 1: failed") of planned or started jobs that have no
+    FINISHED run; planned jobs come from the parent's jobs.json (`Tracker.log_planned_jobs`)."""
+    states: dict[str, dict[str, str]] = {}
+    planned = None
+    if parent is not None:
+        try:
+            planned = json.loads(Path(client.download_artifacts(parent.info.run_id, "jobs.json",
+                                                                tmp)).read_text())
+        except (MlflowException, OSError, ValueError):
+            planned = None
+    for job in planned or []:
+        states[job["job_key"]] = {**job, "state": "not started"}
+    for run in runs:
+        key = run.data.tags.get("ablate.job_key")
+        if not key:
+            continue
+        state = "done" if run.info.status == "FINISHED" else run.data.tags.get("ablate.state", "")
+        known = states.get(key, {"job_key": key, "name": run.info.run_name,
+                                 "kind": run.data.tags.get("ablate.kind", ""), "state": state})
+        if STATE_RANK.get(state, 9) <= STATE_RANK.get(known["state"], 9):
+            known = {**known, "state": state}
+        states[key] = known
+    return [f"{s['kind']} {s['name']}: {s['state']}" for s in states.values()
+            if s["state"] != "done"]
+
+
+def fetch_results(tracking_uri: str, study_name: str) -> Results:
+    """Read every FINISHED train/eval run of a study back into tidy tables."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(study_name)
+    if experiment is None:
+        raise ConfigError(f"{tracking_uri}: no MLflow experiment {study_name!r}; run the study "
+                          "first or point --tracking-uri at its store")
+    runs = _search_all(client, experiment.experiment_id, "")
+    parent = next((r for r in runs if r.data.tags.get("ablate.kind") == "study"), None)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    axes = _axes(parent, runs)
+    train_runs = {r.data.tags["ablate.job_key"]: r for r in finished
+                  if r.data.tags.get("ablate.kind") == "train"}
+    tidy, cost, curves = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in finished:
+            kind = run.data.tags.get("ablate.kind")
+            identity = _identity(run, axes)
+            if kind == "train":
+                curves.extend(_curves(client, run, identity))
+            if kind != "eval":
+                continue
+            table = _download_csv(client, run.info.run_id, "per_case.csv", tmp)
+            if table is not None:
+                tidy.append(table.assign(**identity))
+            trained = train_runs.get(run.data.tags.get("ablate.train_key", ""))
+            train_metrics = trained.data.metrics if trained is not None else {}
+            cost.append({**identity,
+                         **{c: _first_metric(train_metrics, n) for c, n in TRAIN_COST.items()},
+                         **{c: _first_metric(run.data.metrics, n) for c, n in EVAL_COST.items()}})
+        missing = _missing(client, parent, runs, tmp)
+    ids = ["variant", *axes, "fold", "seed"]
+    tidy_df = (pd.concat(tidy, ignore_index=True) if tidy
+               else pd.DataFrame(columns=["case", "target", "metric", "value"]))
+    tidy_df = tidy_df.reindex(columns=[*ids, "case", "target", "metric", "value"])
+    cost_df = pd.DataFrame(cost, columns=[*ids, "train_seconds", "seconds_per_epoch",
+                                          "infer_seconds_per_case", "peak_train_memory_mb",
+                                          "peak_infer_memory_mb", "parameters", "flops"])
+    curves_df = pd.DataFrame(curves, columns=["variant", "fold", "seed", "epoch", "metric",
+                                              "value"])
+    return Results(tidy_df, cost_df, curves_df, axes, missing)
+
+
+def _axes(parent, runs: list) -> list[str]:
+    if parent is not None and "ablate.axes" in parent.data.tags:
+        return list(json.loads(parent.data.tags["ablate.axes"]))
+    names = {p[len("axis."):] for r in runs for p in r.data.params if p.startswith("axis.")}
+    return sorted(names)

@@ -1,0 +1,191 @@
+"""Study schema errors, grid expansion counts, job-key stability, and the seed studies."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ablate.errors import ConfigError
+from ablate.study import (
+    Study,
+    describe,
+    expand,
+    grid_cells,
+    load_study,
+    resolve_variant,
+    variant_label,
+)
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+BASE = """
+name: tiny
+dataset: {synthetic: {cases: 4}}
+train: {epochs: 2, iterations_per_epoch: 3}
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def _load(tmp_path: Path, extra: str = "", **kwargs) -> Study:
+    return load_study(_write(tmp_path, BASE + textwrap.dedent(extra)), **kwargs)
+
+
+@pytest.mark.parametrize("extra, match", [
+    ("trian: {epochs: 1}\n", r"unknown key 'trian'; did you mean 'train'\?"),
+    ("infer: {ttta: 2}\n", r"unknown key 'infer.ttta'; did you mean 'tta'\?"),
+    ("infer: {count: 2}\n", r"unknown key 'infer.count'; valid keys: tta, mirror_axes"),
+    ("folds: {k: many}\n", r"folds.k: Input should be a valid integer.*got 'many'"),
+    ("axes: {train.los: [dice_ce]}\n", r"axes.train.los: unknown axis; did you mean 'train.loss'"),
+    ("axes: {colour: [red]}\n", r"axes.colour: unknown axis; axes are presets \(arch, ct_window"),
+    ("axes: {train.loss: [dice_ce, dice_tpk]}\n",
+     r"axes.train.loss\[1\]: train.loss: unknown value 'dice_tpk'; valid: dice_ce, dice_topk"),
+    ("axes: {train.deep_supervision: [last2]}\n", r"valid: nnunet, last3, none"),
+    ("axes: {infer.tta: [8, 3]}\n", r"axes.infer.tta\[1\]: invalid value 3: Input should be 1, 2"),
+    ("axes: {arch: [plain, resnet]}\n", r"axes.arch\[1\]: unknown value 'resnet' for preset axis"),
+    ("axes: {infer.tta: [8, 8]}\n", r"axes.infer.tta\[1\]: duplicate 8"),
+    ("axes: {infer.tta: [8, 2]}\nbaseline: {infer.tta: 4}\n",
+     r"baseline.infer.tta: 4 is not among the axis values"),
+    ("axes: {infer.tta: [8, 2]}\ninclude: [{train.loss: dice_ce}]\n",
+     r"include\[0\]: 'train.loss' is not an axis of this study; use one of: infer.tta"),
+    ("folds: {k: 3, run: [0, 3]}\n", r"folds.run \[3\] outside 0..2"),
+    ("train: {loss: focal}\n", r"train.loss: unknown value 'focal'"),
+])
+def test_schema_errors_name_the_key_and_the_fix(tmp_path, extra, match):
+    text = BASE.replace("train: {epochs: 2, iterations_per_epoch: 3}\n", "") + extra
+    with pytest.raises(ConfigError, match=match) as info:
+        load_study(_write(tmp_path, text))
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / "study.yaml")) and "\n" not in message
+
+
+def test_yaml_syntax_error_has_the_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"YAML syntax error at line 3, column 8: mapping values"):
+        load_study(_write(tmp_path, "name: x\ndataset: {synthetic: {}}\naxes: a: b\n"))
+
+
+def test_dataset_needs_exactly_one_source(tmp_path):
+    text = "name: x\ndataset: {path: d, synthetic: {cases: 2}}\n"
+    with pytest.raises(ConfigError, match=r"dataset: give exactly one of dataset.path"):
+        load_study(_write(tmp_path, text))
+
+
+def test_missing_dataset_path_says_how_to_get_it(tmp_path):
+    text = "name: x\ndataset: {path: data/kits19}\n"
+    with pytest.raises(ConfigError, match=r"data/kits19 does not exist; clone "
+                                          r"github.com/neheller/kits19"):
+        load_study(_write(tmp_path, text))
+    (tmp_path / "data" / "kits19").mkdir(parents=True)
+    study = load_study(_write(tmp_path, text))
+    assert study.dataset.path == tmp_path / "data" / "kits19"  # relative to the YAML's folder
+
+
+GRID = """
+axes:
+  arch: [plain, residual, preact]
+  train.loss: [dice_ce, dice_topk, ce_to_dice]
+  train.deep_supervision: [nnunet, last3, none]
+  infer.tta: [8, 2, 1]
+"""
+
+
+def test_grid_3x3x3x3_over_5_folds_is_135_trainings_405_evaluations(tmp_path):
+    study = _load(tmp_path, GRID)
+    train_jobs, eval_jobs = expand(study, "data1")
+    assert (len(train_jobs), len(eval_jobs)) == (135, 405)
+    assert len({j.key for j in train_jobs}) == 135 and len({j.key for j in eval_jobs}) == 405
+    train_keys = {j.key for j in train_jobs}
+    assert all(e.train_key in train_keys for e in eval_jobs)
+    assert train_jobs[0].name == "plain · dice_ce · ds=nnunet · fold 0"
+    assert train_jobs[0].train.base_features == 30 and train_jobs[-1].train.base_features == 24
+    assert "infer.tta" not in train_jobs[0].variant
+    assert eval_jobs[-1].name == "preact · ce_to_dice · ds=none · tta=1 · fold 4"
+    text = describe(study, (train_jobs, eval_jobs))
+    assert "trainings: 135; evaluations: 405" in text and "810 training iterations" in text
+
+
+def test_keys_change_by_exactly_the_options_that_matter(tmp_path):
+    def keys(extra: str, data_key: str = "d") -> tuple[list[str], list[str]]:
+        train_jobs, eval_jobs = expand(_load(tmp_path, extra), data_key)
+        return [j.key for j in train_jobs], [j.key for j in eval_jobs]
+
+    base_train, base_eval = keys("")
+    assert keys("") == (base_train, base_eval)
+    tta_train, tta_eval = keys("infer: {tta: 2}\n")
+    assert tta_train == base_train and set(tta_eval).isdisjoint(base_eval)
+    assert set(keys("train: {epochs: 2, iterations_per_epoch: 3, loss: dice_topk}\n")[0]
+               ).isdisjoint(base_train)
+    assert keys("train: {epochs: 2, iterations_per_epoch: 3, data_workers: 0}\n") == (
+        base_train, base_eval)  # speed-only options do not re-run anything
+    assert keys("infer: {window_batch: 7}\n") == (base_train, base_eval)
+    assert set(keys("", data_key="other")[0]).isdisjoint(base_train)
+    eval_only = keys("evaluation: {nsd_tolerance_mm: 1.0}\n")
+    assert eval_only[0] == base_train and set(eval_only[1]).isdisjoint(base_eval)
+
+
+def test_keys_are_stable_across_processes(tmp_path):
+    path = _write(tmp_path, BASE + GRID)
+    code = ("from ablate.study import load_study, expand; "
+            f"print(expand(load_study({str(path)!r}), 'd')[1][-1].key)")
+    env = {**os.environ, "PYTHONHASHSEED": "123", "OMP_NUM_THREADS": "1"}
+    other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert other == expand(load_study(path), "d")[1][-1].key
+
+
+def test_include_exclude_and_baseline(tmp_path):
+    study = _load(tmp_path, """
+        axes: {train.loss: [dice_ce, dice_topk], infer.tta: [8, 2]}
+        baseline: {train.loss: dice_topk}
+        exclude: [{train.loss: dice_ce}]
+        include: [{infer.tta: 1}]
+        folds: {k: 2, run: [1]}
+        seeds: [0, 7]
+    """)
+    cells = grid_cells(study)
+    assert cells == [{"train.loss": "dice_topk", "infer.tta": 8},
+                     {"train.loss": "dice_topk", "infer.tta": 2},
+                     {"train.loss": "dice_topk", "infer.tta": 1}]  # include: baseline + tta=1
+    train_jobs, eval_jobs = expand(study, "d")
+    assert [(j.fold, j.seed) for j in train_jobs] == [(1, 0), (1, 7)]
+    assert len(eval_jobs) == 6 and eval_jobs[0].name == "dice_topk · tta=8 · fold 1 · seed 0"
+
+
+def test_presets_and_labels(tmp_path):
+    study = _load(tmp_path, "axes: {ct_window: ['off', 'on']}\n")
+    plan, _, _ = resolve_variant(study, {"ct_window": "on"})
+    assert (plan.ct_window.level, plan.ct_window.width) == (96, 59)
+    assert resolve_variant(study, {"ct_window": "off"})[0].ct_window is None
+    assert variant_label({"train.deep_supervision": "none", "infer.tta": 1}) == "ds=none · tta=1"
+    assert variant_label({"plan.patch_size": [32, 64, 64], "infer.ensemble_folds": True}) == (
+        "patch_size=32x64x64 · ensemble=on")
+    assert variant_label({}) == "default"
+
+
+def _stand_in_dataset(root: Path) -> None:
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    (root / "dataset.json").write_text('{"labels": {"background": 0, "a": 1}}')
+
+
+@pytest.mark.parametrize("name, trainings, evaluations", [
+    ("kits", 15, 15), ("flare21", 30, 90), ("ich", 10, 10)])
+def test_seed_studies_load_and_expand(tmp_path, name, trainings, evaluations):
+    # their data is not here: validate the schema without the path check, then again with a
+    # stand-in folder put where the study expects it
+    study = load_study(STUDIES / f"{name}.yaml", check_paths=False)
+    train_jobs, eval_jobs = expand(study, "d")
+    assert (len(train_jobs), len(eval_jobs)) == (trainings, evaluations)
+    copy = tmp_path / "studies" / f"{name}.yaml"
+    copy.parent.mkdir()
+    copy.write_text((STUDIES / f"{name}.yaml").read_text())
+    _stand_in_dataset(tmp_path / "data" / study.dataset.path.name)
+    assert load_study(copy).dataset.path == tmp_path / "data" / study.dataset.path.name
