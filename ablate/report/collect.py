@@ -56,9 +56,13 @@ def check_results(results: Results) -> None:
     for name, (frame, required) in tables.items():
         if name != "tidy" and frame.empty:
             continue
-        absent = [c for c in (*required, *(results.axes if name != "curves" else ())) if c not in frame]
+        absent = [
+            c for c in (*required, *(results.axes if name != "curves" else ())) if c not in frame
+        ]
         if absent:
-            raise DataError(f"Results.{name}: missing columns {absent}; rebuild it with fetch_results")
+            raise DataError(
+                f"Results.{name}: missing columns {absent}; rebuild it with fetch_results"
+            )
     if results.tidy.empty:
         raise DataError("Results.tidy: no per-case values; run the evaluations before the report")
 
@@ -79,15 +83,27 @@ def variant_axes(results: Results) -> pd.DataFrame:
 
 
 def empty_case_counts(tidy: pd.DataFrame) -> pd.DataFrame:
-    """Cases whose reference is empty, per target (from vol_ref_ml == 0 or an `empty_ref` flag)."""
-    flags = tidy[tidy["metric"].isin(["empty_ref", "ref_empty"])]
-    empty = flags[flags["value"] > 0]
+    """Per target: cases with an empty reference, and evaluations (variant x seed x case) whose
+    prediction is empty while the reference is not (a missed structure).
+
+    Reads ablate.evaluate's `empty` flag (0 none, 1 reference, 2 prediction, 3 both empty); without
+    it, an empty reference is vol_ref_ml == 0.
+    """
+    flags = tidy[tidy["metric"] == "empty"]
     if flags.empty:
         vol = tidy[tidy["metric"] == "vol_ref_ml"]
-        empty = vol[vol["value"] <= 0]
-    counts = empty.groupby("target")["case"].nunique()
+        ref_empty, missed = vol[vol["value"] <= 0], vol.iloc[:0]
+    else:
+        ref_empty = flags[flags["value"].isin([1, 3])]
+        missed = flags[flags["value"] == 2]
     targets = pd.Index(pd.unique(tidy["target"]), name="target")
-    return counts.reindex(targets, fill_value=0).rename("empty_reference_cases").reset_index()
+    out = pd.DataFrame(
+        {
+            "empty_reference_cases": ref_empty.groupby("target")["case"].nunique(),
+            "missed_structure_evaluations": missed.groupby("target").size(),
+        }
+    )
+    return out.reindex(targets).fillna(0).astype(int).reset_index()
 
 
 def missing_value_counts(tidy: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -103,8 +119,10 @@ def missing_value_counts(tidy: pd.DataFrame, metrics: list[str]) -> pd.DataFrame
     )
 
 
-def composite_dice(tidy: pd.DataFrame, parts: tuple[str, ...] = ("kidney", "tumor")) -> pd.DataFrame:
-    """KiTS composite Dice: per case the mean of the parts' DSC (seed 004). Empty if a part is absent.
+def composite_dice(
+    tidy: pd.DataFrame, parts: tuple[str, ...] = ("kidney", "tumor")
+) -> pd.DataFrame:
+    """KiTS composite Dice: per case the mean of the parts' DSC (seed 004); empty without a part.
 
     Returns variant, seed, case, target="composite", metric="dsc", value.
     """
@@ -151,7 +169,7 @@ def synthetic_results(
     for levels in itertools.product(*axes.values()):
         label = " / ".join(levels)
         shift = sum(effects.get(level, 0.0) for level in levels)
-        axis_values = dict(zip(axes, levels))
+        axis_values = dict(zip(axes, levels, strict=True))
         speed = 1.0 + rng.uniform(0.0, 1.0)
         for seed in seeds:
             dsc = _case_values(rng, difficulty, shift, rng.normal(0, seed_sd), noise)
@@ -165,7 +183,9 @@ def synthetic_results(
                     }
                 )
                 part["fold"] = np.repeat(np.arange(n_cases) % folds, len(targets))
-                tidy_parts.append(part.assign(variant=label, seed=seed, metric=metric, **axis_values))
+                tidy_parts.append(
+                    part.assign(variant=label, seed=seed, metric=metric, **axis_values)
+                )
             for fold in range(folds):
                 cost_rows.append(_cost_row(rng, label, axis_values, fold, seed, speed, epochs))
                 curve_rows += _curve_rows(rng, label, fold, seed, epochs, shift)
@@ -206,3 +226,152 @@ def _curve_rows(rng, label, fold, seed, epochs, shift) -> list[dict]:
                 | {"metric": metric, "value": value}
             )
     return rows
+
+
+@dataclass(frozen=True)
+class Table:
+    """A display table: strings, an optional same-shape mask of cells to set in bold, a note."""
+
+    title: str
+    frame: pd.DataFrame
+    bold: pd.DataFrame | None = None
+    note: str = ""
+
+
+def _pct(x: float) -> str:
+    return "n/a" if pd.isna(x) else f"{100 * x:.1f}"
+
+
+def _num(x: float, digits: int = 1) -> str:
+    return "n/a" if pd.isna(x) else f"{x:,.{digits}f}"
+
+
+def _bold_max(frame: pd.DataFrame, values: dict[str, pd.Series]) -> pd.DataFrame:
+    """Bold the cell of the largest value in each named column."""
+    bold = pd.DataFrame(False, index=frame.index, columns=frame.columns)
+    for col, series in values.items():
+        if series.notna().any():
+            bold.loc[series.idxmax(), col] = True
+    return bold
+
+
+def accuracy_table(stats: pd.DataFrame, target: str, metrics: list[str], order: list[str]) -> Table:
+    """Per variant: mean ± sd, median [IQR] (in %) per metric and n; best mean in bold."""
+    sub = stats[stats["target"] == target].set_index(["metric", "variant"])
+    frame = pd.DataFrame({"variant": order}, index=order)
+    means = {}
+    for metric in metrics:
+        s = sub.loc[metric].reindex(order)
+        name = metric.upper()
+        frame[f"{name} mean ± sd (%)"] = [
+            f"{_pct(m)} ± {_pct(d)}" for m, d in zip(s["mean"], s["sd"], strict=True)
+        ]
+        frame[f"{name} median [IQR] (%)"] = [
+            f"{_pct(m)} [{_pct(a)}, {_pct(b)}]"
+            for m, a, b in zip(s["median"], s["q1"], s["q3"], strict=True)
+        ]
+        means[f"{name} mean ± sd (%)"] = s["mean"]
+    frame["n"] = sub.loc[metrics[0]].reindex(order)["n"].fillna(0).astype(int).astype(str)
+    note = "Bold: best mean. Per-case values averaged over seeds."
+    return Table(f"{target}: accuracy per variant", frame, _bold_max(frame, means), note)
+
+
+def table4(stats: pd.DataFrame, cost: pd.DataFrame, order: list[str]) -> Table:
+    """Seed 000's Table 4 layout: rows target x metric (mean ± sd in %), running time, memory."""
+    rows = []
+    indexed = stats.set_index(["target", "metric", "variant"]).sort_index()
+    for target in pd.unique(stats["target"]):
+        for metric in pd.unique(stats["metric"]):
+            s = indexed.loc[(target, metric)].reindex(order)
+            cells = [f"{_pct(m)}±{_pct(d)}" for m, d in zip(s["mean"], s["sd"], strict=True)]
+            rows.append([target, f"{metric.upper()} (%)", *cells])
+    if not cost.empty:
+        per = cost.groupby("variant").mean(numeric_only=True).reindex(order)
+        rows.append(["Running time", "s / case", *map(_num, per["infer_seconds_per_case"])])
+        rows.append(["GPU memory", "MB (train)", *map(_num, per["peak_train_memory_mb"])])
+    frame = pd.DataFrame(rows, columns=["target", "metric", *order])
+    return Table("Cross-validation results (layout of seed 000, Table 4)", frame)
+
+
+def kits_table(stats: pd.DataFrame, composite: pd.DataFrame, order: list[str]) -> Table | None:
+    """Seed 004's Table 1: kidney, tumor and composite Dice (mean, %) per variant."""
+    if composite.empty:
+        return None
+    dsc = stats[stats["metric"] == "dsc"].pivot(index="variant", columns="target", values="mean")
+    values = {
+        "Kidney Dice": dsc["kidney"].reindex(order),
+        "Tumor Dice": dsc["tumor"].reindex(order),
+        "Composite Dice": composite.set_index("variant")["mean"].reindex(order),
+    }
+    frame = pd.DataFrame(
+        {"variant": order, **{k: v.map(_pct) for k, v in values.items()}}, index=order
+    )
+    note = "Composite Dice: per case the mean of kidney and tumor DSC (KiTS 2019), then averaged."
+    return Table(
+        "KiTS composite Dice (layout of seed 004, Table 1)", frame, _bold_max(frame, values), note
+    )
+
+
+def cost_table(cost: pd.DataFrame, order: list[str]) -> Table:
+    """Training s/epoch, inference s/case, peak memory, parameters: mean ± sd over runs."""
+    cols = {
+        "seconds_per_epoch": "train s / epoch",
+        "infer_seconds_per_case": "inference s / case",
+        "peak_train_memory_mb": "peak train memory (MB)",
+        "peak_infer_memory_mb": "peak inference memory (MB)",
+    }
+    if cost.empty:
+        return Table("Runtime and memory", pd.DataFrame({"variant": order}), note="No cost data.")
+    grouped = cost.groupby("variant")
+    mean, sd = grouped.mean(numeric_only=True).reindex(order), grouped.std(numeric_only=True)
+    sd = sd.reindex(order)
+    frame = pd.DataFrame({"variant": order}, index=order)
+    for col, name in cols.items():
+        frame[name] = [f"{_num(m)} ± {_num(s)}" for m, s in zip(mean[col], sd[col], strict=True)]
+    frame["parameters (M)"] = (mean["parameters"] / 1e6).map(lambda x: _num(x, 2))
+    frame["runs"] = grouped.size().reindex(order).fillna(0).astype(int).astype(str)
+    return Table("Runtime and memory (mean ± sd over folds and seeds)", frame)
+
+
+def _p(p: float) -> str:
+    return "n/a" if pd.isna(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def compare_table(compare: pd.DataFrame) -> Table:
+    """Variant vs baseline tests, differences in points (x100)."""
+    verdict = np.where(
+        compare["note"] != "",
+        compare["note"],
+        np.where(compare["significant"], "significant", "not significant"),
+    )
+    frame = pd.DataFrame(
+        {
+            "variant": compare["variant"],
+            "target": compare["target"],
+            "metric": compare["metric"].str.upper(),
+            "n": compare["n"].astype(str),
+            "median diff (points)": (compare["median_diff"] * 100).map(lambda x: f"{x:+.2f}"),
+            "95% CI": [
+                f"[{100 * a:+.2f}, {100 * b:+.2f}]"
+                for a, b in zip(compare["ci_low"], compare["ci_high"], strict=True)
+            ],
+            "p": compare["p"].map(_p),
+            "p (Holm)": compare["p_holm"].map(_p),
+            "result": verdict,
+            "pairs": compare["pairs"],
+        }
+    )
+    note = (
+        "Two-sided paired Wilcoxon signed-rank per case; Holm over all rows of this table; "
+        "bootstrap 95% CI of the median paired difference (2000 resamples)."
+    )
+    return Table(f"Each variant vs {compare['baseline'].iat[0]}", frame, note=note)
+
+
+def generic_table(title: str, frame: pd.DataFrame, note: str = "", digits: int = 4) -> Table:
+    """Format a numeric DataFrame: floats rounded, everything as strings."""
+    out = frame.copy()
+    for col in out.columns:
+        if pd.api.types.is_float_dtype(out[col]):
+            out[col] = out[col].map(lambda x, d=digits: "n/a" if pd.isna(x) else f"{x:.{d}g}")
+    return Table(title, out.astype(str), note=note)

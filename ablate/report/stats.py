@@ -7,9 +7,22 @@ fewer than MIN_PAIRS pairs gives a note instead of a p-value.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+
+from ablate.errors import ConfigError, DataError
+from ablate.report.collect import (
+    Results,
+    check_results,
+    composite_dice,
+    empty_case_counts,
+    missing_value_counts,
+    variant_axes,
+    variant_order,
+)
 
 HIGHER_IS_BETTER = {"dsc": True, "nsd": True, "hd95": False, "assd": False}
 MIN_PAIRS = 6
@@ -80,8 +93,13 @@ def wilcoxon_p(diffs: np.ndarray, alternative: str = "two-sided") -> np.ndarray:
     return out
 
 
-def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, statistic=np.median,
-                 n_boot: int = 2000, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    values: np.ndarray,
+    rng: np.random.Generator,
+    statistic=np.median,
+    n_boot: int = 2000,
+    level: float = 0.95,
+) -> tuple[float, float]:
     """Percentile bootstrap CI of `statistic` over resampled cases (vectorised)."""
     values = np.asarray(values, dtype=float)
     values = values[~np.isnan(values)]
@@ -94,8 +112,9 @@ def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, statistic=np.medi
     return (float(lo), float(hi))
 
 
-def compare_to_baseline(matrices: dict, baseline: str, rng: np.random.Generator,
-                        n_seeds: int = 1, n_boot: int = 2000) -> pd.DataFrame:
+def compare_to_baseline(
+    matrices: dict, baseline: str, rng: np.random.Generator, n_seeds: int = 1, n_boot: int = 2000
+) -> pd.DataFrame:
     """Each variant vs the baseline per (target, metric): two-sided paired Wilcoxon, Holm over all
     rows of the table, median paired difference (variant - baseline) with a bootstrap 95% CI."""
     rows = []
@@ -107,13 +126,21 @@ def compare_to_baseline(matrices: dict, baseline: str, rng: np.random.Generator,
             d = d[~np.isnan(d)]
             lo, hi = bootstrap_ci(d, rng, n_boot=n_boot)
             seeds = f" (mean over {n_seeds} seeds)" if n_seeds > 1 else ""
-            rows.append({
-                "target": target, "metric": metric, "variant": variant, "baseline": baseline,
-                "n": d.size, "median_diff": float(np.median(d)) if d.size else np.nan,
-                "ci_low": lo, "ci_high": hi, "p": wilcoxon_p(d)[0],
-                "pairs": f"{d.size} cases: per-case {metric.upper()} of {variant} vs "
-                         f"{baseline}{seeds}",
-            })
+            rows.append(
+                {
+                    "target": target,
+                    "metric": metric,
+                    "variant": variant,
+                    "baseline": baseline,
+                    "n": d.size,
+                    "median_diff": float(np.median(d)) if d.size else np.nan,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "p": wilcoxon_p(d)[0],
+                    "pairs": f"{d.size} cases: per-case {metric.upper()} of {variant} vs "
+                    f"{baseline}{seeds}",
+                }
+            )
     out = pd.DataFrame(rows)
     if out.empty:
         return out
@@ -129,8 +156,15 @@ def friedman(matrices: dict) -> pd.DataFrame:
     for (target, metric), m in matrices.items():
         complete = m.dropna()
         k, n = complete.shape[1], complete.shape[0]
-        row = {"target": target, "metric": metric, "k": k, "n": n, "statistic": np.nan,
-               "p": np.nan, "note": ""}
+        row = {
+            "target": target,
+            "metric": metric,
+            "k": k,
+            "n": n,
+            "statistic": np.nan,
+            "p": np.nan,
+            "note": "",
+        }
         if k < 3:
             row["note"] = "Friedman needs at least 3 variants"
         elif n < MIN_PAIRS:
@@ -159,11 +193,16 @@ def pairwise_wilcoxon(m: pd.DataFrame, alternative: str = "two-sided") -> pd.Dat
     diffs = (values[:, ia] - values[:, ib]).T  # (pairs, cases)
     p = wilcoxon_p(diffs, alternative=alternative)
     p_holm = holm(p)
-    return pd.DataFrame({
-        "a": [names[i] for i in ia], "b": [names[j] for j in ib],
-        "n": (~np.isnan(diffs)).sum(axis=1), "p": p, "p_holm": p_holm,
-        "significant": p_holm < ALPHA,
-    })
+    return pd.DataFrame(
+        {
+            "a": [names[i] for i in ia],
+            "b": [names[j] for j in ib],
+            "n": (~np.isnan(diffs)).sum(axis=1),
+            "p": p,
+            "p_holm": p_holm,
+            "significant": p_holm < ALPHA,
+        }
+    )
 
 
 def significance_map(m: pd.DataFrame, higher_is_better: bool = True) -> pd.DataFrame:
@@ -193,8 +232,9 @@ def rank_then_aggregate(m: pd.DataFrame, higher_is_better: bool = True) -> pd.Da
     return out.sort_values("rank", kind="stable").reset_index(drop=True)
 
 
-def rank_stability(m: pd.DataFrame, rng: np.random.Generator, higher_is_better: bool = True,
-                   n_boot: int = 1000) -> tuple[pd.DataFrame, np.ndarray]:
+def rank_stability(
+    m: pd.DataFrame, rng: np.random.Generator, higher_is_better: bool = True, n_boot: int = 1000
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Bootstrap the cases (n_boot resamples), re-rank each sample by mean rank.
 
     Returns (frequency table variants x ranks, Kendall's tau of each bootstrap ranking with the
@@ -222,9 +262,14 @@ def _kendall_tau(reference: np.ndarray, rankings: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, concord / denom, np.nan)
 
 
-def main_effects(tidy: pd.DataFrame, axes: list[str], metrics: list[str],
-                 reference_levels: dict[str, str], rng: np.random.Generator,
-                 n_boot: int = 2000) -> pd.DataFrame:
+def main_effects(
+    tidy: pd.DataFrame,
+    axes: list[str],
+    metrics: list[str],
+    reference_levels: dict[str, str],
+    rng: np.random.Generator,
+    n_boot: int = 2000,
+) -> pd.DataFrame:
     """Factorial main effect of each axis: per case, the difference level - reference level,
     averaged over the combinations of the other axes present for both, then the mean over cases
     with a bootstrap 95% CI."""
@@ -243,10 +288,19 @@ def main_effects(tidy: pd.DataFrame, axes: list[str], metrics: list[str],
             for (target, metric), d in per_case.groupby(level=[0, 1], sort=False):
                 d = d.dropna().to_numpy()
                 lo, hi = bootstrap_ci(d, rng, statistic=np.mean, n_boot=n_boot)
-                rows.append({"axis": axis, "level": level, "reference": ref, "target": target,
-                             "metric": metric, "n": d.size,
-                             "mean_diff": float(d.mean()) if d.size else np.nan,
-                             "ci_low": lo, "ci_high": hi})
+                rows.append(
+                    {
+                        "axis": axis,
+                        "level": level,
+                        "reference": ref,
+                        "target": target,
+                        "metric": metric,
+                        "n": d.size,
+                        "mean_diff": float(d.mean()) if d.size else np.nan,
+                        "ci_low": lo,
+                        "ci_high": hi,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -262,8 +316,13 @@ def seed_spread(tidy: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     variant_mean = per_seed.groupby(level=[0, 1, 2], sort=False).mean()
     between_variants = variant_mean.groupby(level=[0, 1], sort=False).std(ddof=1)
     n_seeds = sub.groupby(["target", "metric"], sort=False)["seed"].nunique()
-    return pd.DataFrame({"n_seeds": n_seeds, "sd_between_seeds": between_seeds,
-                         "sd_between_variants": between_variants}).reset_index()
+    return pd.DataFrame(
+        {
+            "n_seeds": n_seeds,
+            "sd_between_seeds": between_seeds,
+            "sd_between_variants": between_variants,
+        }
+    ).reset_index()
 
 
 def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
@@ -274,3 +333,105 @@ def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
     ge = accuracy[None, :] >= accuracy[:, None]
     strict = (cost[None, :] < cost[:, None]) | (accuracy[None, :] > accuracy[:, None])
     return ~(le & ge & strict).any(axis=1)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything the report shows, computed once from the results (numbers, no formatting)."""
+
+    baseline: str
+    order: list[str]  # variant labels, baseline first
+    metrics: list[str]  # of REPORT_METRICS, those present
+    n_seeds: int
+    describe: pd.DataFrame
+    matrices: dict[tuple[str, str], pd.DataFrame]  # (target, metric) -> (cases, variants)
+    compare: pd.DataFrame
+    friedman: pd.DataFrame
+    posthoc: pd.DataFrame
+    sig_maps: dict[tuple[str, str], pd.DataFrame]
+    ranking: dict[str, pd.DataFrame]  # target -> rank-then-aggregate on the first metric
+    stability: dict[str, tuple[pd.DataFrame, np.ndarray]]
+    main_effects: pd.DataFrame
+    seed_spread: pd.DataFrame
+    composite: pd.DataFrame  # describe() of the KiTS composite Dice, empty without kidney+tumor
+    pareto: pd.DataFrame | None
+    cost: pd.DataFrame
+    curves: pd.DataFrame
+    empty: pd.DataFrame
+    nan_counts: pd.DataFrame
+    missing: list[str]
+
+
+REPORT_METRICS = ("dsc", "nsd")
+
+
+def analyse(results: Results, meta: dict, seed: int = 0, n_boot: int = 2000) -> Analysis:
+    """Run every statistic of the report; raise ConfigError for an unknown baseline."""
+    check_results(results)
+    tidy = results.tidy
+    metrics = [m for m in REPORT_METRICS if (tidy["metric"] == m).any()]
+    if not metrics:
+        raise DataError("Results.tidy: no 'dsc' or 'nsd' rows; check the evaluation's metrics")
+    baseline = meta.get("baseline")
+    labels = variant_order(results, baseline)
+    if baseline is not None and baseline not in labels:
+        raise ConfigError(
+            f"report meta: baseline {baseline!r} is not a variant; use one of {labels}"
+        )
+    baseline = baseline or labels[0]
+    rng = np.random.default_rng(seed)
+    matrices = {k: m.reindex(columns=labels) for k, m in case_matrices(tidy, metrics).items()}
+    n_seeds = int(tidy["seed"].nunique())
+    ranked = {t: m for (t, metric), m in matrices.items() if metric == metrics[0]}
+    many = len(labels) >= 3
+    return Analysis(
+        baseline=baseline,
+        order=labels,
+        metrics=metrics,
+        n_seeds=n_seeds,
+        describe=describe(tidy, metrics),
+        matrices=matrices,
+        compare=compare_to_baseline(matrices, baseline, rng, n_seeds, n_boot),
+        friedman=friedman(matrices) if many else pd.DataFrame(),
+        posthoc=_posthoc(matrices) if many else pd.DataFrame(),
+        sig_maps={k: significance_map(m, HIGHER_IS_BETTER[k[1]]) for k, m in matrices.items()},
+        ranking={t: rank_then_aggregate(m) for t, m in ranked.items()},
+        stability={t: rank_stability(m, rng) for t, m in ranked.items() if len(m.dropna()) > 1},
+        main_effects=main_effects(
+            tidy, results.axes, metrics, _reference_levels(results, baseline), rng, n_boot
+        ),
+        seed_spread=seed_spread(tidy, metrics),
+        composite=describe(composite_dice(tidy), ["dsc"]),
+        pareto=_pareto_points(matrices, results.cost, metrics[0]),
+        cost=results.cost,
+        curves=results.curves,
+        empty=empty_case_counts(tidy),
+        nan_counts=missing_value_counts(tidy, metrics),
+        missing=list(dict.fromkeys([*(meta.get("missing") or []), *results.missing])),
+    )
+
+
+def _posthoc(matrices: dict) -> pd.DataFrame:
+    parts = [
+        pairwise_wilcoxon(m).assign(target=t, metric=metric) for (t, metric), m in matrices.items()
+    ]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _reference_levels(results: Results, baseline: str) -> dict[str, str]:
+    """Each axis's reference level is the baseline's level on that axis."""
+    axes = variant_axes(results)
+    return {} if baseline not in axes.index else axes.loc[baseline].to_dict()
+
+
+def _pareto_points(matrices: dict, cost: pd.DataFrame, metric: str) -> pd.DataFrame | None:
+    if cost.empty or cost["infer_seconds_per_case"].isna().all():
+        return None
+    frames = [m.mean() for (_, mt), m in matrices.items() if mt == metric]
+    accuracy = pd.concat(frames, axis=1).mean(axis=1) * 100
+    seconds = cost.groupby("variant")["infer_seconds_per_case"].mean()
+    points = pd.DataFrame({"accuracy": accuracy, "cost": seconds}).dropna()
+    if points.empty:
+        return None
+    points["front"] = pareto_front(points["cost"].to_numpy(), points["accuracy"].to_numpy())
+    return points.rename_axis("variant").reset_index()

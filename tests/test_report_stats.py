@@ -1,0 +1,163 @@
+"""Statistics of the report on small synthetic results with known effects."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from ablate.report import stats
+from ablate.report.collect import Results, composite_dice, synthetic_results
+
+ARCH = {"arch": ["plain", "residual"]}
+
+
+def _matrices(results):
+    return stats.case_matrices(results.tidy, ["dsc", "nsd"])
+
+
+def test_holm_matches_hand_computation():
+    # sorted: .005*4=.02, .01*3=.03, .03*2=.06, .04*1=.04 -> running max .06
+    adjusted = stats.holm([0.01, 0.04, 0.03, 0.005, np.nan])
+    np.testing.assert_allclose(adjusted[:4], [0.03, 0.06, 0.06, 0.02])
+    assert np.isnan(adjusted[4])
+    assert stats.holm([0.9, 0.8]).max() <= 1.0
+
+
+def test_holm_matches_statsmodels():
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    p = np.random.default_rng(3).uniform(0, 0.2, 12)
+    expected = multitest.multipletests(p, method="holm")[1]
+    np.testing.assert_allclose(stats.holm(p), expected)
+
+
+def test_identical_variants_nothing_significant():
+    results = synthetic_results(ARCH, n_cases=30, rng_seed=1)
+    tidy = results.tidy
+    plain = tidy[tidy["variant"] == "plain"]
+    twin = plain.assign(variant="twin")
+    tidy = pd.concat([plain, twin], ignore_index=True)
+    twins = Results(tidy, results.cost, results.curves, ["arch"])
+    table = stats.compare_to_baseline(_matrices(twins), "plain", np.random.default_rng(0))
+    assert (table["p"] == 1.0).all() and not table["significant"].any()
+    assert (table["median_diff"] == 0).all()
+
+
+def test_no_effect_is_not_significant_after_holm():
+    results = synthetic_results({"arch": ["a", "b", "c"]}, n_cases=30, rng_seed=2)
+    table = stats.compare_to_baseline(_matrices(results), "a", np.random.default_rng(0))
+    assert len(table) == 2 * 2 * 2  # 2 variants x 2 targets x 2 metrics
+    assert not table["significant"].any()
+
+
+def test_clear_shift_is_significant_after_holm():
+    results = synthetic_results(ARCH, n_cases=30, effects={"residual": 0.05})
+    table = stats.compare_to_baseline(_matrices(results), "plain", np.random.default_rng(0))
+    assert table["significant"].all()
+    assert (table["p_holm"] < 1e-4).all()
+    assert (table["n"] == 30).all()
+    assert "30 cases" in table["pairs"].iat[0]
+
+
+def test_wilcoxon_matches_scipy_small_and_vectorised():
+    results = synthetic_results(ARCH, n_cases=20, effects={"residual": 0.01})
+    m = _matrices(results)[("kidney", "dsc")]
+    table = stats.compare_to_baseline({("kidney", "dsc"): m}, "plain", np.random.default_rng(0))
+    expected = sps.wilcoxon(m["residual"], m["plain"]).pvalue
+    assert table["p"].iat[0] == pytest.approx(expected)
+    diffs = np.random.default_rng(5).normal(0.1, 1.0, (4, 80))
+    expected = [sps.wilcoxon(d, alternative="greater").pvalue for d in diffs]
+    np.testing.assert_allclose(stats.wilcoxon_p(diffs, "greater"), expected)
+
+
+def test_too_few_cases_gives_a_note_not_a_p_value():
+    results = synthetic_results(ARCH, n_cases=5, folds=5, effects={"residual": 0.2})
+    table = stats.compare_to_baseline(_matrices(results), "plain", np.random.default_rng(0))
+    assert table["p"].isna().all() and not table["significant"].any()
+    assert (table["note"] == stats.TOO_FEW).all()
+
+
+def test_friedman_matches_scipy():
+    results = synthetic_results({"arch": ["a", "b", "c"]}, n_cases=12, effects={"c": 0.02})
+    mats = _matrices(results)
+    table = stats.friedman(mats)
+    m = mats[("tumor", "nsd")]
+    expected = sps.friedmanchisquare(m["a"], m["b"], m["c"])
+    row = table[(table["target"] == "tumor") & (table["metric"] == "nsd")].iloc[0]
+    assert row["p"] == pytest.approx(expected.pvalue) and row["n"] == 12 and row["k"] == 3
+
+
+def test_bootstrap_ci_covers_true_shift():
+    results = synthetic_results(ARCH, n_cases=40, effects={"residual": 0.03}, noise=0.01)
+    table = stats.compare_to_baseline(_matrices(results), "plain", np.random.default_rng(0))
+    assert ((table["ci_low"] < 0.03) & (table["ci_high"] > 0.03)).all()
+    assert (table["ci_low"] > 0).all()  # and excludes no effect
+
+
+def test_significance_map_direction():
+    results = synthetic_results({"arch": ["a", "b", "c"]}, n_cases=20, effects={"c": 0.05})
+    sig = stats.significance_map(_matrices(results)[("kidney", "dsc")])
+    assert sig.loc["c", "a"] and sig.loc["c", "b"]
+    assert not sig.loc["a", "c"] and not sig.loc["a", "b"] and not sig.loc["b", "a"]
+    assert not np.diag(sig.to_numpy()).any()
+    lower_better = stats.significance_map(_matrices(results)[("kidney", "dsc")], False)
+    assert lower_better.loc["a", "c"] and not lower_better.loc["c", "a"]
+
+
+def test_ranking_and_rank_stability():
+    m = pd.DataFrame({"x": [0.9, 0.8, 0.7], "y": [0.5, 0.9, 0.6], "z": [0.1, 0.2, 0.3]})
+    # per-case ranks: x 1,2,1 ; y 2,1,2 ; z 3,3,3
+    ranking = stats.rank_then_aggregate(m)
+    assert list(ranking["variant"]) == ["x", "y", "z"]
+    np.testing.assert_allclose(ranking["mean_rank"], [4 / 3, 5 / 3, 3])
+    results = synthetic_results({"arch": ["a", "b", "c"]}, n_cases=30, effects={"c": 0.05})
+    freq, tau = stats.rank_stability(
+        _matrices(results)[("kidney", "dsc")], np.random.default_rng(0)
+    )
+    np.testing.assert_allclose(freq.sum(axis=1), 1.0)
+    assert freq.loc["c", 1] > 0.95 and tau.shape == (1000,)
+    assert np.all((tau >= -1) & (tau <= 1))
+
+
+def test_kendall_tau_matches_scipy():
+    rng = np.random.default_rng(0)
+    reference = rng.permutation(7) + 1
+    rankings = np.stack([rng.permutation(7) + 1 for _ in range(5)])
+    expected = [sps.kendalltau(reference, r).statistic for r in rankings]
+    np.testing.assert_allclose(stats._kendall_tau(reference, rankings), expected)
+
+
+def test_main_effect_recovers_axis_shift():
+    axes = {"arch": ["plain", "residual"], "loss": ["dice", "topk"]}
+    results = synthetic_results(axes, n_cases=40, effects={"residual": 0.03}, noise=0.01)
+    table = stats.main_effects(results.tidy, results.axes, ["dsc"], {}, np.random.default_rng(0))
+    arch = table[table["axis"] == "arch"]
+    loss = table[table["axis"] == "loss"]
+    assert ((arch["ci_low"] < 0.03) & (arch["ci_high"] > 0.03)).all()
+    assert ((loss["ci_low"] < 0) & (loss["ci_high"] > 0)).all()
+    assert (arch["reference"] == "plain").all() and (arch["n"] == 40).all()
+
+
+def test_seed_spread_beside_variant_spread():
+    results = synthetic_results(ARCH, n_cases=20, seeds=(0, 1, 2), effects={"residual": 0.05})
+    table = stats.seed_spread(results.tidy, ["dsc"])
+    assert (table["n_seeds"] == 3).all()
+    assert (table["sd_between_variants"] > table["sd_between_seeds"]).all()
+    assert stats.seed_spread(synthetic_results(ARCH).tidy, ["dsc"]).empty
+
+
+def test_pareto_front_and_composite_dice():
+    front = stats.pareto_front([1.0, 2.0, 3.0, 2.0], [0.5, 0.7, 0.6, 0.4])
+    assert list(front) == [True, True, False, False]
+    tidy = pd.DataFrame(
+        {
+            "variant": "v",
+            "seed": 0,
+            "case": ["c1", "c1", "c2", "c2"],
+            "target": ["kidney", "tumor"] * 2,
+            "metric": "dsc",
+            "value": [0.9, 0.5, 1.0, 0.8],
+        }
+    )
+    out = composite_dice(tidy).sort_values("case")
+    np.testing.assert_allclose(out["value"], [0.7, 0.9])
+    assert composite_dice(tidy[tidy["target"] == "kidney"]).empty
