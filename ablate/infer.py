@@ -163,15 +163,29 @@ def sliding_window_logits(
     return logits[(slice(None), *crop)]
 
 
-def predict_probabilities(
-    models: list[nn.Module], data: np.ndarray, plan: Plan, cfg: InferConfig, device: torch.device
-) -> np.ndarray:
-    """Softmax of the sliding-window logits averaged over models (a fold ensemble) -> (K, Z, Y, X).
+ACTIVATIONS = {  # logits (K, Z, Y, X) -> probabilities; sigmoid for region-based models
+    "softmax": lambda logits: torch.softmax(logits, dim=0),
+    "sigmoid": torch.sigmoid,
+}
 
-    `data` is one preprocessed image (C, Z, Y, X) at the plan's spacing.
+
+def predict_probabilities(
+    models: list[nn.Module],
+    data: np.ndarray,
+    plan: Plan,
+    cfg: InferConfig,
+    device: torch.device,
+    activation: str = "softmax",
+) -> np.ndarray:
+    """`activation` of the sliding-window logits averaged over models (a fold ensemble).
+
+    `data` is one preprocessed image (C, Z, Y, X) at the plan's spacing; returns (K, Z, Y, X),
+    K classes (softmax) or regions (sigmoid, see ablate.regions).
     """
     if not models:
         raise ConfigError("infer: no models to predict with; train at least one fold")
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"infer: unknown activation {activation!r}; valid: softmax, sigmoid")
     combos = mirror_combinations(tuple(cfg.mirror_axes), cfg.tta)
     total = None
     for model in models:
@@ -179,8 +193,36 @@ def predict_probabilities(
             model, data, plan.patch_size, cfg.step_size, combos, cfg.window_batch, device
         )
         total = logits if total is None else total + logits
-    probabilities = torch.softmax(total / len(models), dim=0)  # (K, Z, Y, X)
+    probabilities = ACTIVATIONS[activation](total / len(models))  # (K, Z, Y, X)
     return probabilities.float().cpu().numpy()
+
+
+def probabilities_to_labels(
+    probabilities: np.ndarray,
+    regions: dict[str, tuple[int, ...]] | None = None,
+    order: Sequence[int] | None = None,
+) -> np.ndarray:
+    """(K, Z, Y, X) -> (Z, Y, X) uint8: argmax over classes, or with `regions` nnU-Net's
+    threshold-and-paint (ablate.regions.regions_to_labels, `order` = regions_class_order)."""
+    if regions is None:
+        return np.argmax(probabilities, axis=0).astype(np.uint8)
+    from ablate.regions import regions_to_labels
+
+    return regions_to_labels(probabilities, regions, order)
+
+
+def restore_probabilities(probabilities: np.ndarray, props, plan: Plan, regions=None) -> np.ndarray:
+    """preprocess.restore_original, also for region probabilities.
+
+    restore_original fills channel 0 with 1 outside the crop (softmax background); region
+    channels have no background, so one is prepended for the call and dropped afterwards.
+    """
+    from ablate.preprocess import restore_original
+
+    if regions is None:
+        return restore_original(probabilities, props, plan)
+    padded = np.concatenate([np.zeros_like(probabilities[:1]), probabilities])  # (1 + R, ...)
+    return restore_original(padded, props, plan)[1:]
 
 
 def predict_case(
@@ -191,17 +233,20 @@ def predict_case(
     cfg: InferConfig,
     device: torch.device,
     out_path: Path,
+    regions: dict[str, tuple[int, ...]] | None = None,
 ) -> np.ndarray:
     """Preprocess raw images, predict, restore the original geometry, write the label map.
 
-    Returns the (Z, Y, X) uint8 label map that was written to `out_path`.
+    With `regions` the models are region-based (sigmoid outputs). Returns the (Z, Y, X) uint8
+    label map that was written to `out_path`.
     """
     # lazy: the sliding-window core stays importable and testable without the preprocessing stage
-    from ablate.preprocess import preprocess_images, restore_original
+    from ablate.preprocess import preprocess_images
 
     data, props = preprocess_images(images, geometry, plan)
-    probabilities = predict_probabilities(models, data, plan, cfg, device)
-    restored = restore_original(probabilities, props, plan)  # (K, *original_shape)
-    labels = np.argmax(restored, axis=0).astype(np.uint8)
+    activation = "softmax" if regions is None else "sigmoid"
+    probabilities = predict_probabilities(models, data, plan, cfg, device, activation)
+    restored = restore_probabilities(probabilities, props, plan, regions)  # (K, *original_shape)
+    labels = probabilities_to_labels(restored, regions)
     write_image(labels, geometry, out_path)
     return labels

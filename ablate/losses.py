@@ -2,6 +2,8 @@
 
 Every loss is called as ``loss(logits, target, progress)``: logits (B, K, Z, Y, X), target
 (B, 1, Z, Y, X) long with values in [0, K), progress in [0, 1] the fraction of training done.
+Region losses (`REGION_LOSSES`, e.g. "dice_bce") instead take logits (B, R, Z, Y, X) and target
+(B, R, Z, Y, X) binary masks, one per region (ablate.regions.labels_to_regions).
 
 Sign convention: as in nnU-Net, the Dice term is returned as ``-dice`` (not ``1 - dice``), so a
 total loss can go below 0; the optimum of Dice+CE is -1.
@@ -103,10 +105,45 @@ def ce_to_dice(batch_dice: bool) -> Loss:
     return loss
 
 
+# --- region-based training: target (B, R, Z, Y, X) binary masks from ablate.regions -----------
+
+
+def sigmoid_soft_dice(
+    logits: torch.Tensor, target: torch.Tensor, batch_dice: bool, smooth: float = 1e-5
+) -> torch.Tensor:
+    """nnU-Net's MemoryEfficientSoftDiceLoss for regions: sigmoid, do_bg=True; returns -dice.
+
+    Every channel is a region (there is no background channel), so all of them are averaged.
+    """
+    probs = torch.sigmoid(logits.float())  # (B, R, Z, Y, X)
+    spatial = tuple(range(2, logits.ndim))
+    masks = target.to(probs.dtype)  # (B, R, Z, Y, X)
+    intersect = (probs * masks).sum(spatial)  # (B, R)
+    sum_pred, sum_gt = probs.sum(spatial), masks.sum(spatial)
+    if batch_dice:
+        intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
+    dice = (2 * intersect + smooth) / torch.clip(sum_gt + sum_pred + smooth, min=1e-8)
+    return -dice.mean()
+
+
+def dice_bce(batch_dice: bool) -> Loss:
+    """nnU-Net's DC_and_BCE_loss (weights 1:1): BCE-with-logits mean + sigmoid Dice."""
+
+    def loss(logits: torch.Tensor, target: torch.Tensor, progress: float) -> torch.Tensor:
+        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        return bce + sigmoid_soft_dice(logits, target, batch_dice)
+
+    return loss
+
+
+REGION_LOSSES = frozenset({"dice_bce"})  # take region masks, not a label map
+
+
 LOSSES: dict[str, Callable[[bool], Loss]] = {
     "dice_ce": dice_ce,
     "dice_topk": dice_topk,
     "ce_to_dice": ce_to_dice,
+    "dice_bce": dice_bce,
 }
 
 

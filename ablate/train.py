@@ -28,6 +28,13 @@ from ablate.device import peak_memory_mb, reset_peak_memory, select_device, sync
 from ablate.errors import ConfigError, DataError
 from ablate.losses import build_loss, deep_supervision_loss
 from ablate.plan import Plan
+from ablate.regions import (
+    labels_to_regions,
+    network_plan,
+    regions_from_json,
+    regions_to_json,
+    training_regions,
+)
 from ablate.sampler import batch_rng, iterate_batches, sample_batch
 
 LATEST, FINAL = "checkpoint_latest.pt", "checkpoint_final.pt"
@@ -56,20 +63,28 @@ def train(
     seed: int,
     out_dir: Path,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    regions: dict[str, tuple[int, ...]] | None = None,
 ) -> TrainResult:
-    """Train one fold; resumes from out_dir/checkpoint_latest.pt when present."""
+    """Train one fold; resumes from out_dir/checkpoint_latest.pt when present.
+
+    `regions` (default: `cfg.regions` where TrainConfig has it) switches to region-based training:
+    one sigmoid output per region, targets from ablate.regions.labels_to_regions.
+    """
     from ablate.nets import build_network  # lazy: nets is a sibling stage
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(cfg.device)
+    if regions is None:  # the TrainConfig field, once it exists
+        regions = getattr(cfg, "regions", None)
+    regions = training_regions(regions, cfg.loss)
     plan, split = data.plan, _fold_split(data, fold)
     batch_size = cfg.batch_size or plan.batch_size
     cuda_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
-        net = build_network(cfg, plan).to(device)
-        parameters, flops = _count(net, plan)
+        net = build_network(cfg, network_plan(plan, regions)).to(device)
+        parameters, flops = _count(net, network_plan(plan, regions))
         if hasattr(net, "deep_supervision"):
             net.deep_supervision = cfg.deep_supervision != "none"
         optimizer = torch.optim.SGD(
@@ -80,21 +95,24 @@ def train(
             weight_decay=cfg.weight_decay,
         )
         scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-        start_epoch, history = _resume(out_dir / LATEST, cfg, net, optimizer, scaler, device)
-        loss_fn = deep_supervision_loss(
-            build_loss(cfg.loss, _batch_dice(plan)), cfg.deep_supervision
+        start_epoch, history = _resume(
+            out_dir / LATEST, cfg, net, optimizer, scaler, device, regions
         )
+        loss_fn = training_loss(cfg, plan, regions)
         loaders = _Loaders(cfg, data, split, batch_size, seed)
         reset_peak_memory(device)
         for epoch in range(start_epoch, cfg.epochs):
-            metrics = _run_epoch(epoch, cfg, net, optimizer, scaler, loss_fn, loaders, device)
+            metrics = _run_epoch(
+                epoch, cfg, net, optimizer, scaler, loss_fn, loaders, device, regions
+            )
             history.append(metrics)
             state = (net, optimizer, scaler, epoch + 1, cfg, plan, history, seed, fold)
-            _save_checkpoint(out_dir / LATEST, *state)
+            _save_checkpoint(out_dir / LATEST, *state, regions=regions)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, dict(metrics))
         final = out_dir / FINAL
-        _save_checkpoint(final, net, optimizer, scaler, cfg.epochs, cfg, plan, history, seed, fold)
+        state = (net, optimizer, scaler, cfg.epochs, cfg, plan, history, seed, fold)
+        _save_checkpoint(final, *state, regions=regions)
     seconds = float(sum(h["epoch_seconds"] for h in history))
     return TrainResult(
         checkpoint=final,
@@ -113,7 +131,9 @@ def poly_lr(initial_lr: float, epoch: int, schedule_epochs: int, exponent: float
     return initial_lr * max(0.0, 1 - epoch / schedule_epochs) ** exponent
 
 
-def _run_epoch(epoch: int, cfg: TrainConfig, net, optimizer, scaler, loss_fn, loaders, device):
+def _run_epoch(
+    epoch: int, cfg: TrainConfig, net, optimizer, scaler, loss_fn, loaders, device, regions=None
+):
     """One epoch of training then validation; returns the epoch's metrics."""
     began = time.perf_counter()
     lr = poly_lr(cfg.initial_lr, epoch, cfg.lr_schedule_epochs or cfg.epochs)
@@ -126,7 +146,9 @@ def _run_epoch(epoch: int, cfg: TrainConfig, net, optimizer, scaler, loss_fn, lo
         for batch in loaders.train(epoch)
     ]
     num_classes = loaders.data.plan.num_classes
-    val_loss, dice = _validate(net, loss_fn, loaders.val(epoch), progress, num_classes, device)
+    val_loss, dice = _validate(
+        net, loss_fn, loaders.val(epoch), progress, num_classes, device, regions
+    )
     synchronize(device)
     return {
         "train_loss": float(np.mean(losses)),
@@ -155,18 +177,26 @@ def _train_step(
 
 @torch.no_grad()
 def _validate(
-    net, loss_fn, batches, progress: float, num_classes: int, device
+    net, loss_fn, batches, progress: float, num_classes: int, device, regions=None
 ) -> tuple[float, float]:
-    """Mean loss and pseudo Dice (TP/FP/FN summed over all patches per class, then mean)."""
+    """Mean loss and pseudo Dice (TP/FP/FN summed over all patches per class, then mean).
+
+    With regions: per region, the prediction is sigmoid > 0.5 (nnU-Net's validation_step).
+    """
     net.eval()
-    losses, counts = [], torch.zeros(3, num_classes - 1, dtype=torch.float64)
+    n_targets = len(regions) if regions else num_classes - 1
+    losses, counts = [], torch.zeros(3, n_targets, dtype=torch.float64)
     for batch in batches:
         data, target = _to_device(batch, device)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             outputs = net(data)
             losses.append(float(loss_fn(outputs, target, progress).cpu()))
         logits = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-        counts += confusion_counts(logits.argmax(1), target[:, 0], num_classes).cpu()
+        if regions:
+            masks = labels_to_regions(target, regions) > 0  # (B, R, Z, Y, X)
+            counts += region_confusion_counts(logits > 0, masks).cpu()
+        else:
+            counts += confusion_counts(logits.argmax(1), target[:, 0], num_classes).cpu()
     if not losses:
         return math.nan, math.nan
     return float(np.mean(losses)), pseudo_dice(counts)
@@ -179,6 +209,15 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
         p, t = pred == c, target == c
         rows.append(torch.stack([(p & t).sum(), (p & ~t).sum(), (~p & t).sum()]))
     return torch.stack(rows, dim=1).double()
+
+
+def region_confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(3, R) rows TP, FP, FN per region of boolean masks pred and target (B, R, Z, Y, X)."""
+    dims = [d for d in range(pred.ndim) if d != 1]
+    tp = (pred & target).sum(dims)
+    fp = (pred & ~target).sum(dims)
+    fn = (~pred & target).sum(dims)
+    return torch.stack([tp, fp, fn]).double()
 
 
 def pseudo_dice(counts: torch.Tensor) -> float:
@@ -298,6 +337,7 @@ def _save_checkpoint(
     history: list[dict[str, float]],
     seed: int,
     fold: int,
+    regions: dict[str, tuple[int, ...]] | None = None,
 ) -> None:
     device = next(net.parameters()).device
     checkpoint = {
@@ -311,6 +351,7 @@ def _save_checkpoint(
         "rng": _rng_state(device, seed),
         "seed": seed,
         "fold": fold,
+        "regions": regions_to_json(regions),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(checkpoint, tmp)
@@ -318,7 +359,7 @@ def _save_checkpoint(
 
 
 def _resume(
-    path: Path, cfg: TrainConfig, net, optimizer, scaler, device
+    path: Path, cfg: TrainConfig, net, optimizer, scaler, device, regions=None
 ) -> tuple[int, list[dict[str, float]]]:
     """Restore state from `path` if present; returns (first epoch to run, history so far)."""
     if not path.exists():
@@ -327,7 +368,8 @@ def _resume(
     saved = TrainConfig.model_validate_json(checkpoint["config"]).model_dump(
         exclude=set(RESUME_IGNORED_FIELDS)
     )
-    if saved != cfg.model_dump(exclude=set(RESUME_IGNORED_FIELDS)):
+    same_regions = regions_from_json(checkpoint.get("regions", "")) == regions
+    if saved != cfg.model_dump(exclude=set(RESUME_IGNORED_FIELDS)) or not same_regions:
         raise ConfigError(
             f"{path}: was written with a different training config; delete it or use a new out_dir"
         )
@@ -347,8 +389,30 @@ def load_model(checkpoint: Path, device) -> tuple[nn.Module, TrainConfig, Plan]:
     state = torch.load(checkpoint, map_location=device, weights_only=True)
     cfg = TrainConfig.model_validate_json(state["config"])
     plan = Plan.from_json(json.loads(state["plan"]))
-    net = build_network(cfg, plan)
+    net = build_network(cfg, network_plan(plan, regions_from_json(state.get("regions", ""))))
     net.load_state_dict(state["model"])
     if hasattr(net, "deep_supervision"):
         net.deep_supervision = False
     return net.to(device).eval(), cfg, plan
+
+
+# --- region-based training (nnU-Net's regions; see ablate.regions) --------------------------
+
+
+def training_loss(cfg: TrainConfig, plan: Plan, regions=None) -> Callable[..., torch.Tensor]:
+    """cfg.loss with deep supervision; with regions, label targets become region masks first
+    (at full resolution, before the per-output downsampling, as nnU-Net's transforms)."""
+    loss = deep_supervision_loss(build_loss(cfg.loss, _batch_dice(plan)), cfg.deep_supervision)
+    if not regions:
+        return loss
+
+    def region_loss(outputs, target: torch.Tensor, progress: float) -> torch.Tensor:
+        return loss(outputs, labels_to_regions(target, regions), progress)  # (B, R, Z, Y, X)
+
+    return region_loss
+
+
+def checkpoint_regions(checkpoint: Path) -> dict[str, tuple[int, ...]] | None:
+    """The regions a checkpoint was trained on (None: softmax over labels)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return regions_from_json(state.get("regions", ""))

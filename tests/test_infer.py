@@ -16,6 +16,8 @@ from ablate.infer import (
     mirror_combinations,
     predict_case,
     predict_probabilities,
+    probabilities_to_labels,
+    restore_probabilities,
     sliding_window_logits,
     window_starts,
 )
@@ -178,3 +180,64 @@ def test_predict_case_writes_the_argmax_label_map(tmp_path, monkeypatch):
     np.testing.assert_array_equal(labels, image.astype(np.uint8))
     np.testing.assert_array_equal(written, labels)
     assert written_geometry.spacing_mm == geometry.spacing_mm
+
+
+# --- fold ensembles and region-based (sigmoid) inference ------------------------------------
+
+
+def random_conv(seed: int, out_channels: int) -> nn.Module:
+    with torch.random.fork_rng():  # the caller's global RNG state is restored afterwards
+        torch.manual_seed(seed)
+        return nn.Conv3d(1, out_channels, kernel_size=3, padding=1)
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_fold_ensemble_is_the_activation_of_the_mean_logits(activation):
+    models = [random_conv(1, 3), random_conv(2, 3)]
+    data = np.random.default_rng(0).normal(size=(1, 5, 7, 9)).astype(np.float32)
+    cfg = InferConfig(tta=2, window_batch=2)
+    combos = mirror_combinations(cfg.mirror_axes, cfg.tta)
+    logits = [
+        sliding_window_logits(m, data, PATCH, cfg.step_size, combos, cfg.window_batch, CPU)
+        for m in models
+    ]  # (K, Z, Y, X) each
+    mean = (logits[0] + logits[1]) / 2
+    expected = torch.softmax(mean, 0) if activation == "softmax" else torch.sigmoid(mean)
+    probs = predict_probabilities(models, data, tiny_plan(), cfg, CPU, activation)
+    np.testing.assert_allclose(probs, expected.numpy(), rtol=1e-5, atol=1e-6)
+    # and not the mean of the per-model probabilities (nnU-Net averages logits at predict time)
+    per_model = [
+        predict_probabilities([m], data, tiny_plan(), cfg, CPU, activation) for m in models
+    ]
+    assert np.abs((per_model[0] + per_model[1]) / 2 - probs).max() > 1e-4
+
+
+def test_unknown_activation_is_a_config_error():
+    with pytest.raises(ConfigError, match="softmax, sigmoid"):
+        predict_probabilities([random_conv(0, 2)], np.zeros((1, 4, 6, 8)), tiny_plan(),
+                              InferConfig(tta=1), CPU, "relu")
+
+
+def test_probabilities_to_labels_argmax_or_regions():
+    probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.3, 0.3], [0.1, 0.5, 0.6]]).reshape(3, 1, 1, 3)
+    np.testing.assert_array_equal(probabilities_to_labels(probs)[0, 0], [0, 2, 2])
+    regions = {"kidney": (1, 2), "tumor": (2,)}
+    region_probs = np.array([[0.9, 0.9, 0.1], [0.2, 0.8, 0.4]]).reshape(2, 1, 1, 3)
+    labels = probabilities_to_labels(region_probs, regions)
+    np.testing.assert_array_equal(labels[0, 0], [1, 2, 0])
+    assert labels.dtype == np.uint8
+
+
+def test_restore_probabilities_keeps_regions_zero_outside_the_crop():
+    from ablate.preprocess import CaseProperties
+
+    geometry = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    props = CaseProperties("c", geometry, (3, 4, 5), ((1, 3), (0, 4), (0, 5)), (2, 4, 5), (2, 4, 5))
+    probs = np.full((2, 2, 4, 5), 0.75, dtype=np.float32)  # (R, Z, Y, X) inside the crop
+    regions = {"kidney": (1, 2), "tumor": (2,)}
+    restored = restore_probabilities(probs, props, tiny_plan(), regions)
+    assert restored.shape == (2, 3, 4, 5)
+    np.testing.assert_allclose(restored[:, 0], 0.0)  # the cropped-away slice: no region
+    np.testing.assert_allclose(restored[:, 1:], 0.75)
+    softmax_restored = restore_probabilities(probs, props, tiny_plan())
+    np.testing.assert_allclose(softmax_restored[0, 0], 1.0)  # softmax: background there

@@ -6,12 +6,14 @@ import torch
 from ablate.errors import ConfigError
 from ablate.losses import (
     LOSSES,
+    REGION_LOSSES,
     build_loss,
     ce_to_dice_weights,
     cross_entropy,
     deep_supervision_loss,
     deep_supervision_weights,
     downsample_target,
+    sigmoid_soft_dice,
     soft_dice,
     topk_cross_entropy,
 )
@@ -118,3 +120,43 @@ def test_deep_supervision_wrapper_weights_outputs_and_downsamples_targets():
         expected.item(), rel=1e-6
     )
     assert wrapped(full, target, 0).item() == pytest.approx(base(full, target, 0).item())
+
+
+# --- region-based loss (dice_bce) -------------------------------------------------------------
+
+
+def test_dice_bce_at_zero_logits_is_ln2_minus_mean_region_dice():
+    target = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.float32).reshape(1, 2, 1, 1, 4)
+    logits = torch.zeros(1, 2, 1, 1, 4)  # sigmoid 0.5 everywhere
+    # region 0: 2*1 / (2 + 2) = 1/2; region 1: 2*0.5 / (1 + 2) = 1/3; background is not a channel
+    expected = math.log(2) - (1 / 2 + 1 / 3) / 2
+    loss = build_loss("dice_bce", batch_dice=False)(logits, target, 0.0)
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+    assert sigmoid_soft_dice(logits, target, False).item() == pytest.approx(-5 / 12, rel=1e-4)
+
+
+def test_dice_bce_perfect_prediction_approaches_minus_one():
+    target = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.float32).reshape(1, 2, 1, 1, 4)
+    logits = (target * 2 - 1) * 50
+    assert build_loss("dice_bce", False)(logits, target, 0.0).item() == pytest.approx(-1, abs=1e-4)
+    assert "dice_bce" in REGION_LOSSES and "dice_ce" not in REGION_LOSSES
+
+
+def test_dice_bce_batch_dice_pools_regions_over_the_batch():
+    target = torch.tensor([[1.0, 1.0], [0.0, 0.0]]).reshape(2, 1, 1, 1, 2)
+    logits = torch.zeros(2, 1, 1, 1, 2)
+    # pooled: 2*1 / (2 + 2) = 1/2; per sample: 2*1 / (2 + 1) = 2/3 and 0 / (0 + 1) = 0
+    assert sigmoid_soft_dice(logits, target, True).item() == pytest.approx(-0.5, rel=1e-4)
+    assert sigmoid_soft_dice(logits, target, False).item() == pytest.approx(-1 / 3, rel=1e-4)
+
+
+def test_dice_bce_with_deep_supervision_downsamples_region_masks():
+    base = build_loss("dice_bce", batch_dice=False)
+    gen = torch.Generator().manual_seed(0)
+    full = torch.randn(1, 2, 2, 4, 4, generator=gen)  # (B, R, Z, Y, X)
+    half = torch.randn(1, 2, 1, 2, 2, generator=gen)
+    target = (torch.rand(1, 2, 2, 4, 4, generator=gen) > 0.5).float()  # (B, R, Z, Y, X)
+    wrapped = deep_supervision_loss(base, "last3")
+    half_target = target[:, :, 1::2, 1::2, 1::2]  # nearest-exact picks the odd voxels
+    expected = (0.7 * base(full, target, 0) + 0.2 * base(half, half_target, 0)) / 0.9
+    assert wrapped([full, half], target, 0).item() == pytest.approx(expected.item(), rel=1e-6)

@@ -9,8 +9,20 @@ from torch import nn
 
 import ablate
 from ablate.config import TrainConfig
+from ablate.errors import ConfigError
+from ablate.losses import build_loss
 from ablate.plan import ChannelNormalization, Plan
-from ablate.train import confusion_counts, load_model, poly_lr, pseudo_dice, train
+from ablate.regions import labels_to_regions
+from ablate.train import (
+    checkpoint_regions,
+    confusion_counts,
+    load_model,
+    poly_lr,
+    pseudo_dice,
+    region_confusion_counts,
+    train,
+    training_loss,
+)
 
 PATCH = (4, 6, 8)
 
@@ -173,3 +185,46 @@ def test_interrupted_and_resumed_training_matches_uninterrupted(tiny_nets, tmp_p
         torch.load(other_seed.checkpoint, weights_only=True)["model"]["full.weight"],
         a["full.weight"],
     )
+
+
+# --- region-based training -------------------------------------------------------------------
+
+KITS = {"kidney": (1, 2), "tumor": (2,)}
+
+
+def test_region_confusion_counts_per_region():
+    pred = torch.tensor([[1, 1, 0], [0, 1, 1]], dtype=torch.bool).reshape(1, 2, 1, 1, 3)
+    ref = torch.tensor([[1, 0, 0], [0, 0, 1]], dtype=torch.bool).reshape(1, 2, 1, 1, 3)
+    counts = region_confusion_counts(pred, ref)  # (3, R)
+    assert counts[:, 0].tolist() == [1, 1, 0] and counts[:, 1].tolist() == [1, 1, 0]
+    assert pseudo_dice(counts) == pytest.approx(2 / 3)
+
+
+def test_region_training_loss_converts_labels_to_region_masks():
+    cfg = _cfg(loss="dice_bce", deep_supervision="none")
+    labels = torch.tensor([0, 1, 2, 2]).reshape(1, 1, 1, 1, 4)  # (B, 1, Z, Y, X)
+    logits = torch.randn(1, 2, 1, 1, 4, generator=torch.Generator().manual_seed(0))
+    loss = training_loss(cfg, TinyData().plan, KITS)(logits, labels, 0.0)
+    expected = build_loss("dice_bce", False)(logits, labels_to_regions(labels, KITS), 0.0)
+    assert loss.item() == pytest.approx(expected.item())
+
+
+def test_region_loss_and_regions_must_match(tiny_nets, tmp_path):
+    with pytest.raises(ConfigError, match="train.loss: 'dice_ce' takes a label map"):
+        train(_cfg(), TinyData(), 0, 1, tmp_path, regions=KITS)
+    with pytest.raises(ConfigError, match="needs train.regions"):
+        train(_cfg(loss="dice_bce"), TinyData(), 0, 1, tmp_path)
+
+
+def test_tiny_region_training_outputs_one_channel_per_region(tiny_nets, tmp_path):
+    cfg = _cfg(loss="dice_bce", epochs=1)
+    result = train(cfg, TinyData(), 0, 1, tmp_path, regions=KITS)
+    assert np.isfinite(result.history[0]["train_loss"])
+    assert 0 <= result.history[0]["pseudo_dice"] <= 1
+    assert result.parameters == sum(p.numel() for p in TinyNet(1, 2).parameters())
+    assert checkpoint_regions(result.checkpoint) == KITS
+    net, _, plan = load_model(result.checkpoint, torch.device("cpu"))
+    assert plan.num_classes == 3  # the data's plan is unchanged; only the network differs
+    assert net(torch.zeros(1, 1, *PATCH)).shape == (1, 2, *PATCH)
+    with pytest.raises(ConfigError, match="different training config"):
+        train(cfg, TinyData(), 0, 1, tmp_path, regions={"kidney": (1, 2)})
