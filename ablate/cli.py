@@ -98,22 +98,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ablate.data.verify import verify
 
     problems = verify(read_dataset(Path(args.dataset), args.format))
-    for p in problems:
-        print(f"{p.severity}: {p.message}")
+    for problem in problems:
+        print(problem)
     errors = sum(p.severity == "error" for p in problems)
     print(f"{errors} error(s), {len(problems) - errors} warning(s)")
     return 2 if errors else 0
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from ablate.preprocess import prepare
-    from ablate.runner import check_dataset, load_dataset, workdir_of
+    from ablate.runner import check_dataset, load_dataset, prepare_data
 
     study, _ = _load(args.study)
     dataset = load_dataset(study)
     check_dataset(dataset)
-    data = prepare(dataset, study.plan, workdir_of(study) / "preprocessed", folds=study.folds.k,
-                   folds_seed=study.folds.seed, workers=study.workers)
+    data = prepare_data(study, dataset)
     print(f"preprocessed {len(data.case_ids)} cases into {data.root}")
     return 0
 
@@ -158,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a folder of predicted label maps")
     p.add_argument("pred_dir")
     p.add_argument("ref_dir")
-    p.add_argument("--dataset-json", default=None, help="labels/regions (default: REF_DIR/../dataset.json)")
+    p.add_argument("--dataset-json", default=None,
+                   help="labels/regions (default: REF_DIR/../dataset.json)")
     p.add_argument("--nsd-tolerance-mm", type=float, default=2.0)
     p.add_argument("--out", default="metrics.csv")
     p.set_defaults(func=cmd_evaluate)

@@ -32,6 +32,8 @@ class PlanConfig(Frozen):
     patch_size: tuple[int, int, int] | None = None  # (z, y, x); None = planned
     ct_window: CTWindow | None = None
     clip_percentiles: tuple[float, float] | None = None  # None = nnU-Net's (0.5, 99.5)
+    # nnU-Net samples 1e8 foreground voxels in all for its intensity statistics; fewer is faster
+    intensity_samples: int = Field(100_000_000, ge=1000)
 
 
 class TrainConfig(Frozen):
@@ -39,8 +41,11 @@ class TrainConfig(Frozen):
 
     arch: str = "plain"  # key of ablate.nets.ARCHITECTURES
     base_features: int | None = None  # None = the plan's features; seed 004 used 24 / 30
-    blocks_per_stage: tuple[int, ...] | None = None  # residual encoders; None = 1, 2, 3, 4, 4, ...
+    blocks_per_stage: tuple[int, ...] | None = None  # residual encoders; None = ResEnc 1,3,4,6,6,..
     loss: str = "dice_ce"  # key of ablate.losses.LOSSES
+    # region-based training (sigmoid per region, loss dice_bce) as nnU-Net for nested labels,
+    # e.g. {kidney: [1, 2], tumor: [2]}; None = softmax over the labels
+    regions: dict[str, tuple[int, ...]] | None = None
     deep_supervision: str = "nnunet"  # nnunet | last3 | none
     epochs: int = Field(1000, ge=1)
     iterations_per_epoch: int = Field(250, ge=1)

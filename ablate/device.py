@@ -38,3 +38,8 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
         }
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"peak_rss_mb": rss / (2**20 if sys.platform == "darwin" else 2**10)}
+
+
+def headline_peak_mb(peaks: dict[str, float]) -> float:
+    """The one number a report shows: peak allocated GPU memory, else peak resident memory."""
+    return peaks.get("peak_gpu_allocated_mb", peaks.get("peak_rss_mb", float("nan")))

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from ablate.data.dataset import Dataset
-from ablate.errors import DataError
 from ablate.study import EvalJob, Study, TrainJob
 
 
@@ -31,11 +30,11 @@ class RunSummary:
 
 
 def workdir_of(study: Study) -> Path:
-    return Path(study.workdir or Path("runs") / study.name).resolve()
+    return study.work_dir()
 
 
 def report_dir_of(study: Study) -> Path:
-    return Path(study.report_dir or Path("reports") / study.name).resolve()
+    return study.report_path()
 
 
 def load_dataset(study: Study) -> Dataset:
@@ -46,7 +45,8 @@ def load_dataset(study: Study) -> Dataset:
         from ablate.data.synthetic import make_synthetic_dataset
 
         syn = spec.synthetic
-        out = workdir_of(study) / "data" / f"synthetic-s{syn.seed}-n{syn.cases}"
+        fov = "x".join(f"{v:g}" for v in syn.fov_mm)
+        out = workdir_of(study) / "data" / f"synthetic-s{syn.seed}-n{syn.cases}-fov{fov}"
         if not (out / "dataset.json").is_file():
             tmp = out.with_name(out.name + f".tmp{time.time_ns()}")
             make_synthetic_dataset(tmp, cases=syn.cases, seed=syn.seed, fov_mm=tuple(syn.fov_mm))
@@ -59,24 +59,23 @@ def load_dataset(study: Study) -> Dataset:
 
 def check_dataset(dataset: Dataset) -> None:
     """Stop before any caching when the dataset has errors (warnings pass)."""
-    from ablate.data.verify import verify
+    from ablate.data.verify import raise_on_errors, verify
 
-    errors = [p for p in verify(dataset) if p.severity == "error"]
-    if errors:
-        more = f" (and {len(errors) - 1} more; run `ablate verify`)" if len(errors) > 1 else ""
-        raise DataError(f"{errors[0].message}{more}")
+    raise_on_errors(verify(dataset))
 
 
 # --- jobs: plain functions an executor can run in another process -------------------------
 
 
 def execute_training(job: TrainJob, data, job_dir: Path) -> dict:
+    from ablate.device import headline_peak_mb
     from ablate.train import train
 
     result = train(job.train, data, job.fold, job.seed, job_dir)
     metrics = {
         "train_seconds": result.seconds, "seconds_per_epoch": result.seconds_per_epoch,
         "parameters": float(result.parameters), "flops": float(result.flops),
+        "peak_train_memory_mb": headline_peak_mb(result.peak_memory_mb),
         **{f"train_{k}": v for k, v in result.peak_memory_mb.items()},
     }
     return {"metrics": metrics, "history": result.history}
@@ -86,32 +85,46 @@ def execute_evaluation(job: EvalJob, checkpoint: Path, data, dataset: Dataset,
                        targets: dict[str, tuple[int, ...]], tolerance_mm: dict[str, float],
                        job_dir: Path) -> dict:
     """Predict the fold's validation cases with the trained model, write and score them."""
-    from ablate.device import peak_memory_mb, reset_peak_memory, select_device, synchronize
+    from ablate.device import (
+        headline_peak_mb,
+        peak_memory_mb,
+        reset_peak_memory,
+        select_device,
+        synchronize,
+    )
     from ablate.evaluate import evaluate_case
     from ablate.imageio import read_image, write_image
-    from ablate.infer import predict_probabilities
-    from ablate.preprocess import restore_original
-    from ablate.train import load_model
+    from ablate.infer import predict_probabilities, probabilities_to_labels, restore_probabilities
+    from ablate.postprocess import keep_largest_component
+    from ablate.train import checkpoint_regions, load_model
 
     device = select_device(job.infer.device)
     model, _, plan = load_model(checkpoint, device)
+    regions = checkpoint_regions(checkpoint)
+    foreground = tuple(sorted({v for values in targets.values() for v in values}))
     label_files = {c.case_id: c.label for c in dataset.cases}
     rows, seconds, peaks = [], [], {}
     for case_id in data.folds[job.fold].val:
         image, _, props = data.load_case(case_id)
         reset_peak_memory(device)
         start = time.perf_counter()
-        probs = predict_probabilities([model], np.asarray(image), plan, job.infer, device)
-        labels = np.argmax(restore_original(probs, props, plan), axis=0).astype(np.uint8)
+        probs = predict_probabilities([model], np.array(image), plan, job.infer, device,
+                                      "sigmoid" if regions else "softmax")
+        labels = probabilities_to_labels(restore_probabilities(probs, props, plan, regions),
+                                          regions)
+        if job.infer.postprocess == "largest_component":
+            labels = keep_largest_component(labels, foreground)
         synchronize(device)
         seconds.append(time.perf_counter() - start)
         for key, value in peak_memory_mb(device).items():
             peaks[key] = max(peaks.get(key, 0.0), value)
-        write_image(labels, props.geometry, job_dir / "predictions" / f"{case_id}{dataset.file_ending}")
+        out = job_dir / "predictions" / f"{case_id}{dataset.file_ending}"
+        write_image(labels, props.geometry, out)
         ref, geometry = read_image(label_files[case_id])
         for row in evaluate_case(labels, ref, geometry.spacing_mm, targets, tolerance_mm):
             rows.append({"case": case_id, **row})
     metrics = {"infer_seconds_per_case": float(np.mean(seconds)),
+               "peak_infer_memory_mb": headline_peak_mb(peaks),
                **{f"infer_{k}": v for k, v in peaks.items()}}
     for target in targets:
         for metric in ("dsc", "nsd"):
@@ -141,7 +154,7 @@ def record_outcome(tracker, run_id: str, kind: str, outcome: dict) -> None:
 def run_phase(jobs: list, kind: str, make_call: Callable, executor, tracker,
               summary: RunSummary, on_progress: Callable[[str], None]) -> None:
     """Keep up to `executor.capacity` unfinished jobs in flight and record each outcome as it
-    arrives, so a kill loses at most the jobs in flight; failures are recorded, the phase goes on."""
+    arrives, so a kill loses at most the jobs in flight. A failure is recorded; the rest go on."""
     import concurrent.futures as cf
 
     in_flight: dict[cf.Future, tuple] = {}
@@ -162,8 +175,9 @@ def run_phase(jobs: list, kind: str, make_call: Callable, executor, tracker,
             tracker.end_job(run_id, ok=True)
             setattr(summary, f"{kind}_run", getattr(summary, f"{kind}_run") + 1)
 
+    done = {key for key, state in tracker.job_states().items() if state == "done"}
     for job in jobs:
-        if tracker.finished(job.key):
+        if job.key in done:
             setattr(summary, f"{kind}_skipped", getattr(summary, f"{kind}_skipped") + 1)
             continue
         while len(in_flight) >= executor.capacity:
@@ -178,10 +192,19 @@ def run_phase(jobs: list, kind: str, make_call: Callable, executor, tracker,
         record_next()
 
 
+def prepare_data(study: Study, dataset: Dataset, plan_cfg=None):
+    """The shared preprocessed data for one plan configuration (cached; built once)."""
+    from ablate.preprocess import prepare
+
+    plan_cfg = plan_cfg or study.plan
+    return prepare(dataset, plan_cfg, workdir_of(study) / "preprocessed", folds=study.folds.k,
+                   folds_seed=study.folds.seed, workers=study.workers,
+                   intensity_samples=plan_cfg.intensity_samples)
+
+
 def run_study(study: Study, config_yaml: str = "", on_progress: Callable[[str], None] = print,
               make_report: bool = True, executor=None) -> RunSummary:
     from ablate.executors import InProcessExecutor
-    from ablate.preprocess import prepare
     from ablate.study import expand
     from ablate.tracking import Tracker, default_tracking_uri
 
@@ -190,17 +213,24 @@ def run_study(study: Study, config_yaml: str = "", on_progress: Callable[[str], 
     dataset = load_dataset(study)
     check_dataset(dataset)
     on_progress(f"dataset {dataset.name}: {len(dataset.cases)} cases; planning and preprocessing")
-    data = prepare(dataset, study.plan, workdir / "preprocessed", folds=study.folds.k,
-                   folds_seed=study.folds.seed, workers=study.workers)
-    train_jobs, eval_jobs = expand(study, data.key)
-    plan = data.plan
+    base = prepare_data(study, dataset)
+    train_jobs, eval_jobs = expand(study, base.key)
+    # plan axes (e.g. CT windowing) need their own preprocessing; prepared once each, up front
+    data_for = {job.key: base if job.plan == study.plan else prepare_data(study, dataset, job.plan)
+                for job in train_jobs}
+    plan = base.plan
     on_progress(f"plan: spacing {tuple(round(s, 2) for s in plan.target_spacing_mm)} mm, patch "
                 f"{plan.patch_size}, batch {plan.batch_size}, {plan.num_stages} stages; "
                 f"{len(train_jobs)} trainings, {len(eval_jobs)} evaluations")
     tracker = Tracker(default_tracking_uri(study, workdir), study.name, workdir / "mlartifacts")
-    tracker.start_study({"data_key": data.key, "num_cases": len(dataset.cases)},
-                        {"plan.json": data.root / "plan.json",
-                         "fingerprint.json": data.root / "fingerprint.json"})
+    tracker.start_study({"data_key": base.key, "num_cases": len(dataset.cases)},
+                        {"plan.json": base.root / "plan.json",
+                         "fingerprint.json": base.root / "fingerprint.json",
+                         "splits.json": base.root / "splits.json"},
+                        axes=list(study.axes))
+    tracker.log_planned_jobs([{"job_key": j.key, "name": j.name, "kind": kind}
+                              for kind, jobs in (("train", train_jobs), ("eval", eval_jobs))
+                              for j in jobs])
     executor = executor or InProcessExecutor()
     jobs_dir = workdir / "jobs"
     targets = {k: tuple(v) for k, v in (study.evaluation.targets or dataset.targets()).items()}
@@ -208,12 +238,13 @@ def run_study(study: Study, config_yaml: str = "", on_progress: Callable[[str], 
     summary = RunSummary()
     try:
         run_phase(train_jobs, "trainings",
-                  lambda j: (execute_training, (j, data, jobs_dir / j.key)),
+                  lambda j: (execute_training, (j, data_for[j.key], jobs_dir / j.key)),
                   executor, tracker, summary, on_progress)
         run_phase(eval_jobs, "evaluations",
                   lambda j: (execute_evaluation,
-                             (j, jobs_dir / j.train_key / "checkpoint_final.pt", data, dataset,
-                              targets, tolerance, jobs_dir / j.key)),
+                             (j, jobs_dir / j.train_key / "checkpoint_final.pt",
+                              data_for[j.train_key], dataset, targets, tolerance,
+                              jobs_dir / j.key)),
                   executor, tracker, summary, on_progress)
     finally:
         executor.shutdown()
@@ -227,7 +258,7 @@ def build_study_report(study: Study, config_yaml: str = "", tracker=None) -> Pat
     import json
 
     from ablate.report import build_report
-    from ablate.study import variant_label
+    from ablate.study import baseline_variant, variant_label
     from ablate.tracking import Tracker, default_tracking_uri, fetch_results
 
     workdir = workdir_of(study)
@@ -235,7 +266,7 @@ def build_study_report(study: Study, config_yaml: str = "", tracker=None) -> Pat
     results = fetch_results(uri, study.name)
     meta = {
         "name": study.name, "config_yaml": config_yaml, "tracking_uri": uri,
-        "baseline": variant_label(study.baseline) if study.baseline else None,
+        "baseline": variant_label(baseline_variant(study)) if study.axes else None,
         "environment": environment(), "missing": list(results.missing),
         "nsd_tolerance_mm": study.evaluation.nsd_tolerance_mm,
     }

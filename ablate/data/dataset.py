@@ -66,7 +66,8 @@ def _parse_labels(raw: dict, where: Path) -> tuple[dict[str, int], dict[str, tup
         elif isinstance(value, list) and all(isinstance(v, int) for v in value):
             regions[name] = tuple(value)
         else:
-            raise DataError(f"{where}: label {name!r} must be an int or a list of ints, got {value!r}")
+            raise DataError(f"{where}: label {name!r} must be an int or a list of ints, "
+                            f"got {value!r}")
     if regions:
         # region-based dataset.json: the integer labels are the union of the region members
         values = sorted({v for r in regions.values() for v in r} | set(labels.values()))
