@@ -294,3 +294,40 @@ def environment() -> dict[str, str]:
         except PackageNotFoundError:
             env[pkg] = "not installed"
     return env
+
+
+def study_status(study: Study) -> str:
+    """One line per job (done / running / failed / pending), the best metric so far, time left."""
+    from ablate.preprocess import cache_key
+    from ablate.study import expand
+    from ablate.tracking import Tracker, default_tracking_uri
+
+    dataset = load_dataset(study)
+    train_jobs, eval_jobs = expand(study, cache_key(dataset, study.plan,
+                                                    study.plan.intensity_samples))
+    workdir = workdir_of(study)
+    records = Tracker(default_tracking_uri(study, workdir), study.name,
+                      workdir / "mlartifacts").job_records()
+    lines, best, left = [], (None, float("-inf")), 0.0
+    for kind, jobs in (("train", train_jobs), ("eval", eval_jobs)):
+        durations = [r["seconds"] for j in jobs if (r := records.get(j.key)) and r["seconds"]]
+        typical = sum(durations) / len(durations) if durations else None
+        for job in jobs:
+            record = records.get(job.key, {"state": "pending", "metrics": {}})
+            state = "failed" if record["state"] == "superseded" else record["state"]
+            dsc = {k: v for k, v in record["metrics"].items() if k.startswith("dsc_")}
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(dsc.items()))
+            lines.append(f"{state:8s} {kind:5s} {job.name}  {shown}".rstrip())
+            if dsc and (mean := sum(dsc.values()) / len(dsc)) > best[1]:
+                best = (job.name, mean)
+            if state != "done" and typical:
+                left += typical
+    counts = {s: sum(line.startswith(s) for line in lines)
+              for s in ("done", "running", "failed", "pending")}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    if best[0]:
+        lines.append(f"best so far: {best[0]} (mean DSC over targets {best[1]:.4f})")
+    lines.append(f"estimated time left: {left / 60:.1f} min" if left else
+                 "estimated time left: unknown until a job of each kind has finished")
+    return "\n".join(lines)
+

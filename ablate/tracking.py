@@ -226,6 +226,22 @@ class Tracker:
             self.client.set_tag(run_id, "ablate.error", error[:TAG_VALUE_LIMIT])
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
+    def job_records(self) -> dict[str, dict[str, Any]]:
+        """job_key -> {"state", "seconds" (finished runs), "metrics"} of its best run."""
+        records: dict[str, dict[str, Any]] = {}
+        for run in _search_all(self.client, self.experiment_id, "tags.`ablate.kind` != 'study'"):
+            key = run.data.tags.get("ablate.job_key")
+            state = run.data.tags.get("ablate.state", "running")
+            if run.info.status == "FINISHED":
+                state = "done"
+            known = records.get(key, {}).get("state", "")
+            if key and STATE_RANK.get(state, 9) < STATE_RANK.get(known, 9):
+                seconds = ((run.info.end_time - run.info.start_time) / 1000
+                           if state == "done" and run.info.end_time else None)
+                records[key] = {"state": state, "seconds": seconds,
+                                "metrics": dict(run.data.metrics)}
+        return records
+
     def job_states(self) -> dict[str, str]:
         """job_key -> best state over its runs (done > running > failed > superseded)."""
         states: dict[str, str] = {}

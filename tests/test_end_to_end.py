@@ -69,3 +69,11 @@ def test_rerun_skips_finished_jobs(tiny_study: Path, capsys) -> None:
     assert main(["run", str(tiny_study / "tiny.yaml")]) == 0
     out = capsys.readouterr().out
     assert "trainings: 0 run, 4 already done; evaluations: 0 run, 8 already done" in out
+
+
+@pytest.mark.slow
+def test_status_lists_every_job_done(tiny_study: Path, capsys) -> None:
+    assert main(["status", str(tiny_study / "tiny.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "12 done, 0 running, 0 failed, 0 pending" in out
+    assert "best so far:" in out

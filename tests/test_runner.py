@@ -1,0 +1,53 @@
+"""The runner records a failing job with its error, goes on with the rest, and `ablate run`
+exits non-zero at the end."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ablate import runner
+from ablate.cli import main
+
+STUDY = """
+name: failing
+dataset:
+  synthetic: {cases: 4, seed: 1, fov_mm: [50, 60, 60]}
+plan: {gpu_memory_gb: 0.02, base_features: 4, max_features: 16, intensity_samples: 100000}
+train: {epochs: 1, iterations_per_epoch: 2, val_iterations: 1, data_workers: 0}
+infer: {tta: 1}
+folds: {k: 2}
+workdir: work
+report_dir: report
+"""
+
+
+@pytest.mark.slow
+def test_failed_job_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatch, capsys) -> None:
+    import mlflow
+
+    real = runner.execute_training
+
+    def flaky(job, data, job_dir):
+        if job.fold == 1:
+            raise RuntimeError("simulated out-of-memory")
+        return real(job, data, job_dir)
+
+    monkeypatch.setattr(runner, "execute_training", flaky)
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(STUDY))
+    assert main(["run", str(study)]) == 1
+    captured = capsys.readouterr()
+    assert "2 job(s) failed" in captured.err  # the training of fold 1 and its evaluation
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("failing").experiment_id])
+    by_kind_fold = {(r.data.tags.get("ablate.kind"), r.data.params.get("fold")): r for r in runs}
+    failed = by_kind_fold[("train", "1")]
+    assert failed.info.status == "FAILED"
+    assert "simulated out-of-memory" in failed.data.tags["ablate.error"]
+    assert by_kind_fold[("train", "0")].info.status == "FINISHED"
+    assert by_kind_fold[("eval", "0")].info.status == "FINISHED"
+    assert (tmp_path / "report" / "index.html").is_file()
