@@ -24,7 +24,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         train_jobs, eval_jobs = expand(study, data_key="dry-run")
         print(describe(study, (train_jobs, eval_jobs)))
         return 0
-    summary = run_study(study, text, on_progress=_progress_printer())
+    from ablate.progress import for_terminal
+
+    progress = for_terminal()
+    try:
+        summary = run_study(study, text, progress=progress)
+    finally:
+        progress.close()
     print(f"trainings: {summary.trainings_run} run, {summary.trainings_skipped} already done; "
           f"evaluations: {summary.evaluations_run} run, {summary.evaluations_skipped} already done")
     if summary.report:
@@ -48,17 +54,6 @@ def _print_best(study) -> None:
     means = dsc[dsc.target == target].groupby("variant").value.mean().sort_values()
     print(f"best variant: {means.index[-1]}  mean {target} DSC = {means.iloc[-1]:.4f} "
           f"(n = {int((dsc.target == target).sum() / len(means))} cases)")
-
-
-def _progress_printer():
-    import time
-
-    start = time.perf_counter()
-
-    def show(message: str) -> None:
-        print(f"[{time.perf_counter() - start:7.1f}s] {message}", flush=True)
-
-    return show
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ablate.data.dataset import Dataset
+from ablate.progress import PlainProgress, Progress
 from ablate.study import EvalJob, Study, TrainJob
 
 
@@ -152,7 +153,7 @@ def record_outcome(tracker, run_id: str, kind: str, outcome: dict) -> None:
 
 
 def run_phase(jobs: list, kind: str, make_call: Callable, executor, tracker,
-              summary: RunSummary, on_progress: Callable[[str], None]) -> None:
+              summary: RunSummary, progress: Progress) -> None:
     """Keep up to `executor.capacity` unfinished jobs in flight and record each outcome as it
     arrives, so a kill loses at most the jobs in flight. A failure is recorded; the rest go on."""
     import concurrent.futures as cf
@@ -170,12 +171,15 @@ def run_phase(jobs: list, kind: str, make_call: Callable, executor, tracker,
                 tracker.end_job(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
                 summary.failed.append(job.name)
                 trace = "".join(traceback.format_exception(exc, limit=-3))
-                on_progress(f"FAILED {job.name}: {type(exc).__name__}: {exc}\n{trace}")
+                progress.message(f"FAILED {job.name}: {type(exc).__name__}: {exc}\n{trace}")
+                progress.advance(kind)
                 continue
             tracker.end_job(run_id, ok=True)
             setattr(summary, f"{kind}_run", getattr(summary, f"{kind}_run") + 1)
+            progress.advance(kind)
 
     done = {key for key, state in tracker.job_states().items() if state == "done"}
+    progress.phase(kind, total=sum(job.key not in done for job in jobs))
     for job in jobs:
         if job.key in done:
             setattr(summary, f"{kind}_skipped", getattr(summary, f"{kind}_skipped") + 1)
@@ -185,7 +189,7 @@ def run_phase(jobs: list, kind: str, make_call: Callable, executor, tracker,
         extra = {"ablate.train_key": job.train_key} if kind == "evaluations" else {}
         run_id = tracker.start_job(job.key, job.name, "eval" if extra else "train",
                                    job_params(job), extra)
-        on_progress(f"{'evaluate' if extra else 'train'}: {job.name}")
+        progress.job(f"{'evaluate' if extra else 'train'}: {job.name}")
         fn, args = make_call(job)
         in_flight[executor.submit(fn, *args)] = (job, run_id)
     while in_flight:
@@ -202,7 +206,7 @@ def prepare_data(study: Study, dataset: Dataset, plan_cfg=None):
                    intensity_samples=plan_cfg.intensity_samples)
 
 
-def run_study(study: Study, config_yaml: str = "", on_progress: Callable[[str], None] = print,
+def run_study(study: Study, config_yaml: str = "", progress: Progress | None = None,
               make_report: bool = True, executor=None) -> RunSummary:
     from ablate.executors import InProcessExecutor
     from ablate.study import expand
@@ -212,16 +216,18 @@ def run_study(study: Study, config_yaml: str = "", on_progress: Callable[[str], 
     workdir.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(study)
     check_dataset(dataset)
-    on_progress(f"dataset {dataset.name}: {len(dataset.cases)} cases; planning and preprocessing")
+    progress = progress or PlainProgress()
+    progress.message(f"dataset {dataset.name}: {len(dataset.cases)} cases; planning, preprocessing")
     base = prepare_data(study, dataset)
     train_jobs, eval_jobs = expand(study, base.key)
     # plan axes (e.g. CT windowing) need their own preprocessing; prepared once each, up front
     data_for = {job.key: base if job.plan == study.plan else prepare_data(study, dataset, job.plan)
                 for job in train_jobs}
     plan = base.plan
-    on_progress(f"plan: spacing {tuple(round(s, 2) for s in plan.target_spacing_mm)} mm, patch "
-                f"{plan.patch_size}, batch {plan.batch_size}, {plan.num_stages} stages; "
-                f"{len(train_jobs)} trainings, {len(eval_jobs)} evaluations")
+    spacing = tuple(round(s, 2) for s in plan.target_spacing_mm)
+    progress.message(f"plan: spacing {spacing} mm, patch {plan.patch_size}, batch "
+                     f"{plan.batch_size}, {plan.num_stages} stages; {len(train_jobs)} trainings, "
+                     f"{len(eval_jobs)} evaluations")
     tracker = Tracker(default_tracking_uri(study, workdir), study.name, workdir / "mlartifacts")
     tracker.start_study({"data_key": base.key, "num_cases": len(dataset.cases)},
                         {"plan.json": base.root / "plan.json",
@@ -239,13 +245,13 @@ def run_study(study: Study, config_yaml: str = "", on_progress: Callable[[str], 
     try:
         run_phase(train_jobs, "trainings",
                   lambda j: (execute_training, (j, data_for[j.key], jobs_dir / j.key)),
-                  executor, tracker, summary, on_progress)
+                  executor, tracker, summary, progress)
         run_phase(eval_jobs, "evaluations",
                   lambda j: (execute_evaluation,
                              (j, jobs_dir / j.train_key / "checkpoint_final.pt",
                               data_for[j.train_key], dataset, targets, tolerance,
                               jobs_dir / j.key)),
-                  executor, tracker, summary, on_progress)
+                  executor, tracker, summary, progress)
     finally:
         executor.shutdown()
     if make_report:

@@ -1,0 +1,151 @@
+"""Browser checks: the HTML report and MLflow's UI as headless Chromium renders them.
+
+Skipped with the install hint when chromium/chromedriver are absent (see tests/browser.py).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import browser as chromium
+import numpy as np
+import pytest
+from browser import free_port, headless_chromium, mlflow_ui, require_chromium, wait_http
+from PIL import Image
+
+from ablate.report import build_report, synthetic_results
+from ablate.tracking import Tracker
+
+REPORT_SECTIONS = ("Summary", "Accuracy per target", "Statistics", "Runtime and memory", "Methods")
+DSC = {"plain": 0.8125, "residual": 0.875}  # exact in binary and short in the UI
+
+RENDERED_REPORT = """
+const visible = e => e.getBoundingClientRect().width > 0 && e.getBoundingClientRect().height > 0;
+const summary = document.querySelectorAll('ul.summary li');
+const tables = [...document.querySelectorAll('table')];
+const images = [...document.images];
+return {
+  headings: [...document.querySelectorAll('h2')].map(h => h.textContent),
+  summaryItems: summary.length,
+  summaryVisible: summary.length > 0 && visible(summary[0]),
+  tables: tables.length,
+  tablesWithRows: tables.filter(t => t.querySelectorAll('tbody tr').length > 0 && visible(t))
+                        .length,
+  images: images.length,
+  decoded: images.filter(i => i.complete && i.naturalWidth > 0 && i.naturalHeight > 0
+                              && visible(i)).length,
+  fetched: performance.getEntriesByType('resource').map(r => r.name)
+                      .filter(n => !n.startsWith('data:')),
+};
+"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require_chromium()
+    with headless_chromium() as session:
+        yield session
+
+
+PIXEL = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNk+A8AAQUBAScY42YAAAAASUVORK5"
+         "CYII=")  # a valid 1x1 PNG
+
+
+def test_missing_chromium_skips_with_the_install_line(monkeypatch):
+    monkeypatch.setattr(chromium, "CHROMIUM_CANDIDATES", ("/nonexistent/chromium",))
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium chromium-driver"):
+        require_chromium()
+
+
+def test_wait_http_gives_up_naming_the_server():
+    with pytest.raises(TimeoutError, match="toy server did not answer"):
+        wait_http(f"http://127.0.0.1:{free_port()}/", 0.5, what="toy server")
+
+
+def test_a_broken_image_is_caught(browser, tmp_path):
+    """The decode check can fail: one valid and one corrupt embedded PNG."""
+    page = tmp_path / "page.html"
+    page.write_text(f'<h2>Summary</h2><img src="data:image/png;base64,{PIXEL}" width="9">'
+                    '<img src="data:image/png;base64,AAAA" width="9">')
+    browser.get(page.as_uri())
+    dom = browser.script(RENDERED_REPORT)
+    assert dom["images"] == 2 and dom["decoded"] == 1
+
+
+def _assert_real_screenshot(path, min_width: int) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, f"{path}: not a real PNG"
+    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=float)
+    assert pixels.shape[1] >= min_width
+    ink = (pixels < 200).mean()  # MLflow's pages: ~1-2 %, the report: more; a blank page: 0
+    assert pixels.std() > 8 and ink > 0.004, f"{path}: looks blank ({ink:.2%} dark pixels)"
+
+
+@pytest.mark.slow
+def test_report_renders_summary_tables_and_every_image(browser, tmp_path):
+    results = synthetic_results({"arch": ["plain", "residual"]}, n_cases=8, folds=2,
+                                effects={"residual": 0.05}, epochs=3)
+    meta = {"name": "browser check", "baseline": "plain",
+            "nsd_tolerance_mm": {"kidney": 1.0, "tumor": 2.0}}
+    page = build_report(results, meta, tmp_path / "report")
+    served_images = len(re.findall(r"<img\b", page.read_text(encoding="utf-8")))
+
+    browser.get(page.absolute().as_uri())
+    rendered = browser.wait_for("return document.readyState === 'complete' && "
+                                "[...document.images].every(i => i.complete)", 30, "report")
+    assert rendered
+    dom = browser.script(RENDERED_REPORT)
+    assert all(s in dom["headings"] for s in REPORT_SECTIONS), dom["headings"]
+    assert dom["summaryItems"] >= 1 and dom["summaryVisible"]
+    assert dom["tables"] >= 4 and dom["tablesWithRows"] == dom["tables"]
+    assert served_images >= 5 and dom["images"] == served_images
+    assert dom["decoded"] == served_images, f"{served_images - dom['decoded']} image(s) broken"
+    assert dom["fetched"] == [], "the report must not load anything"
+    assert "residual vs plain, kidney DSC" in browser.text()
+
+    shot = browser.screenshot(tmp_path / "report.png")
+    _assert_real_screenshot(shot, min_width=1000)
+
+
+def _tiny_store(tmp_path) -> tuple[str, Tracker, dict[str, str]]:
+    """A study parent run with two finished eval child runs; no network is trained."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "browser_study", tmp_path / "artifacts")
+    tracker.start_study({"study": "browser_study"}, {}, axes=["arch"])
+    run_ids = {}
+    for arch, dsc in DSC.items():
+        name = f"eval {arch} fold 0"
+        run_id = tracker.start_job(f"eval-{arch}", name, "eval", {"fold": 0, "seed": 0}, {},
+                                   variant={"arch": arch})
+        tracker.log_metrics(run_id, {"dsc_kidney": dsc, "nsd_kidney": dsc - 0.05})
+        tracker.end_job(run_id, ok=True)
+        run_ids[name] = run_id
+    tracker.end_study(ok=True)
+    return uri, tracker, run_ids
+
+
+@pytest.mark.slow
+def test_mlflow_ui_lists_the_study_its_runs_and_their_dsc(browser, tmp_path):
+    uri, tracker, run_ids = _tiny_store(tmp_path)
+    with mlflow_ui(uri, timeout_s=120) as base:
+        experiment = f"{base}/#/experiments/{tracker.experiment_id}"
+        # MLflow 3 opens experiments in its GenAI view; the runs table is the ML view.
+        browser.get(f"{experiment}/runs?workflowType=machine_learning")
+        expanders = "document.querySelectorAll('button[data-component-id*=runnamecellrenderer]')"
+        browser.wait_for(f"return document.body.innerText.includes('browser_study') && "
+                         f"{expanders}.length > 0", 60, "the study's parent run in the runs table")
+        browser.script(f"{expanders}.forEach(b => b.click())")  # child runs sit under the parent
+        names = list(run_ids)
+        browser.wait_for("return arguments[0].every(n => document.body.innerText.includes(n))",
+                         30, f"child runs {names}", names)
+        shot = browser.screenshot(tmp_path / "runs.png", full_page=False)
+        _assert_real_screenshot(shot, min_width=1000)
+
+        for (name, run_id), dsc in zip(run_ids.items(), DSC.values(), strict=True):
+            browser.get(f"{experiment}/runs/{run_id}")
+            text = browser.wait_for("const t = document.body.innerText; "
+                                    "return t.includes('dsc_kidney') && t", 60,
+                                    f"metrics of run {name!r}")
+            assert name in text and "browser_study" in text  # run and its parent
+            assert re.search(rf"dsc_kidney\s+{dsc}\b", text), f"dsc_kidney {dsc} not listed"
