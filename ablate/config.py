@@ -70,7 +70,9 @@ class InferConfig(Frozen):
     step_size: float = Field(0.5, gt=0, le=1)
     window_batch: int = Field(2, ge=1)
     ensemble_folds: bool = False
-    postprocess: Literal["none", "largest_component", "auto"] = "none"
+    # "largest_component" keeps the largest foreground component (nnU-Net's first step); the
+    # cross-validated decision (ablate.postprocess.decide_postprocessing) is not a grid value yet
+    postprocess: Literal["none", "largest_component"] = "none"
     device: str = "auto"
 
 

@@ -103,6 +103,39 @@ class FoldsSpec(Frozen):
         return self
 
 
+class SlurmSpec(Frozen):
+    """Resources of each SLURM job (submitit); the study's folder must be on a shared filesystem."""
+
+    partition: str | None = None
+    time_min: int = Field(24 * 60, ge=1)  # wall-clock limit per job
+    gpus_per_job: int = Field(1, ge=0)
+    cpus_per_job: int = Field(4, ge=1)
+    mem_gb: float = Field(32.0, gt=0)
+    array_parallelism: int = Field(16, ge=1)  # jobs of one array running at once
+    folder: Path | None = None  # submitit logs and pickles; None = <workdir>/slurm
+    max_requeues: int = Field(3, ge=0)  # after preemption or time-out, continuing from checkpoint
+    extra: dict[str, Any] = Field(default_factory=dict)  # more sbatch options: {account: x, qos: y}
+
+
+class RaySpec(Frozen):
+    """Ray tasks on an existing cluster (`address`, e.g. "auto") or on a local one started here."""
+
+    address: str | None = None
+    num_cpus: float = Field(1.0, ge=0)  # per job
+    num_gpus: float = Field(0.0, ge=0)  # per job; fractions pack several jobs on one GPU
+
+
+class ExecutorSpec(Frozen):
+    """Where jobs run: in this process (default), local worker processes, SLURM or Ray."""
+
+    kind: Literal["inprocess", "local", "slurm", "ray"] = "inprocess"
+    workers: int = Field(1, ge=1)  # jobs in flight (local processes, Ray tasks)
+    gpus: list[int] | None = None  # local: one GPU index per worker; None = CPU-only workers
+    threads_per_worker: int = Field(1, ge=1)  # torch threads in each worker
+    slurm: SlurmSpec = SlurmSpec()
+    ray: RaySpec = RaySpec()
+
+
 class Study(Frozen):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     description: str = ""
@@ -121,6 +154,7 @@ class Study(Frozen):
     workdir: Path | None = None
     report_dir: Path | None = None
     workers: int = Field(2, ge=1)
+    executor: ExecutorSpec = ExecutorSpec()
 
     def work_dir(self) -> Path:
         """The study's run folder: `workdir`, else runs/<name> under the current directory."""
@@ -492,6 +526,10 @@ def check_study(study: Study, source: str = "study") -> None:
                               f"{study.axes[axis]}; pick one of them")
     if study.axes and not grid_cells(study):
         raise ConfigError(f"{source}: exclude removes every grid cell; loosen exclude")
+    if study.infer.ensemble_folds or True in study.axes.get("infer.ensemble_folds", []):
+        raise ConfigError(f"{source}: infer.ensemble_folds: a fold ensemble scored on "
+                          "cross-validation cases would use models that trained on them; it needs "
+                          "a held-out test set, which studies cannot declare yet; set it to false")
 
 
 def _check_cell(study: Study, variant: dict[str, Any], where: str) -> None:

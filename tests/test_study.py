@@ -58,6 +58,8 @@ def _load(tmp_path: Path, extra: str = "", **kwargs) -> Study:
      r"include\[0\]: 'train.loss' is not an axis of this study; use one of: infer.tta"),
     ("folds: {k: 3, run: [0, 3]}\n", r"folds.run \[3\] outside 0..2"),
     ("train: {loss: focal}\n", r"train.loss: unknown value 'focal'"),
+    ("infer: {ensemble_folds: true}\n", r"infer.ensemble_folds: .*needs a held-out test set"),
+    ("infer: {postprocess: auto}\n", r"infer.postprocess: Input should be 'none' or"),
 ])
 def test_schema_errors_name_the_key_and_the_fix(tmp_path, extra, match):
     text = BASE.replace("train: {epochs: 2, iterations_per_epoch: 3}\n", "") + extra
@@ -189,3 +191,19 @@ def test_seed_studies_load_and_expand(tmp_path, name, trainings, evaluations):
     copy.write_text((STUDIES / f"{name}.yaml").read_text())
     _stand_in_dataset(tmp_path / "data" / study.dataset.path.name)
     assert load_study(copy).dataset.path == tmp_path / "data" / study.dataset.path.name
+
+
+@pytest.mark.parametrize("name", ["kits", "flare21", "ich", "demo"])
+def test_dry_run_of_every_seed_study(tmp_path, name, capsys):
+    from ablate.cli import main
+
+    copy = tmp_path / "studies" / f"{name}.yaml"
+    copy.parent.mkdir()
+    copy.write_text((STUDIES / f"{name}.yaml").read_text())
+    study = load_study(copy, check_paths=False)
+    if study.dataset.path is not None:
+        _stand_in_dataset(tmp_path / "data" / study.dataset.path.name)
+    assert main(["run", str(copy), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    train_jobs, eval_jobs = expand(study, "d")
+    assert f"trainings: {len(train_jobs)}; evaluations: {len(eval_jobs)}" in out

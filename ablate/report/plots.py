@@ -150,7 +150,8 @@ def pareto(points: pd.DataFrame, xlabel: str, ylabel: str) -> bytes:
             textcoords="offset points",
         )
     ax.set(xlabel=xlabel, ylabel=ylabel)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.margins(0.15)  # room for the labels; the legend sits outside the data
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     return _png(fig)
 
 
@@ -172,6 +173,6 @@ def training_curves(curves: pd.DataFrame, order: list[str]) -> bytes:
                 line = lines[variant].droplevel(0)
                 ax.plot(line.index, line.to_numpy(), color=color, lw=1, label=variant)
         ax.set(title=metric, xlabel="epoch")
-    if len(order) <= 12:
+    if len(order) <= 12 and axes[0, -1].get_legend_handles_labels()[0]:
         axes[0, -1].legend(fontsize=7)
     return _png(fig)
