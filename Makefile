@@ -11,7 +11,14 @@ BIN := $(VENV)/bin
 $(BIN)/ablate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)"
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,cluster]'
+	touch $@
+
+# cross-check references used only by tests, installed without their dependencies because they
+# would pull another torch build (dynamic-network-architectures -> timm -> torchvision)
+TEST_REFERENCES := dynamic-network-architectures==0.4.4 monai==1.6.1 statsmodels==0.15.0
+$(VENV)/.test-references: $(BIN)/ablate
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(TEST_REFERENCES)
 	touch $@
 
 install: $(BIN)/ablate
@@ -19,11 +26,11 @@ install: $(BIN)/ablate
 demo: install
 	$(BIN)/ablate run studies/demo.yaml
 
-test: install
+test: install $(VENV)/.test-references
 	$(BIN)/ruff check ablate tests bench
 	OMP_NUM_THREADS=2 $(BIN)/pytest -q
 
-test-fast: install
+test-fast: install $(VENV)/.test-references
 	OMP_NUM_THREADS=2 $(BIN)/pytest -q -m "not slow"
 
 lint: install

@@ -159,8 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
+    # a cancelled cluster job gets SIGTERM: treat it like Ctrl-C so runs are closed cleanly
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     try:
         return args.func(args)
     except AblateError as exc:
@@ -170,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished jobs are kept; run the same command again to resume",
               file=sys.stderr)
         return 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -155,45 +155,55 @@ def record_outcome(tracker, run_id: str, kind: str, outcome: dict) -> None:
 def run_phase(jobs: list, kind: str, make_call: Callable, executor, tracker,
               summary: RunSummary, progress: Progress) -> None:
     """Keep up to `executor.capacity` unfinished jobs in flight and record each outcome as it
-    arrives, so a kill loses at most the jobs in flight. A failure is recorded; the rest go on."""
+    arrives, so a kill loses at most the jobs in flight. A failure is recorded; the rest go on.
+    On Ctrl-C (or SIGTERM) the runs in flight are marked failed before the interrupt goes on."""
     import concurrent.futures as cf
 
     in_flight: dict[cf.Future, tuple] = {}
-
-    def record_next() -> None:
-        done, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
-        for future in done:
-            job, run_id = in_flight.pop(future)
-            try:
-                record_outcome(tracker, run_id, "eval" if kind == "evaluations" else "train",
-                               future.result())
-            except Exception as exc:  # noqa: BLE001 - recorded, and the study goes on
-                tracker.end_job(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
-                summary.failed.append(job.name)
-                trace = "".join(traceback.format_exception(exc, limit=-3))
-                progress.message(f"FAILED {job.name}: {type(exc).__name__}: {exc}\n{trace}")
-                progress.advance(kind)
-                continue
-            tracker.end_job(run_id, ok=True)
-            setattr(summary, f"{kind}_run", getattr(summary, f"{kind}_run") + 1)
-            progress.advance(kind)
-
+    starting: list[str] = []
     done = {key for key, state in tracker.job_states().items() if state == "done"}
     progress.phase(kind, total=sum(job.key not in done for job in jobs))
-    for job in jobs:
-        if job.key in done:
-            setattr(summary, f"{kind}_skipped", getattr(summary, f"{kind}_skipped") + 1)
-            continue
-        while len(in_flight) >= executor.capacity:
-            record_next()
-        extra = {"ablate.train_key": job.train_key} if kind == "evaluations" else {}
-        run_id = tracker.start_job(job.key, job.name, "eval" if extra else "train",
-                                   job_params(job), extra)
-        progress.job(f"{'evaluate' if extra else 'train'}: {job.name}")
-        fn, args = make_call(job)
-        in_flight[executor.submit(fn, *args)] = (job, run_id)
-    while in_flight:
-        record_next()
+    try:
+        for job in jobs:
+            if job.key in done:
+                setattr(summary, f"{kind}_skipped", getattr(summary, f"{kind}_skipped") + 1)
+                continue
+            while len(in_flight) >= executor.capacity:
+                _record_next(in_flight, kind, tracker, summary, progress)
+            extra = {"ablate.train_key": job.train_key} if kind == "evaluations" else {}
+            starting[:] = [tracker.start_job(job.key, job.name, "eval" if extra else "train",
+                                             job_params(job), extra)]
+            progress.job(f"{'evaluate' if extra else 'train'}: {job.name}")
+            fn, args = make_call(job)
+            in_flight[executor.submit(fn, *args)] = (job, starting.pop())
+        while in_flight:
+            _record_next(in_flight, kind, tracker, summary, progress)
+    except (KeyboardInterrupt, SystemExit):
+        for run_id in [*starting, *(run_id for _, run_id in in_flight.values())]:
+            tracker.end_job(run_id, ok=False, error="interrupted; run the study again to resume")
+        executor.shutdown(cancel=True)
+        raise
+
+
+def _record_next(in_flight: dict, kind: str, tracker, summary: RunSummary,
+                 progress: Progress) -> None:
+    import concurrent.futures as cf
+
+    finished, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
+    for future in finished:
+        job, run_id = in_flight.pop(future)
+        try:
+            record_outcome(tracker, run_id, "eval" if kind == "evaluations" else "train",
+                           future.result())
+        except Exception as exc:  # noqa: BLE001 - recorded, and the study goes on
+            tracker.end_job(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
+            summary.failed.append(job.name)
+            trace = "".join(traceback.format_exception(exc, limit=-3))
+            progress.message(f"FAILED {job.name}: {type(exc).__name__}: {exc}\n{trace}")
+        else:
+            tracker.end_job(run_id, ok=True)
+            setattr(summary, f"{kind}_run", getattr(summary, f"{kind}_run") + 1)
+        progress.advance(kind)
 
 
 def prepare_data(study: Study, dataset: Dataset, plan_cfg=None):
@@ -208,7 +218,7 @@ def prepare_data(study: Study, dataset: Dataset, plan_cfg=None):
 
 def run_study(study: Study, config_yaml: str = "", progress: Progress | None = None,
               make_report: bool = True, executor=None) -> RunSummary:
-    from ablate.executors import InProcessExecutor
+    from ablate.executors import executor_for
     from ablate.study import expand
     from ablate.tracking import Tracker, default_tracking_uri
 
@@ -237,7 +247,7 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
     tracker.log_planned_jobs([{"job_key": j.key, "name": j.name, "kind": kind}
                               for kind, jobs in (("train", train_jobs), ("eval", eval_jobs))
                               for j in jobs])
-    executor = executor or InProcessExecutor()
+    executor = executor or executor_for(study)
     jobs_dir = workdir / "jobs"
     targets = {k: tuple(v) for k, v in (study.evaluation.targets or dataset.targets()).items()}
     tolerance = {t: study.evaluation.tolerance_mm(t) for t in targets}

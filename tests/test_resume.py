@@ -41,16 +41,16 @@ def _run(study: Path) -> str:
     return out
 
 
-def _kill_mid_training(study: Path, timeout_s: float = 600) -> None:
+def _kill_mid_training(study: Path, sig: int = signal.SIGKILL, timeout_s: float = 600) -> str:
     proc = _start(study)
     jobs = study.parent / "work" / "jobs"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         latest = list(jobs.glob("*/checkpoint_latest.pt")) if jobs.is_dir() else []
         if latest and not list(jobs.glob("*/checkpoint_final.pt")):
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return
+            proc.send_signal(sig)
+            proc.wait(timeout=120)
+            return f"exit {proc.returncode}\n{proc.stdout.read()}"
         if proc.poll() is not None:
             pytest.fail(f"the study ended before it could be killed:\n{proc.stdout.read()}")
         time.sleep(0.02)
@@ -95,3 +95,22 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path: Path) -> None:
     assert len(a) > 0
     assert a[["fold", "case", "target", "metric"]].equals(b[["fold", "case", "target", "metric"]])
     assert (a.value.fillna(-1) == b.value.fillna(-1)).all()
+
+
+@pytest.mark.slow
+def test_sigterm_closes_the_running_job_as_failed_and_rerun_finishes(tmp_path: Path) -> None:
+    import mlflow
+
+    (tmp_path / "study.yaml").write_text(textwrap.dedent(STUDY))
+    out = _kill_mid_training(tmp_path / "study.yaml", signal.SIGTERM)
+    assert out.startswith("exit 130") and "run the same command again to resume" in out
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("resume").experiment_id
+    interrupted = [r for r in client.search_runs([experiment])
+                   if r.data.tags.get("ablate.kind") == "train" and r.info.status != "FINISHED"]
+    assert len(interrupted) == 1 and interrupted[0].info.status == "FAILED"
+    assert "interrupted" in interrupted[0].data.tags["ablate.error"]
+    _run(tmp_path / "study.yaml")
+    states = [r.info.status for r in client.search_runs([experiment])
+              if r.data.tags.get("ablate.kind") == "train"]
+    assert states.count("FINISHED") == 2
