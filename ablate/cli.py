@@ -10,7 +10,7 @@ from ablate.errors import AblateError
 
 
 def _load(path: str):
-    from ablate.study import load_study
+    from ablate.study_load import load_study
 
     return load_study(Path(path)), Path(path).read_text()
 

@@ -1,4 +1,4 @@
-"""The study file: a typed YAML schema, its validation, and the expansion of its grid into jobs.
+"""The study: a typed schema and the expansion of its grid into jobs (loading: study_load.py).
 
 Axes are dotted paths into plan/train/infer (`train.loss`, `infer.tta`) or named presets (`arch`).
 Training axes (touching `train.` or `plan.`) define a TrainJob per (training variant, fold, seed);
@@ -9,18 +9,16 @@ matches all of their assignments (include is applied after exclude).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import itertools
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from ablate.config import EvalConfig, Frozen, InferConfig, PlanConfig, TrainConfig
 from ablate.errors import ConfigError
@@ -51,14 +49,6 @@ REGISTRIES = {
     "train.arch": ("ablate.nets", "ARCHITECTURES", ("plain", "residual", "preact")),
     "train.loss": ("ablate.losses", "LOSSES", ("dice_ce", "dice_topk", "ce_to_dice")),
     "train.deep_supervision": (None, None, ("nnunet", "last3", "none")),
-}
-
-DATASET_HINTS = {
-    "kits19": "clone github.com/neheller/kits19 and run its get_imaging script",
-    "flare21": "download FLARE21 from the FLARE21 challenge page (flare.grand-challenge.org)",
-    "msd": "download the task from medicaldecathlon.com",
-    "nnunet": "point dataset.path at an nnU-Net v2 raw folder (dataset.json, imagesTr/, labelsTr/)",
-    "folders": "point dataset.path at your image/label folders",
 }
 
 SHORT_NAMES = {
@@ -384,184 +374,3 @@ def describe(study: Study, jobs: tuple[list[TrainJob], list[EvalJob]]) -> str:
 
 
 # ---------------------------------------------------------------- loading and validation
-
-
-def load_study(path: str | Path, check_paths: bool = True) -> Study:
-    """Read and validate a study YAML. Every problem is a one-line ConfigError naming the file and
-    key. `check_paths=False` skips the dataset/splits existence checks (for `validate` of a study
-    whose data lives elsewhere, and for tests)."""
-    path = Path(path)
-    source = str(path)
-    if not path.is_file():
-        raise ConfigError(f"{source}: study file not found; check the path")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}: YAML syntax error at {where}: {problem}; fix the YAML") \
-            from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: a study must be a YAML mapping with name, dataset, ...")
-    _resolve_relative_paths(raw, path.parent.absolute())
-    try:
-        study = Study.model_validate(raw)
-    except ValidationError as exc:
-        raise _validation_error(source, exc) from None
-    check_study(study, source)
-    if check_paths:
-        _check_paths(study, source)
-    return study
-
-
-def _resolve_relative_paths(raw: dict, folder: Path) -> None:
-    def resolve(tree: Any, key: str) -> None:
-        if isinstance(tree, dict) and isinstance(tree.get(key), str):
-            value = Path(tree[key]).expanduser()
-            tree[key] = os.path.normpath(value if value.is_absolute() else folder / value)
-
-    resolve(raw.get("dataset"), "path")
-    resolve(raw.get("folds"), "splits_file")
-    resolve(raw, "workdir")
-    resolve(raw, "report_dir")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _keypath(loc: tuple) -> str:
-    parts = ""
-    for p in loc:
-        if isinstance(p, int):
-            parts += f"[{p}]"
-        elif "[" in p or p in {"int", "float", "str", "bool", "none", "list", "dict"}:
-            continue  # pydantic names union members in the location; users never wrote those
-        else:
-            parts += f".{p}" if parts else p
-    return parts or "<top level>"
-
-
-def _model_in(annotation: Any) -> Any:
-    """The pydantic model class inside an annotation such as `CTWindow | None`."""
-    if isinstance(annotation, type) and issubclass(annotation, Frozen):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _valid_keys(loc: tuple) -> list[str]:
-    model: Any = Study
-    for part in loc:
-        if isinstance(part, str) and model is not None and part in model.model_fields:
-            model = _model_in(model.model_fields[part].annotation)
-    return list(model.model_fields) if model is not None else []
-
-
-def _validation_error(source: str, exc: ValidationError) -> ConfigError:
-    err = exc.errors()[0]
-    loc = tuple(err["loc"])
-    key = _keypath(loc)
-    if err["type"] == "extra_forbidden":
-        valid = _valid_keys(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
-        return ConfigError(f"{source}: unknown key {key!r}; {hint}")
-    if err["type"] == "missing":
-        return ConfigError(f"{source}: missing required key {key!r}; add it")
-    message = _one_line(err["msg"]).removeprefix("Value error, ")
-    got = _one_line(repr(err.get("input")))[:60]
-    return ConfigError(f"{source}: {key}: {message} (got {got}); fix the value")
-
-
-def _unknown_axis(source: str, axis: str) -> ConfigError:
-    close = difflib.get_close_matches(axis, valid_axis_names(), n=1, cutoff=0.7)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    section = axis.split(".")[0]
-    if section in SECTIONS and not close:
-        hint = f"valid {section}.* axes: {', '.join(SECTIONS[section].model_fields)}; "
-    return ConfigError(f"{source}: axes.{axis}: unknown axis; {hint}axes are presets "
-                       f"({', '.join(PRESETS)}) or dotted paths into plan/train/infer")
-
-
-def _is_known_axis(axis: str) -> bool:
-    if axis in PRESETS:
-        return True
-    section, _, rest = axis.partition(".")
-    return section in SECTIONS and rest.split(".")[0] in SECTIONS[section].model_fields
-
-
-def check_study(study: Study, source: str = "study") -> None:
-    """Axis names, axis values (by resolving each), baseline, include/exclude and registries."""
-    try:
-        _check_registries(study.train)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}; fix the value") from None
-    for axis, values in study.axes.items():
-        if not _is_known_axis(axis):
-            raise _unknown_axis(source, axis)
-        if not values:
-            raise ConfigError(f"{source}: axes.{axis}: empty list; give at least one value")
-        for i, value in enumerate(values):
-            if value in values[:i]:
-                raise ConfigError(f"{source}: axes.{axis}[{i}]: duplicate {value!r}; remove it")
-            _check_cell(study, {axis: value}, f"{source}: axes.{axis}[{i}]")
-    for name in ("include", "exclude", "baseline"):
-        value = getattr(study, name)
-        partials = value if name != "baseline" else [value] if value else []
-        for i, partial in enumerate(partials):
-            where = f"{source}: {name}" + (f"[{i}]" if name != "baseline" else "")
-            unknown = [a for a in partial if a not in study.axes]
-            if unknown:
-                raise ConfigError(f"{where}: {unknown[0]!r} is not an axis of this study; use one "
-                                  f"of: {', '.join(study.axes) or '(no axes)'}")
-            _check_cell(study, partial, where)
-    for axis, value in (study.baseline or {}).items():
-        if value not in study.axes[axis]:
-            raise ConfigError(f"{source}: baseline.{axis}: {value!r} is not among the axis values "
-                              f"{study.axes[axis]}; pick one of them")
-    if study.axes and not grid_cells(study):
-        raise ConfigError(f"{source}: exclude removes every grid cell; loosen exclude")
-    if study.infer.ensemble_folds or True in study.axes.get("infer.ensemble_folds", []):
-        raise ConfigError(f"{source}: infer.ensemble_folds: a fold ensemble scored on "
-                          "cross-validation cases would use models that trained on them; it needs "
-                          "a held-out test set, which studies cannot declare yet; set it to false")
-
-
-def _check_cell(study: Study, variant: dict[str, Any], where: str) -> None:
-    try:
-        resolve_variant(study, variant)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        message = _one_line(err["msg"]).removeprefix("Value error, ")
-        value = next(iter(variant.values()), None) if len(variant) == 1 else variant
-        raise ConfigError(f"{where}: invalid value {value!r}: {message}; fix the value") from None
-
-
-def guess_format(path: Path) -> str:
-    name = path.name.lower()
-    if "kits" in name:
-        return "kits19"
-    if "flare" in name:
-        return "flare21"
-    if name.startswith("task0") or name.startswith("task1"):
-        return "msd"
-    return "nnunet"
-
-
-def _check_paths(study: Study, source: str) -> None:
-    spec = study.dataset
-    if spec.path is not None and not spec.path.exists():
-        fmt = spec.format if spec.format != "auto" else guess_format(spec.path)
-        raise ConfigError(f"{source}: dataset.path {spec.path} does not exist; "
-                          f"{DATASET_HINTS[fmt]}, or fix the path")
-    splits = study.folds.splits_file
-    if splits is not None and not splits.exists():
-        raise ConfigError(f"{source}: folds.splits_file {splits} does not exist; fix the path "
-                          "or remove the key to use seeded folds")

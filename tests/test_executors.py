@@ -319,7 +319,7 @@ def test_slurm_requeues_a_preempted_job_and_runs_it_again(slurm_cluster, tmp_pat
 
 
 def test_study_yaml_executor_section(tmp_path: Path) -> None:
-    from ablate.study import load_study
+    from ablate.study_load import load_study
 
     text = """
 name: s

@@ -16,10 +16,10 @@ from ablate.study import (
     describe,
     expand,
     grid_cells,
-    load_study,
     resolve_variant,
     variant_label,
 )
+from ablate.study_load import load_study
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 BASE = """
@@ -135,7 +135,7 @@ def test_keys_change_by_exactly_the_options_that_matter(tmp_path):
 
 def test_keys_are_stable_across_processes(tmp_path):
     path = _write(tmp_path, BASE + GRID)
-    code = ("from ablate.study import load_study, expand; "
+    code = ("from ablate.study import expand; from ablate.study_load import load_study; "
             f"print(expand(load_study({str(path)!r}), 'd')[1][-1].key)")
     env = {**os.environ, "PYTHONHASHSEED": "123", "OMP_NUM_THREADS": "1"}
     other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
