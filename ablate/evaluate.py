@@ -189,13 +189,25 @@ def evaluate_folder(
     if missing:
         raise DataError(f"{pred_dir / missing[0]}: prediction missing ({len(missing)} of "
                         f"{len(ref_paths)} cases); predict every reference case first")
+    return evaluate_files(
+        [(p.name[: -len(file_ending)], pred_dir / p.name, p) for p in ref_paths],
+        targets, tolerance_mm)
+
+
+def evaluate_files(
+    pairs: list[tuple[str, Path, Path]],
+    targets: dict[str, tuple[int, ...]],
+    tolerance_mm: dict[str, float] | float,
+) -> pd.DataFrame:
+    """Evaluate (case id, prediction file, reference file) pairs on the same grid -> columns
+    case, target, metric, value."""
     rows = []
-    for ref_path in ref_paths:
-        pred_path = pred_dir / ref_path.name
+    for case, pred_path, ref_path in pairs:
+        if not Path(pred_path).is_file():
+            raise DataError(f"{pred_path}: prediction missing for case {case}; predict it first")
         ref, ref_geo = read_image(ref_path)
         pred, pred_geo = read_image(pred_path)
         _check_same_grid(pred_path, ref_path, pred, ref, pred_geo, ref_geo)
-        case = ref_path.name[: -len(file_ending)]
         for row in evaluate_case(pred, ref, ref_geo.spacing_mm, targets, tolerance_mm):
             rows.append({"case": case, **row})
     return pd.DataFrame(rows, columns=["case", "target", "metric", "value"])

@@ -26,6 +26,8 @@ class RunSummary:
     trainings_skipped: int = 0
     evaluations_run: int = 0
     evaluations_skipped: int = 0
+    externals_run: int = 0
+    externals_skipped: int = 0
     failed: list[str] = field(default_factory=list)
     report: Path | None = None
 
@@ -134,7 +136,59 @@ def execute_evaluation(job: EvalJob, checkpoint: Path, data, dataset: Dataset,
     return {"metrics": metrics, "rows": rows}
 
 
+@dataclass(frozen=True)
+class ExternalJob:
+    """Scoring one fold's validation cases of an external prediction folder (an extra variant)."""
+
+    key: str
+    name: str
+    label: str
+    folder: Path
+    fold: int
+    case_ids: tuple[str, ...]
+    seed: int = 0
+    variant: dict = field(default_factory=dict)
+
+
+def external_jobs(study: Study, data, dataset: Dataset) -> list[ExternalJob]:
+    from ablate.study import job_key
+
+    jobs = []
+    for label, folder in study.external.items():
+        for fold, split in enumerate(data.folds):
+            files = [folder / f"{c}{dataset.file_ending}" for c in split.val]
+            stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) if f.is_file() else f.name
+                     for f in files]
+            key = job_key({"external": label, "folder": str(folder), "files": stamp,
+                           "data": data.key, "fold": fold,
+                           "evaluation": study.evaluation.model_dump(mode="json")})
+            jobs.append(ExternalJob(key, f"{label} · external · fold {fold}", label, folder, fold,
+                                    tuple(split.val)))
+    return jobs
+
+
+def execute_external(job: ExternalJob, dataset: Dataset, targets: dict[str, tuple[int, ...]],
+                     tolerance_mm: dict[str, float]) -> dict:
+    from ablate.evaluate import evaluate_files
+
+    labels = {c.case_id: c.label for c in dataset.cases}
+    table = evaluate_files([(c, job.folder / f"{c}{dataset.file_ending}", labels[c])
+                            for c in job.case_ids], targets, tolerance_mm)
+    metrics = {f"{m}_{t}": float(table[(table.metric == m) & (table.target == t)].value.mean())
+               for t in targets for m in ("dsc", "nsd")}
+    return {"metrics": metrics, "rows": table.to_dict("records")}
+
+
 # --- the driver ----------------------------------------------------------------------------
+
+
+def job_tracking(job) -> tuple[str, dict[str, str]]:
+    """The MLflow kind of a job and the tags that tie it to the rest of the study."""
+    if isinstance(job, ExternalJob):
+        return "eval", {"ablate.variant": job.label, "ablate.external": str(job.folder)}
+    if isinstance(job, EvalJob):
+        return "eval", {"ablate.train_key": job.train_key}
+    return "train", {}
 
 
 def job_params(job: TrainJob | EvalJob) -> dict:
@@ -161,6 +215,8 @@ def run_phase(jobs: list, kind: str, make_call: Callable, executor, tracker,
 
     in_flight: dict[cf.Future, tuple] = {}
     starting: list[str] = []
+    if not jobs:
+        return
     done = {key for key, state in tracker.job_states().items() if state == "done"}
     progress.phase(kind, total=sum(job.key not in done for job in jobs))
     try:
@@ -170,16 +226,15 @@ def run_phase(jobs: list, kind: str, make_call: Callable, executor, tracker,
                 continue
             while len(in_flight) >= executor.capacity:
                 _record_next(in_flight, kind, tracker, summary, progress)
-            extra = {"ablate.train_key": job.train_key} if kind == "evaluations" else {}
-            starting[:] = [tracker.start_job(job.key, job.name, "eval" if extra else "train",
-                                             job_params(job), extra)]
-            progress.job(f"{'evaluate' if extra else 'train'}: {job.name}")
+            tracked_as, tags = job_tracking(job)
+            starting[:] = [tracker.start_job(job.key, job.name, tracked_as, job_params(job), tags)]
+            progress.job(f"{'evaluate' if tracked_as == 'eval' else 'train'}: {job.name}")
             fn, args = make_call(job)
-            in_flight[executor.submit(fn, *args)] = (job, starting.pop())
+            in_flight[executor.submit(fn, *args)] = (job, starting.pop(), tracked_as)
         while in_flight:
             _record_next(in_flight, kind, tracker, summary, progress)
     except (KeyboardInterrupt, SystemExit):
-        for run_id in [*starting, *(run_id for _, run_id in in_flight.values())]:
+        for run_id in [*starting, *(run_id for _, run_id, _ in in_flight.values())]:
             tracker.end_job(run_id, ok=False, error="interrupted; run the study again to resume")
         executor.shutdown(cancel=True)
         raise
@@ -191,10 +246,9 @@ def _record_next(in_flight: dict, kind: str, tracker, summary: RunSummary,
 
     finished, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
     for future in finished:
-        job, run_id = in_flight.pop(future)
+        job, run_id, tracked_as = in_flight.pop(future)
         try:
-            record_outcome(tracker, run_id, "eval" if kind == "evaluations" else "train",
-                           future.result())
+            record_outcome(tracker, run_id, tracked_as, future.result())
         except Exception as exc:  # noqa: BLE001 - recorded, and the study goes on
             tracker.end_job(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
             summary.failed.append(job.name)
@@ -261,6 +315,9 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
                              (j, jobs_dir / j.train_key / "checkpoint_final.pt",
                               data_for[j.train_key], dataset, targets, tolerance,
                               jobs_dir / j.key)),
+                  executor, tracker, summary, progress)
+        run_phase(external_jobs(study, base, dataset), "externals",
+                  lambda j: (execute_external, (j, dataset, targets, tolerance)),
                   executor, tracker, summary, progress)
     finally:
         executor.shutdown()

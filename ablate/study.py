@@ -145,6 +145,9 @@ class Study(Frozen):
     report_dir: Path | None = None
     workers: int = Field(2, ge=1)
     executor: ExecutorSpec = ExecutorSpec()
+    # predictions made elsewhere (e.g. nnU-Net's own cross-validation output): name -> folder of
+    # <case id><file ending> label maps, scored like ablate's own and compared as extra variants
+    external: dict[str, Path] = Field(default_factory=dict)
 
     def work_dir(self) -> Path:
         """The study's run folder: `workdir`, else runs/<name> under the current directory."""

@@ -70,6 +70,8 @@ def _resolve_relative_paths(raw: dict, folder: Path) -> None:
     resolve(raw.get("dataset"), "path")
     resolve(raw.get("folds"), "splits_file")
     resolve(raw, "workdir")
+    for name in list(raw.get("external") or {}):
+        resolve(raw["external"], name)
     resolve(raw, "report_dir")
 
 
@@ -207,6 +209,10 @@ def _check_paths(study: Study, source: str) -> None:
         fmt = spec.format if spec.format != "auto" else guess_format(spec.path)
         raise ConfigError(f"{source}: dataset.path {spec.path} does not exist; "
                           f"{DATASET_HINTS[fmt]}, or fix the path")
+    for name, folder in study.external.items():
+        if not folder.is_dir():
+            raise ConfigError(f"{source}: external.{name}: {folder} is not a folder; point it at "
+                              "a folder of predicted label maps named <case id><file ending>")
     splits = study.folds.splits_file
     if splits is not None and not splits.exists():
         raise ConfigError(f"{source}: folds.splits_file {splits} does not exist; fix the path "

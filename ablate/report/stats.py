@@ -274,7 +274,8 @@ def main_effects(
     averaged over the combinations of the other axes present for both, then the mean over cases
     with a bootstrap 95% CI."""
     rows = []
-    sub = tidy[tidy["metric"].isin(metrics)]
+    # external variants (predictions made elsewhere) have no axis values: not part of the grid
+    sub = tidy[tidy["metric"].isin(metrics)].dropna(subset=axes)
     for axis in axes:
         levels = list(pd.unique(sub[axis]))
         if len(levels) < 2:
