@@ -276,7 +276,8 @@ def accuracy_table(stats: pd.DataFrame, target: str, metrics: list[str], order: 
     return Table(f"{target}: accuracy per variant", frame, _bold_max(frame, means), note)
 
 
-def table4(stats: pd.DataFrame, cost: pd.DataFrame, order: list[str]) -> Table:
+def table4(stats: pd.DataFrame, cost: pd.DataFrame, order: list[str],
+           memory_label: str = "GPU memory") -> Table:
     """Seed 000's Table 4 layout: rows target x metric (mean ± sd in %), running time, memory."""
     rows = []
     indexed = stats.set_index(["target", "metric", "variant"]).sort_index()
@@ -288,7 +289,7 @@ def table4(stats: pd.DataFrame, cost: pd.DataFrame, order: list[str]) -> Table:
     if not cost.empty:
         per = cost.groupby("variant").mean(numeric_only=True).reindex(order)
         rows.append(["Running time", "s / case", *map(_num, per["infer_seconds_per_case"])])
-        rows.append(["GPU memory", "MB (train)", *map(_num, per["peak_train_memory_mb"])])
+        rows.append([memory_label, "MB (train)", *map(_num, per["peak_train_memory_mb"])])
     frame = pd.DataFrame(rows, columns=["target", "metric", *order])
     return Table("Cross-validation results (layout of seed 000, Table 4)", frame)
 

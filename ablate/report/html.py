@@ -45,7 +45,8 @@ def build_report(results, meta: dict, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = analyse(results, meta)
-    tables = build_tables(result)
+    device = str((meta.get("environment") or {}).get("device", "cuda"))
+    tables = build_tables(result, memory_label="peak RSS" if device == "cpu" else "GPU memory")
     figures = render_figures(result)
     page = assemble(result, tables, figures, meta)
     path = out_dir / "index.html"
@@ -54,12 +55,15 @@ def build_report(results, meta: dict, out_dir: Path) -> Path:
     return path
 
 
-def build_tables(a: Analysis) -> dict[str, dict[str, Table]]:
-    """Section -> {key: Table}, formatted for display."""
+def build_tables(a: Analysis, memory_label: str = "GPU memory") -> dict[str, dict[str, Table]]:
+    """Section -> {key: Table}, formatted for display. `memory_label` names what the peak
+    memory column measured (GPU allocated with CUDA, resident memory on a CPU)."""
     targets = list(pd.unique(a.describe["target"]))
     accuracy = {t: accuracy_table(a.describe, t, a.metrics, a.order) for t in targets}
     kits = kits_table(a.describe, a.composite, a.order)
-    accuracy |= {"table4": table4(a.describe, a.cost, a.order)} | ({"kits": kits} if kits else {})
+    accuracy["table4"] = table4(a.describe, a.cost, a.order, memory_label)
+    if kits:
+        accuracy["kits"] = kits
     stats = {}
     if not a.compare.empty:
         stats["compare"] = compare_table(a.compare)
