@@ -53,8 +53,9 @@ def test_summary_tables_and_sections(report):
 def test_every_figure_is_embedded_and_nothing_is_fetched(report):
     _, page = report
     sources = re.findall(r'<img[^>]*src="([^"]*)"', page)
-    # 2 targets x 2 metrics violins, differences, significance maps, rank stability, pareto, curves
-    assert len(sources) == 9
+    # 2 targets x 2 metrics violins, differences, significance maps, rank stability, cost bars,
+    # pareto, curves
+    assert len(sources) == 10
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', page)
     assert "<link" not in page and "<script" not in page

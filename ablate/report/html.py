@@ -46,8 +46,9 @@ def build_report(results, meta: dict, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     result = analyse(results, meta)
     device = str((meta.get("environment") or {}).get("device", "cuda"))
-    tables = build_tables(result, memory_label="peak RSS" if device == "cpu" else "GPU memory")
-    figures = render_figures(result)
+    memory_label = "peak RSS" if device == "cpu" else "GPU memory"
+    tables = build_tables(result, memory_label)
+    figures = render_figures(result, memory_label)
     page = assemble(result, tables, figures, meta)
     path = out_dir / "index.html"
     path.write_text(page, encoding="utf-8")
@@ -184,7 +185,8 @@ METHODS = (
 )
 
 
-def render_figures(a: Analysis) -> dict[str, list[tuple[str, bytes]]]:
+def render_figures(a: Analysis, memory_label: str = "GPU memory"
+                   ) -> dict[str, list[tuple[str, bytes]]]:
     """Section name -> list of (caption, PNG bytes)."""
     figs: dict[str, list[tuple[str, bytes]]] = {"violins": [], "stats": [], "cost": []}
     for (target, metric), m in a.matrices.items():
@@ -210,6 +212,9 @@ def render_figures(a: Analysis) -> dict[str, list[tuple[str, bytes]]]:
             "Rank stability over 1000 bootstrap samples of the cases (DSC, rank-then-aggregate)"
         )
         figs["stats"].append((caption, plots.rank_stability(freqs, taus)))
+    if not a.cost.empty:
+        figs["cost"].append(("Runtime and peak memory per variant (bars: mean; points: runs)",
+                             plots.cost_per_variant(a.cost, a.order, memory_label)))
     if a.pareto is not None:
         figs["cost"].append(
             (

@@ -155,6 +155,29 @@ def pareto(points: pd.DataFrame, xlabel: str, ylabel: str) -> bytes:
     return _png(fig)
 
 
+def cost_per_variant(cost: pd.DataFrame, order: list[str], memory_label: str) -> bytes:
+    """Bars (mean over runs, points for each run) of training s/epoch, inference s/case and peak
+    training memory per variant.
+
+    cost: variant, seconds_per_epoch, infer_seconds_per_case, peak_train_memory_mb.
+    """
+    panels = [("seconds_per_epoch", "training s / epoch"),
+              ("infer_seconds_per_case", "inference s / case"),
+              ("peak_train_memory_mb", f"{memory_label}, training (MB)")]
+    fig, axes = plt.subplots(1, 3, figsize=(max(9.0, 3 * _width(len(order), 0.35, 3.0)), 3.6),
+                             layout="constrained")
+    for ax, (column, label) in zip(axes, panels, strict=True):
+        data = cost[["variant", column]].dropna()
+        if not data.empty:
+            sns.barplot(data=data, x="variant", y=column, order=order, ax=ax, color="#9ecae1",
+                        errorbar=None)
+            sns.stripplot(data=data, x="variant", y=column, order=order, ax=ax, color="#08306b",
+                          size=3)
+        ax.set(title=label, xlabel="", ylabel="")
+        ax.tick_params(axis="x", rotation=60, labelsize=7)
+    return _png(fig)
+
+
 def training_curves(curves: pd.DataFrame, order: list[str]) -> bytes:
     """Per metric, the mean over folds and seeds per epoch, one line per variant.
 
