@@ -70,7 +70,7 @@ def check_dataset(dataset: Dataset) -> None:
 # --- jobs: plain functions an executor can run in another process -------------------------
 
 
-def execute_training(job: TrainJob, data, job_dir: Path) -> dict:
+def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = False) -> dict:
     from ablate.device import headline_peak_mb
     from ablate.train import train
 
@@ -81,7 +81,8 @@ def execute_training(job: TrainJob, data, job_dir: Path) -> dict:
         "peak_train_memory_mb": headline_peak_mb(result.peak_memory_mb),
         **{f"train_{k}": v for k, v in result.peak_memory_mb.items()},
     }
-    return {"metrics": metrics, "history": result.history}
+    return {"metrics": metrics, "history": result.history,
+            "artifacts": [result.checkpoint] if log_checkpoint else []}
 
 
 def execute_evaluation(job: EvalJob, checkpoint: Path, data, dataset: Dataset,
@@ -203,6 +204,8 @@ def record_outcome(tracker, run_id: str, kind: str, outcome: dict) -> None:
     if kind == "eval":
         table = pd.DataFrame(outcome["rows"], columns=["case", "target", "metric", "value"])
         tracker.log_table(run_id, table, "per_case.csv")
+    for path in outcome.get("artifacts", []):
+        tracker.log_artifact(run_id, Path(path), "checkpoints")
     tracker.log_metrics(run_id, outcome["metrics"])
 
 
@@ -308,7 +311,8 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
     summary = RunSummary()
     try:
         run_phase(train_jobs, "trainings",
-                  lambda j: (execute_training, (j, data_for[j.key], jobs_dir / j.key)),
+                  lambda j: (execute_training, (j, data_for[j.key], jobs_dir / j.key,
+                                                study.log_checkpoints)),
                   executor, tracker, summary, progress)
         run_phase(eval_jobs, "evaluations",
                   lambda j: (execute_evaluation,

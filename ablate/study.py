@@ -148,6 +148,7 @@ class Study(Frozen):
     # predictions made elsewhere (e.g. nnU-Net's own cross-validation output): name -> folder of
     # <case id><file ending> label maps, scored like ablate's own and compared as extra variants
     external: dict[str, Path] = Field(default_factory=dict)
+    log_checkpoints: bool = False  # also store each final checkpoint as an MLflow artifact
 
     def work_dir(self) -> Path:
         """The study's run folder: `workdir`, else runs/<name> under the current directory."""

@@ -21,6 +21,7 @@ infer: {tta: 1}
 folds: {k: 2}
 workdir: work
 report_dir: report
+log_checkpoints: true
 """
 
 
@@ -30,10 +31,10 @@ def test_failed_job_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatc
 
     real = runner.execute_training
 
-    def flaky(job, data, job_dir):
+    def flaky(job, data, job_dir, log_checkpoint):
         if job.fold == 1:
             raise RuntimeError("simulated out-of-memory")
-        return real(job, data, job_dir)
+        return real(job, data, job_dir, log_checkpoint)
 
     monkeypatch.setattr(runner, "execute_training", flaky)
     study = tmp_path / "study.yaml"
@@ -48,6 +49,9 @@ def test_failed_job_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatc
     failed = by_kind_fold[("train", "1")]
     assert failed.info.status == "FAILED"
     assert "simulated out-of-memory" in failed.data.tags["ablate.error"]
-    assert by_kind_fold[("train", "0")].info.status == "FINISHED"
+    trained = by_kind_fold[("train", "0")]
+    assert trained.info.status == "FINISHED"
+    artifacts = [a.path for a in client.list_artifacts(trained.info.run_id, "checkpoints")]
+    assert artifacts == ["checkpoints/checkpoint_final.pt"]
     assert by_kind_fold[("eval", "0")].info.status == "FINISHED"
     assert (tmp_path / "report" / "index.html").is_file()
