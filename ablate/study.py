@@ -372,9 +372,10 @@ def describe(study: Study, jobs: tuple[list[TrainJob], list[EvalJob]]) -> str:
     lines.append(f"baseline: {variant_label(baseline_variant(study))}")
     lines.append(f"trainings: {len(train_jobs)}; evaluations: {len(eval_jobs)}")
     per = {j.train.epochs * j.train.iterations_per_epoch for j in train_jobs}
+    passes = sum(j.infer.tta for j in eval_jobs)
     lines.append(f"cost: {iterations:,} training iterations in all "
-                 f"({' / '.join(f'{p:,}' for p in sorted(per))} epochs x iterations per training)")
+                 f"({' / '.join(f'{p:,}' for p in sorted(per))} per training: epochs x "
+                 f"iterations per epoch); {passes} mirror passes per validation window over all "
+                 "evaluations")
     return "\n".join(lines)
 
-
-# ---------------------------------------------------------------- loading and validation
