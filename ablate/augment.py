@@ -4,8 +4,10 @@ Each transform takes data (C, Z, Y, X) float32, seg (Z, Y, X) and a numpy Genera
 random parameters, records them and applies them: it returns (data, seg, params), params None when
 the transform was not applied. Probabilities and ranges are nnU-Net v2's
 (`nnUNetTrainer.get_training_transforms`); mirroring comes first here, which does not change the
-distribution. Deviations: linear (not cubic/B-spline) interpolation of the image in the spatial
-transform and low-resolution simulation, to keep CPU cost down; no "dummy 2D" rotation.
+distribution. Flat patches (largest edge > 3x the slice axis) get nnU-Net's "dummy 2D" spatial
+augmentation: rotation (±180°) and scaling in-plane only, the slice axis untouched. Deviation:
+linear (not cubic/B-spline) interpolation of the image in the spatial transform and low-resolution
+simulation, to keep CPU cost down.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from ablate.errors import ConfigError
 
 Params = dict[str, Any] | None
 MAX_ROTATION_DEG = 30.0
+MAX_ROTATION_DUMMY_2D_DEG = 180.0
 SCALE_RANGE = (0.7, 1.4)
+ANISO_THRESHOLD = 3.0
+
+
+def is_dummy_2d(patch_size: Sequence[int]) -> bool:
+    """nnU-Net augments flat patches slice by slice: max(patch) / patch[0] > 3."""
+    return max(patch_size) / patch_size[0] > ANISO_THRESHOLD
 
 
 def mirror(
@@ -53,16 +62,21 @@ def _rotation_matrix(angles_rad: Sequence[float]) -> np.ndarray:
 def enlarged_patch_size(
     patch_size: Sequence[int], max_rotation_deg: float = MAX_ROTATION_DEG
 ) -> tuple[int, ...]:
-    """nnU-Net's get_patch_size: the patch rotated by the maximum angle about each axis, / 0.85."""
+    """nnU-Net's get_patch_size: the patch rotated by the maximum angle (clamped to 90°) about
+    each axis, / 0.85; a dummy-2D patch rotates by up to 180° and keeps its slice axis."""
+    dummy_2d = is_dummy_2d(patch_size)
     corner = np.asarray(patch_size, dtype=float)
     extent = corner.copy()
-    angle = np.deg2rad(max_rotation_deg)
+    angle = np.deg2rad(min(90.0, MAX_ROTATION_DUMMY_2D_DEG if dummy_2d else max_rotation_deg))
     for axis in range(3):
         for signed in (angle, -angle):  # nnU-Net's matrices differ in sign per axis; cover both
             angles = [0.0, 0.0, 0.0]
             angles[axis] = signed
             extent = np.maximum(extent, np.abs(_rotation_matrix(angles) @ corner))
-    return tuple(int(e) for e in extent / 0.85)
+    size = [int(e) for e in extent / 0.85]
+    if dummy_2d:
+        size[0] = int(patch_size[0])
+    return tuple(size)
 
 
 def spatial(
@@ -73,13 +87,20 @@ def spatial(
     p_rotation: float = 0.2,
     p_scaling: float = 0.2,
 ):
-    """Rotation (±30° per axis) and scaling (one factor, 0.7-1.4) about the centre.
+    """Rotation (±30° per axis) and scaling (one factor, 0.7-1.4) about the centre; for a
+    dummy-2D patch, rotation (±180°) about the slice axis and scaling in-plane only.
 
     Always returns a centred `patch_size` crop of the (possibly larger) input sample.
     """
+    dummy_2d = is_dummy_2d(patch_size)
     rotate, scale_it = rng.uniform() < p_rotation, rng.uniform() < p_scaling
-    angles = rng.uniform(-1, 1, 3) * np.deg2rad(MAX_ROTATION_DEG) if rotate else np.zeros(3)
+    angles = np.zeros(3)
+    if rotate and dummy_2d:
+        angles[0] = rng.uniform(-1, 1) * np.deg2rad(MAX_ROTATION_DUMMY_2D_DEG)
+    elif rotate:
+        angles = rng.uniform(-1, 1, 3) * np.deg2rad(MAX_ROTATION_DEG)
     scale = float(rng.uniform(*SCALE_RANGE)) if scale_it else 1.0
+    scales = np.array([1.0 if dummy_2d else scale, scale, scale])
     in_centre = (np.asarray(seg.shape) - 1) / 2
     if not (rotate or scale_it):
         start = [int(round(c - (p - 1) / 2)) for c, p in zip(in_centre, patch_size, strict=True)]
@@ -87,7 +108,7 @@ def spatial(
         return data[(slice(None), *crop)], seg[crop], None
     out_centre = (np.asarray(patch_size) - 1) / 2
     grid = np.indices(patch_size, dtype=np.float64).reshape(3, -1) - out_centre[:, None]  # (3, N)
-    coords = (_rotation_matrix(angles) * scale) @ grid + in_centre[:, None]
+    coords = (_rotation_matrix(angles) * scales) @ grid + in_centre[:, None]
     data_out = np.stack(
         [
             ndimage.map_coordinates(channel, coords, order=1, mode="constant", cval=0.0).reshape(

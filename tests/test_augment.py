@@ -100,3 +100,26 @@ def test_unknown_augmentation_is_a_config_error():
     data, seg = _sample()
     with pytest.raises(ConfigError, match="valid: nnunet, mirror, none"):
         augment_sample(data, seg, np.random.default_rng(0), "heavy", (4, 4, 4))
+
+
+def test_flat_patches_get_nnunets_dummy_2d_sizes():
+    from ablate.augment import enlarged_patch_size, is_dummy_2d
+
+    assert is_dummy_2d((20, 80, 80)) and not is_dummy_2d((32, 64, 64))
+    # nnU-Net: rotation clamped to 90 deg swaps the in-plane edges; / 0.85; the slice axis kept
+    assert enlarged_patch_size((20, 80, 80)) == (20, 94, 94)
+    assert enlarged_patch_size((16, 56, 72)) == (16, 84, 84)
+
+
+def test_dummy_2d_spatial_transform_leaves_the_slice_axis_alone():
+    from ablate.augment import spatial
+
+    patch = (6, 24, 24)
+    size = (6, 28, 28)
+    data = np.broadcast_to(np.arange(6, dtype=np.float32)[:, None, None], size)[None].copy()
+    seg = np.ones(size, dtype=np.int8)
+    out, out_seg, params = spatial(data, seg, np.random.default_rng(0), patch, 1.0, 1.0)
+    assert params["angles_deg"][1:] == [0.0, 0.0] and params["angles_deg"][0] != 0.0
+    centre = out[0, :, 10:14, 10:14]  # inside the rotated field of view
+    assert np.allclose(centre, np.arange(6)[:, None, None])
+    assert out_seg.shape == patch
