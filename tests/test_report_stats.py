@@ -161,3 +161,14 @@ def test_pareto_front_and_composite_dice():
     out = composite_dice(tidy).sort_values("case")
     np.testing.assert_allclose(out["value"], [0.7, 0.9])
     assert composite_dice(tidy[tidy["target"] == "kidney"]).empty
+
+
+def test_friedman_says_why_when_every_case_ties():
+    import pandas as pd
+
+    from ablate.report.stats import friedman
+
+    tied = pd.DataFrame({"a": [1.0] * 8, "b": [1.0] * 8, "c": [1.0] * 8})
+    out = friedman({("tumor", "dsc"): tied})
+    assert out.loc[0, "note"] == "every case ties across variants: no ranking to test"
+    assert np.isnan(out.loc[0, "p"])

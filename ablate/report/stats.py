@@ -169,6 +169,8 @@ def friedman(matrices: dict) -> pd.DataFrame:
             row["note"] = "Friedman needs at least 3 variants"
         elif n < MIN_PAIRS:
             row["note"] = TOO_FEW
+        elif np.ptp(complete.to_numpy(), axis=1).max() == 0:
+            row["note"] = "every case ties across variants: no ranking to test"
         else:
             res = sps.friedmanchisquare(*complete.to_numpy().T)
             row.update(statistic=float(res.statistic), p=float(res.pvalue))
