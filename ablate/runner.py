@@ -233,7 +233,8 @@ def run_phase(jobs: list, kind: str, make_call: Callable, executor, tracker,
             starting[:] = [tracker.start_job(job.key, job.name, tracked_as, job_params(job), tags)]
             progress.job(f"{'evaluate' if tracked_as == 'eval' else 'train'}: {job.name}")
             fn, args = make_call(job)
-            in_flight[executor.submit(fn, *args)] = (job, starting.pop(), tracked_as)
+            future = executor.submit(fn, *args)  # in-process: runs the job here
+            in_flight[future] = (job, starting.pop(), tracked_as)
         while in_flight:
             _record_next(in_flight, kind, tracker, summary, progress)
     except (KeyboardInterrupt, SystemExit):

@@ -234,8 +234,15 @@ def _run_tiny(root: Path, executor) -> tuple:
 @pytest.mark.slow
 def test_two_local_workers_match_in_process_and_log_each_job_once(tmp_path: Path, capfd) -> None:
     import mlflow
+    import torch
 
-    serial, _, _, expected = _run_tiny(tmp_path / "serial", InProcessExecutor())
+    # bitwise-equal numbers need the same intra-op thread count as the 1-thread workers
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial, _, _, expected = _run_tiny(tmp_path / "serial", InProcessExecutor())
+    finally:
+        torch.set_num_threads(threads)
     summary, messages, uri, got = _run_tiny(tmp_path / "local", LocalExecutor(2))
     assert summary.failed == [] and serial.failed == []
     assert (summary.trainings_run, summary.evaluations_run) == (4, 4)
