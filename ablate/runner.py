@@ -82,6 +82,7 @@ def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = 
         **{f"train_{k}": v for k, v in result.peak_memory_mb.items()},
     }
     return {"metrics": metrics, "history": result.history,
+            "params": {"parameters": result.parameters, "flops_per_patch": result.flops},
             "artifacts": [result.checkpoint] if log_checkpoint else []}
 
 
@@ -204,6 +205,8 @@ def record_outcome(tracker, run_id: str, kind: str, outcome: dict) -> None:
     if kind == "eval":
         table = pd.DataFrame(outcome["rows"], columns=["case", "target", "metric", "value"])
         tracker.log_table(run_id, table, "per_case.csv")
+    if outcome.get("params"):
+        tracker.log_params(run_id, outcome["params"])
     for path in outcome.get("artifacts", []):
         tracker.log_artifact(run_id, Path(path), "checkpoints")
     tracker.log_metrics(run_id, outcome["metrics"])

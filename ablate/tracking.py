@@ -192,6 +192,10 @@ class Tracker:
         batch = [Metric(k, float(v), now, int(epoch)) for k, v in metrics.items()]
         self.client.log_batch(run_id, metrics=batch)
 
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        self.client.log_batch(run_id, params=[Param(k, encode_value(v)[:PARAM_VALUE_LIMIT])
+                                              for k, v in params.items()])
+
     def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         self.log_epoch(run_id, 0, metrics)
 

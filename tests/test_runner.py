@@ -53,5 +53,7 @@ def test_failed_job_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatc
     assert trained.info.status == "FINISHED"
     artifacts = [a.path for a in client.list_artifacts(trained.info.run_id, "checkpoints")]
     assert artifacts == ["checkpoints/checkpoint_final.pt"]
+    assert int(trained.data.params["parameters"]) > 0  # also a metric, for the report
+    assert int(trained.data.params["flops_per_patch"]) > 0
     assert by_kind_fold[("eval", "0")].info.status == "FINISHED"
     assert (tmp_path / "report" / "index.html").is_file()

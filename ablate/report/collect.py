@@ -330,6 +330,8 @@ def cost_table(cost: pd.DataFrame, order: list[str]) -> Table:
     for col, name in cols.items():
         frame[name] = [f"{_num(m)} ± {_num(s)}" for m, s in zip(mean[col], sd[col], strict=True)]
     frame["parameters (M)"] = (mean["parameters"] / 1e6).map(lambda x: _num(x, 2))
+    # one forward pass of one patch (2 x multiply-accumulates of convs), as seed 000 reports
+    frame["GFLOPs / patch"] = (mean["flops"] / 1e9).map(lambda x: _num(x, 2))
     frame["runs"] = grouped.size().reindex(order).fillna(0).astype(int).astype(str)
     return Table("Runtime and memory (mean ± sd over folds and seeds)", frame)
 
