@@ -90,6 +90,7 @@ def execute_evaluation(job: EvalJob, checkpoint: Path, data, dataset: Dataset,
                        targets: dict[str, tuple[int, ...]], tolerance_mm: dict[str, float],
                        job_dir: Path) -> dict:
     """Predict the fold's validation cases with the trained model, write and score them."""
+    from ablate.checkpoint import checkpoint_regions, load_model
     from ablate.device import (
         headline_peak_mb,
         peak_memory_mb,
@@ -101,7 +102,6 @@ def execute_evaluation(job: EvalJob, checkpoint: Path, data, dataset: Dataset,
     from ablate.imageio import read_image, write_image
     from ablate.infer import predict_probabilities, probabilities_to_labels, restore_probabilities
     from ablate.postprocess import keep_largest_component
-    from ablate.train import checkpoint_regions, load_model
 
     device = select_device(job.infer.device)
     model, _, plan = load_model(checkpoint, device)

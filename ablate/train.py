@@ -9,9 +9,7 @@ atomically and load with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from ablate.augment import augment_sample, sample_size_for
+from ablate.checkpoint import FINAL, LATEST, resume, save_checkpoint
 from ablate.config import TrainConfig
 from ablate.device import peak_memory_mb, reset_peak_memory, select_device, synchronize
 from ablate.errors import ConfigError, DataError
@@ -31,15 +30,11 @@ from ablate.plan import Plan
 from ablate.regions import (
     labels_to_regions,
     network_plan,
-    regions_from_json,
-    regions_to_json,
     training_regions,
 )
 from ablate.sampler import batch_rng, iterate_batches, sample_batch
 
-LATEST, FINAL = "checkpoint_latest.pt", "checkpoint_final.pt"
 TRAIN_SPLIT, VAL_SPLIT = 0, 1
-RESUME_IGNORED_FIELDS = ("device", "data_workers")  # may differ between a run and its resume
 
 
 @dataclass(frozen=True)
@@ -95,7 +90,7 @@ def train(
             weight_decay=cfg.weight_decay,
         )
         scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-        start_epoch, history = _resume(
+        start_epoch, history = resume(
             out_dir / LATEST, cfg, net, optimizer, scaler, device, regions
         )
         loss_fn = training_loss(cfg, plan, regions)
@@ -107,12 +102,12 @@ def train(
             )
             history.append(metrics)
             state = (net, optimizer, scaler, epoch + 1, cfg, plan, history, seed, fold)
-            _save_checkpoint(out_dir / LATEST, *state, regions=regions)
+            save_checkpoint(out_dir / LATEST, *state, regions=regions)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, dict(metrics))
         final = out_dir / FINAL
         state = (net, optimizer, scaler, cfg.epochs, cfg, plan, history, seed, fold)
-        _save_checkpoint(final, *state, regions=regions)
+        save_checkpoint(final, *state, regions=regions)
     seconds = float(sum(h["epoch_seconds"] for h in history))
     return TrainResult(
         checkpoint=final,
@@ -319,83 +314,6 @@ def _count(net: nn.Module, plan: Plan) -> tuple[int, int]:
     return int(parameters), int(flops)
 
 
-def _rng_state(device: torch.device, seed: int) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "batch_seed": seed}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _save_checkpoint(
-    path: Path,
-    net,
-    optimizer,
-    scaler,
-    epoch: int,
-    cfg: TrainConfig,
-    plan: Plan,
-    history: list[dict[str, float]],
-    seed: int,
-    fold: int,
-    regions: dict[str, tuple[int, ...]] | None = None,
-) -> None:
-    device = next(net.parameters()).device
-    checkpoint = {
-        "model": net.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "config": cfg.model_dump_json(),
-        "plan": json.dumps(plan.to_json()),
-        "history": history,
-        "rng": _rng_state(device, seed),
-        "seed": seed,
-        "fold": fold,
-        "regions": regions_to_json(regions),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
-
-
-def _resume(
-    path: Path, cfg: TrainConfig, net, optimizer, scaler, device, regions=None
-) -> tuple[int, list[dict[str, float]]]:
-    """Restore state from `path` if present; returns (first epoch to run, history so far)."""
-    if not path.exists():
-        return 0, []
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
-    saved = TrainConfig.model_validate_json(checkpoint["config"]).model_dump(
-        exclude=set(RESUME_IGNORED_FIELDS)
-    )
-    same_regions = regions_from_json(checkpoint.get("regions", "")) == regions
-    if saved != cfg.model_dump(exclude=set(RESUME_IGNORED_FIELDS)) or not same_regions:
-        raise ConfigError(
-            f"{path}: was written with a different training config; delete it or use a new out_dir"
-        )
-    net.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
-    if device.type == "cuda" and "cuda" in checkpoint["rng"]:
-        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"].cpu(), device)
-    return int(checkpoint["epoch"]), list(checkpoint["history"])
-
-
-def load_model(checkpoint: Path, device) -> tuple[nn.Module, TrainConfig, Plan]:
-    """The trained network in eval mode with deep supervision off, its TrainConfig and Plan."""
-    from ablate.nets import build_network
-
-    state = torch.load(checkpoint, map_location=device, weights_only=True)
-    cfg = TrainConfig.model_validate_json(state["config"])
-    plan = Plan.from_json(json.loads(state["plan"]))
-    net = build_network(cfg, network_plan(plan, regions_from_json(state.get("regions", ""))))
-    net.load_state_dict(state["model"])
-    if hasattr(net, "deep_supervision"):
-        net.deep_supervision = False
-    return net.to(device).eval(), cfg, plan
-
-
 # --- region-based training (nnU-Net's regions; see ablate.regions) --------------------------
 
 
@@ -410,9 +328,3 @@ def training_loss(cfg: TrainConfig, plan: Plan, regions=None) -> Callable[..., t
         return loss(outputs, labels_to_regions(target, regions), progress)  # (B, R, Z, Y, X)
 
     return region_loss
-
-
-def checkpoint_regions(checkpoint: Path) -> dict[str, tuple[int, ...]] | None:
-    """The regions a checkpoint was trained on (None: softmax over labels)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    return regions_from_json(state.get("regions", ""))

@@ -8,15 +8,14 @@ import torch
 from torch import nn
 
 import ablate
+from ablate.checkpoint import checkpoint_regions, load_model
 from ablate.config import TrainConfig
 from ablate.errors import ConfigError
 from ablate.losses import build_loss
 from ablate.plan import ChannelNormalization, Plan
 from ablate.regions import labels_to_regions
 from ablate.train import (
-    checkpoint_regions,
     confusion_counts,
-    load_model,
     poly_lr,
     pseudo_dice,
     region_confusion_counts,

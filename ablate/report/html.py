@@ -13,6 +13,7 @@ import pandas as pd
 
 from ablate.errors import ConfigError
 from ablate.report import plots
+from ablate.report.analysis import Analysis, analyse
 from ablate.report.collect import (
     Table,
     accuracy_table,
@@ -22,7 +23,7 @@ from ablate.report.collect import (
     kits_table,
     table4,
 )
-from ablate.report.stats import MIN_PAIRS, Analysis, analyse
+from ablate.report.stats import MIN_PAIRS
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
