@@ -70,9 +70,9 @@ class InferConfig(Frozen):
     step_size: float = Field(0.5, gt=0, le=1)
     window_batch: int = Field(2, ge=1)
     ensemble_folds: bool = False
-    # "largest_component" keeps the largest foreground component (nnU-Net's first step); the
-    # cross-validated decision (ablate.postprocess.decide_postprocessing) is not a grid value yet
-    postprocess: Literal["none", "largest_component"] = "none"
+    # "largest_component" always keeps the largest foreground component; "auto" decides per
+    # class on all cross-validation folds of the variant, as nnU-Net's determine_postprocessing
+    postprocess: Literal["none", "largest_component", "auto"] = "none"
     device: str = "auto"
 
 

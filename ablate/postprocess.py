@@ -89,13 +89,8 @@ def mean_dice(
     cases: Sequence[tuple[np.ndarray, np.ndarray]], targets: Mapping[str, Sequence[int]]
 ) -> dict[str, float]:
     """Per-target nanmean Dice over (pred, ref) label maps, plus the foreground mean."""
-    means = {}
-    for name, values in targets.items():
-        per_case = [dice(np.isin(p, values), np.isin(r, values)) for p, r in cases]
-        finite = [d for d in per_case if not np.isnan(d)]
-        means[name] = float(np.mean(finite)) if finite else float("nan")
-    means[FOREGROUND_MEAN] = float(np.mean([means[n] for n in targets]))
-    return means
+    return _nanmeans({name: [dice(np.isin(p, values), np.isin(r, values)) for p, r in cases]
+                      for name, values in targets.items()})
 
 
 def decide_postprocessing(
@@ -105,20 +100,30 @@ def decide_postprocessing(
 
     `cases` holds (pred_labels, ref_labels[, spacing_mm]) per case (spacing is accepted for the
     evaluate-stage tuple shape; Dice does not need it). `targets` maps a name to the label values
-    it unites (labels or regions), in dataset order.
+    it unites (labels or regions), in dataset order. `cases` is read one case at a time, once per
+    candidate step, so a lazy sequence that loads each case from disk keeps one case in memory.
     """
     targets = {name: tuple(int(v) for v in values) for name, values in targets.items()}
-    current = [(np.asarray(c[0]), np.asarray(c[1])) for c in cases]
-    baseline = mean_dice(current, targets)
-    steps, trials = [], []
+
+    def means_after(steps: tuple[tuple[int, ...], ...]) -> dict[str, float]:
+        per_target: dict[str, list[float]] = {name: [] for name in targets}
+        for case in cases:
+            pred, ref = np.asarray(case[0]), np.asarray(case[1])
+            for values in steps:
+                pred = keep_largest_component(pred, values)
+            for name, values in targets.items():
+                per_target[name].append(dice(np.isin(pred, values), np.isin(ref, values)))
+        return _nanmeans(per_target)
+
+    baseline = scores = means_after(())
+    steps: list[tuple[int, ...]] = []
+    trials = []
     foreground = tuple(sorted({v for values in targets.values() for v in values}))
     candidates: list[tuple[str | None, tuple[int, ...]]] = [(None, foreground)]
     if len(targets) > 1:
         candidates += list(targets.items())
-    scores = baseline
     for target, values in candidates:
-        tried = [(keep_largest_component(p, values), r) for p, r in current]
-        after = mean_dice(tried, targets)
+        after = means_after((*steps, values))
         accepted = _improves(target, scores, after, targets)
         trials.append(
             {"name": target or UNION_STEP, "labels": list(values), "accepted": accepted,
@@ -126,8 +131,17 @@ def decide_postprocessing(
         )
         if accepted:
             steps.append(values)
-            current, scores = tried, after
+            scores = after
     return PostprocessingDecision(tuple(steps), baseline, scores, tuple(trials))
+
+
+def _nanmeans(per_target: Mapping[str, list[float]]) -> dict[str, float]:
+    means = {}
+    for name, values in per_target.items():
+        finite = [d for d in values if not np.isnan(d)]
+        means[name] = float(np.mean(finite)) if finite else float("nan")
+    means[FOREGROUND_MEAN] = float(np.mean([means[n] for n in per_target]))
+    return means
 
 
 def _improves(target: str | None, before: dict, after: dict, targets: Mapping) -> bool:

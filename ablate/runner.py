@@ -13,9 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ablate.data.dataset import Dataset
+from ablate.jobs import (
+    ExternalJob,
+    execute_evaluation,
+    execute_external,
+    execute_training,
+    external_jobs,
+    postprocess_groups,
+)
 from ablate.progress import PlainProgress, Progress
 from ablate.study import EvalJob, Study, TrainJob
 
@@ -67,120 +73,6 @@ def check_dataset(dataset: Dataset) -> None:
     raise_on_errors(verify(dataset))
 
 
-# --- jobs: plain functions an executor can run in another process -------------------------
-
-
-def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = False) -> dict:
-    from ablate.device import headline_peak_mb
-    from ablate.train import train
-
-    result = train(job.train, data, job.fold, job.seed, job_dir)
-    metrics = {
-        "train_seconds": result.seconds, "seconds_per_epoch": result.seconds_per_epoch,
-        "parameters": float(result.parameters), "flops": float(result.flops),
-        "peak_train_memory_mb": headline_peak_mb(result.peak_memory_mb),
-        **{f"train_{k}": v for k, v in result.peak_memory_mb.items()},
-    }
-    return {"metrics": metrics, "history": result.history,
-            "params": {"parameters": result.parameters, "flops_per_patch": result.flops},
-            "artifacts": [result.checkpoint] if log_checkpoint else []}
-
-
-def execute_evaluation(job: EvalJob, checkpoint: Path, data, dataset: Dataset,
-                       targets: dict[str, tuple[int, ...]], tolerance_mm: dict[str, float],
-                       job_dir: Path) -> dict:
-    """Predict the fold's validation cases with the trained model, write and score them."""
-    from ablate.checkpoint import checkpoint_regions, load_model
-    from ablate.device import (
-        headline_peak_mb,
-        peak_memory_mb,
-        reset_peak_memory,
-        select_device,
-        synchronize,
-    )
-    from ablate.evaluate import evaluate_case
-    from ablate.imageio import read_image, write_image
-    from ablate.infer import predict_probabilities, probabilities_to_labels, restore_probabilities
-    from ablate.postprocess import keep_largest_component
-
-    device = select_device(job.infer.device)
-    model, _, plan = load_model(checkpoint, device)
-    regions = checkpoint_regions(checkpoint)
-    foreground = tuple(sorted({v for values in targets.values() for v in values}))
-    label_files = {c.case_id: c.label for c in dataset.cases}
-    rows, seconds, peaks = [], [], {}
-    for case_id in data.folds[job.fold].val:
-        image, _, props = data.load_case(case_id)
-        reset_peak_memory(device)
-        start = time.perf_counter()
-        probs = predict_probabilities([model], np.array(image), plan, job.infer, device,
-                                      "sigmoid" if regions else "softmax")
-        labels = probabilities_to_labels(restore_probabilities(probs, props, plan, regions),
-                                          regions)
-        if job.infer.postprocess == "largest_component":
-            labels = keep_largest_component(labels, foreground)
-        synchronize(device)
-        seconds.append(time.perf_counter() - start)
-        for key, value in peak_memory_mb(device).items():
-            peaks[key] = max(peaks.get(key, 0.0), value)
-        out = job_dir / "predictions" / f"{case_id}{dataset.file_ending}"
-        write_image(labels, props.geometry, out)
-        ref, geometry = read_image(label_files[case_id])
-        for row in evaluate_case(labels, ref, geometry.spacing_mm, targets, tolerance_mm):
-            rows.append({"case": case_id, **row})
-    metrics = {"infer_seconds_per_case": float(np.mean(seconds)),
-               "peak_infer_memory_mb": headline_peak_mb(peaks),
-               **{f"infer_{k}": v for k, v in peaks.items()}}
-    for target in targets:
-        for metric in ("dsc", "nsd"):
-            values = [r["value"] for r in rows if r["target"] == target and r["metric"] == metric]
-            metrics[f"{metric}_{target}"] = float(np.nanmean(values)) if values else float("nan")
-    return {"metrics": metrics, "rows": rows}
-
-
-@dataclass(frozen=True)
-class ExternalJob:
-    """Scoring one fold's validation cases of an external prediction folder (an extra variant)."""
-
-    key: str
-    name: str
-    label: str
-    folder: Path
-    fold: int
-    case_ids: tuple[str, ...]
-    seed: int = 0
-    variant: dict = field(default_factory=dict)
-
-
-def external_jobs(study: Study, data, dataset: Dataset) -> list[ExternalJob]:
-    from ablate.study import job_key
-
-    jobs = []
-    for label, folder in study.external.items():
-        for fold, split in enumerate(data.folds):
-            files = [folder / f"{c}{dataset.file_ending}" for c in split.val]
-            stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) if f.is_file() else f.name
-                     for f in files]
-            key = job_key({"external": label, "folder": str(folder), "files": stamp,
-                           "data": data.key, "fold": fold,
-                           "evaluation": study.evaluation.model_dump(mode="json")})
-            jobs.append(ExternalJob(key, f"{label} · external · fold {fold}", label, folder, fold,
-                                    tuple(split.val)))
-    return jobs
-
-
-def execute_external(job: ExternalJob, dataset: Dataset, targets: dict[str, tuple[int, ...]],
-                     tolerance_mm: dict[str, float]) -> dict:
-    from ablate.evaluate import evaluate_files
-
-    labels = {c.case_id: c.label for c in dataset.cases}
-    table = evaluate_files([(c, job.folder / f"{c}{dataset.file_ending}", labels[c])
-                            for c in job.case_ids], targets, tolerance_mm)
-    metrics = {f"{m}_{t}": float(table[(table.metric == m) & (table.target == t)].value.mean())
-               for t in targets for m in ("dsc", "nsd")}
-    return {"metrics": metrics, "rows": table.to_dict("records")}
-
-
 # --- the driver ----------------------------------------------------------------------------
 
 
@@ -207,8 +99,8 @@ def record_outcome(tracker, run_id: str, kind: str, outcome: dict) -> None:
         tracker.log_table(run_id, table, "per_case.csv")
     if outcome.get("params"):
         tracker.log_params(run_id, outcome["params"])
-    for path in outcome.get("artifacts", []):
-        tracker.log_artifact(run_id, Path(path), "checkpoints")
+    for path, folder in outcome.get("artifacts", []):  # folder None: the run's root
+        tracker.log_artifact(run_id, Path(path), folder)
     tracker.log_metrics(run_id, outcome["metrics"])
 
 
@@ -310,6 +202,7 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
                               for j in jobs])
     executor = executor or executor_for(study)
     jobs_dir = workdir / "jobs"
+    groups = postprocess_groups(eval_jobs, jobs_dir)
     targets = {k: tuple(v) for k, v in (study.evaluation.targets or dataset.targets()).items()}
     tolerance = {t: study.evaluation.tolerance_mm(t) for t in targets}
     summary = RunSummary()
@@ -322,7 +215,7 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
                   lambda j: (execute_evaluation,
                              (j, jobs_dir / j.train_key / "checkpoint_final.pt",
                               data_for[j.train_key], dataset, targets, tolerance,
-                              jobs_dir / j.key)),
+                              jobs_dir / j.key, groups.get(j.key))),
                   executor, tracker, summary, progress)
         run_phase(external_jobs(study, base, dataset), "externals",
                   lambda j: (execute_external, (j, dataset, targets, tolerance)),

@@ -57,3 +57,29 @@ def test_failed_job_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatc
     assert int(trained.data.params["flops_per_patch"]) > 0
     assert by_kind_fold[("eval", "0")].info.status == "FINISHED"
     assert (tmp_path / "report" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_auto_postprocessing_is_decided_once_on_all_folds(tmp_path: Path) -> None:
+    import json
+
+    import mlflow
+
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(STUDY).replace("name: failing", "name: auto-pp")
+                     .replace("infer: {tta: 1}", "infer: {tta: 1, postprocess: auto}"))
+    assert main(["run", str(study)]) == 0
+    raw_dirs = list((tmp_path / "work" / "jobs").glob("raw-*"))
+    assert len(raw_dirs) == 1  # both folds' evaluations share one set of raw predictions
+    assert len(list(raw_dirs[0].glob("*.nii.gz"))) == 4  # every case, predicted once
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("auto-pp").experiment_id])
+            if r.data.tags.get("ablate.kind") == "eval"]
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    decisions = {r.data.params["postprocessing"] for r in runs}
+    assert len(decisions) == 1  # the same decision for every fold
+    local = client.download_artifacts(runs[0].info.run_id, "postprocessing.json", str(tmp_path))
+    decision = json.loads(Path(local).read_text())
+    assert [t["name"] for t in decision["trials"]][:1] == ["foreground_union"]
+    assert json.loads(decisions.pop()) == decision["steps"]

@@ -59,7 +59,7 @@ def _load(tmp_path: Path, extra: str = "", **kwargs) -> Study:
     ("folds: {k: 3, run: [0, 3]}\n", r"folds.run \[3\] outside 0..2"),
     ("train: {loss: focal}\n", r"train.loss: unknown value 'focal'"),
     ("infer: {ensemble_folds: true}\n", r"infer.ensemble_folds: .*needs a held-out test set"),
-    ("infer: {postprocess: auto}\n", r"infer.postprocess: Input should be 'none' or"),
+    ("infer: {postprocess: always}\n", r"infer.postprocess: Input should be 'none', "),
 ])
 def test_schema_errors_name_the_key_and_the_fix(tmp_path, extra, match):
     text = BASE.replace("train: {epochs: 2, iterations_per_epoch: 3}\n", "") + extra
