@@ -32,7 +32,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     print(f"trainings: {summary.trainings_run} run, {summary.trainings_skipped} already done; "
-          f"evaluations: {summary.evaluations_run} run, {summary.evaluations_skipped} already done")
+          f"evaluations: {summary.evaluations_run} run, {summary.evaluations_skipped} already done"
+          + (f"; test-set evaluations: {summary.tests_run} run, {summary.tests_skipped} already "
+             "done" if summary.tests_run or summary.tests_skipped else ""))
     if summary.report:
         print(f"report: {summary.report}")
         _print_best(study)
@@ -46,14 +48,23 @@ def _print_best(study) -> None:
     from ablate.runner import workdir_of
     from ablate.tracking import default_tracking_uri, fetch_results
 
-    tidy = fetch_results(default_tracking_uri(study, workdir_of(study)), study.name).tidy
-    dsc = tidy[tidy.metric == "dsc"]
+    results = fetch_results(default_tracking_uri(study, workdir_of(study)), study.name)
+    dsc = results.tidy[results.tidy.metric == "dsc"]
     if dsc.empty:
         return
     target = "kidney" if "kidney" in set(dsc.target) else sorted(set(dsc.target))[0]
     means = dsc[dsc.target == target].groupby("variant").value.mean().sort_values()
     print(f"best variant: {means.index[-1]}  mean {target} DSC = {means.iloc[-1]:.4f} "
           f"(n = {int((dsc.target == target).sum() / len(means))} cases)")
+    test = results.test[(results.test.metric == "dsc") & (results.test.target == target)]
+    if not test.empty:
+        model = test.model.where(test.model == "ensemble", "single fold")
+        means = test.assign(model=model).groupby(["variant", "model"]).value.mean()
+        ranked = "ensemble" if "ensemble" in set(model) else "single fold"
+        best = means.xs(ranked, level="model").idxmax()
+        shown = ", ".join(f"{m} {v:.4f}" for m, v in means[best].items())
+        print(f"held-out test set ({test.case.nunique()} cases), {best}: mean {target} DSC "
+              f"{shown}")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -101,11 +112,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from ablate.runner import check_dataset, load_dataset, prepare_data
+    from ablate.runner import load_dataset, prepare_data
 
     study, _ = _load(args.study)
-    dataset = load_dataset(study)
-    check_dataset(dataset)
+    dataset, _ = load_dataset(study, check=True)
     data = prepare_data(study, dataset)
     print(f"preprocessed {len(data.case_ids)} cases into {data.root}")
     return 0

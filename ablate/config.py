@@ -69,7 +69,12 @@ class InferConfig(Frozen):
     mirror_axes: tuple[int, ...] = (0, 1, 2)
     step_size: float = Field(0.5, gt=0, le=1)
     window_batch: int = Field(2, ge=1)
+    # with a held-out test set (dataset.test): also predict it with the mean of every fold
+    # model's output; cross-validation cases are always scored by the one model not trained on them
     ensemble_folds: bool = False
+    # what the ensemble averages: "probabilities" (seed 004, nnUNetv2_ensemble) or "logits"
+    # (nnU-Net v2's predictor given several folds)
+    ensemble_average: Literal["probabilities", "logits"] = "probabilities"
     # "largest_component" always keeps the largest foreground component; "auto" decides per
     # class on all cross-validation folds of the variant, as nnU-Net's determine_postprocessing
     postprocess: Literal["none", "largest_component", "auto"] = "none"

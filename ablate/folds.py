@@ -61,3 +61,18 @@ def read_splits(path: str | Path) -> list[Fold]:
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not an nnU-Net splits file (expected a list of "
                         f"{{'train': [...], 'val': [...]}}): {exc}") from exc
+
+
+def check_splits(folds: list[Fold], case_ids, k: int, path: str | Path) -> None:
+    """Refuse custom splits that do not fit the study: another number of folds, or a case that is
+    not one of the cross-validation cases (a held-out test case must never be trained on)."""
+    if len(folds) != k:
+        raise DataError(f"{path}: {len(folds)} folds but the study's folds.k is {k}; set "
+                        f"folds.k: {len(folds)} or fix the splits")
+    known = set(case_ids)
+    for i, fold in enumerate(folds):
+        unknown = sorted(set(fold.train + fold.val) - known)
+        if unknown:
+            raise DataError(f"{path}: fold {i} names case {unknown[0]!r}, which is not a "
+                            "cross-validation case (missing, or held out as a test case); fix "
+                            "the splits")

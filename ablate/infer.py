@@ -177,24 +177,52 @@ def predict_probabilities(
     device: torch.device,
     activation: str = "softmax",
 ) -> np.ndarray:
-    """`activation` of the sliding-window logits averaged over models (a fold ensemble).
-
-    `data` is one preprocessed image (C, Z, Y, X) at the plan's spacing; returns (K, Z, Y, X),
-    K classes (softmax) or regions (sigmoid, see ablate.regions).
-    """
+    """Probabilities of one preprocessed image (C, Z, Y, X) at the plan's spacing -> (K, Z, Y, X),
+    K classes (softmax) or regions (sigmoid, see ablate.regions). Several models form a fold
+    ensemble (see FoldEnsemble)."""
     if not models:
         raise ConfigError("infer: no models to predict with; train at least one fold")
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"infer: unknown activation {activation!r}; valid: softmax, sigmoid")
-    combos = mirror_combinations(tuple(cfg.mirror_axes), cfg.tta)
-    total = None
+    ensemble = FoldEnsemble(activation, cfg.ensemble_average)
     for model in models:
-        logits = sliding_window_logits(
-            model, data, plan.patch_size, cfg.step_size, combos, cfg.window_batch, device
-        )
-        total = logits if total is None else total + logits
-    probabilities = ACTIVATIONS[activation](total / len(models))  # (K, Z, Y, X)
-    return probabilities.float().cpu().numpy()
+        ensemble.add(model_logits(model, data, plan, cfg, device))
+    return ensemble.probabilities().float().cpu().numpy()
+
+
+def model_logits(model: nn.Module, data: np.ndarray, plan: Plan, cfg: InferConfig,
+                 device: torch.device) -> torch.Tensor:
+    """One model's sliding-window logits (K, Z, Y, X) on `device`, with cfg's TTA and step."""
+    combos = mirror_combinations(tuple(cfg.mirror_axes), cfg.tta)
+    return sliding_window_logits(model, data, plan.patch_size, cfg.step_size, combos,
+                                 cfg.window_batch, device)
+
+
+class FoldEnsemble:
+    """A running mean over fold models. `average` "probabilities" averages each model's
+    activation output (seed 004, nnUNetv2_ensemble); "logits" applies the activation to the mean
+    logits (nnU-Net v2's predictor given several folds). Holds one accumulator, not every model's
+    output."""
+
+    def __init__(self, activation: str = "softmax", average: str = "probabilities"):
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"infer: unknown activation {activation!r}; valid: softmax, sigmoid")
+        self.activate = ACTIVATIONS[activation]
+        self.on_probabilities = average == "probabilities"
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, logits: torch.Tensor) -> torch.Tensor:
+        """Add one model's logits; returns that model's own probabilities."""
+        probabilities = self.activate(logits)
+        part = probabilities if self.on_probabilities else logits
+        self.total = part.clone() if self.total is None else self.total.add_(part)
+        self.count += 1
+        return probabilities
+
+    def probabilities(self) -> torch.Tensor:
+        if self.total is None:
+            raise ConfigError("infer: no models to predict with; train at least one fold")
+        mean = self.total / self.count
+        return mean if self.on_probabilities else self.activate(mean)
 
 
 def probabilities_to_labels(

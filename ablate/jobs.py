@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ablate.checkpoint import FINAL, checkpoint_regions, load_model
-from ablate.data.dataset import Dataset
-from ablate.study import EvalJob, Study, TrainJob
+from ablate.data.dataset import Case, Dataset
+from ablate.study import EvalJob, Study, TestJob, TrainJob
 
 
 def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = False) -> dict:
@@ -111,10 +111,8 @@ def execute_evaluation(job: EvalJob, checkpoint: Path, data, dataset: Dataset,
 
     `auto` postprocessing first predicts every fold of its group (shared raw folder), decides on
     all cross-validation cases as nnU-Net does, then applies the decision to this fold."""
-    from ablate.device import headline_peak_mb
-    from ablate.evaluate import evaluate_case
-    from ablate.imageio import read_image, write_image
-    from ablate.postprocess import decide_postprocessing, keep_largest_component
+    from ablate.imageio import read_image
+    from ablate.postprocess import decide_postprocessing
 
     ending = dataset.file_ending
     label_files = {c.case_id: c.label for c in dataset.cases}
@@ -134,17 +132,39 @@ def execute_evaluation(job: EvalJob, checkpoint: Path, data, dataset: Dataset,
     else:
         predict_raw(checkpoint, data.folds[job.fold].val, data, job.infer, raw_dir, ending)
         if job.infer.postprocess == "largest_component":
-            steps = (tuple(sorted({v for values in targets.values() for v in values})),)
-    rows, seconds, peaks = [], [], {}
+            steps = _all_labels(targets)
+    predictions = []
     for case_id in data.folds[job.fold].val:
         labels, geometry = read_image(raw_dir / f"{case_id}{ending}")
+        cost = json.loads((raw_dir / f"{case_id}.json").read_text())
+        predictions.append((case_id, labels, geometry, cost))
+    rows, metrics = _score(predictions, steps, label_files, targets, tolerance_mm,
+                           job_dir / "predictions", ending)
+    return {**outcome, "metrics": metrics, "rows": rows}
+
+
+def _score(predictions, steps, label_files: dict[str, Path], targets, tolerance_mm,
+           out_dir: Path, ending: str, raw_dir: Path | None = None
+           ) -> tuple[list[dict], dict[str, float]]:
+    """Postprocess each (case id, labels, geometry, cost) with `steps`, write it to `out_dir`
+    (with `steps` and a `raw_dir`, the labels before postprocessing go there),
+    score it against its reference; returns the per-case rows and the run's metrics."""
+    from ablate.device import headline_peak_mb
+    from ablate.evaluate import evaluate_case
+    from ablate.imageio import read_image, write_image
+    from ablate.postprocess import keep_largest_component
+
+    rows, seconds, peaks = [], [], {}
+    for case_id, labels, geometry, cost in predictions:
+        if steps and raw_dir is not None:
+            write_image(labels, geometry, raw_dir / f"{case_id}{ending}")
         for values in steps:
             labels = keep_largest_component(labels, values)
-        cost = json.loads((raw_dir / f"{case_id}.json").read_text())
+        cost = dict(cost)
         seconds.append(cost.pop("seconds"))
         for key, value in cost.items():
             peaks[key] = max(peaks.get(key, 0.0), value)
-        write_image(labels, geometry, job_dir / "predictions" / f"{case_id}{ending}")
+        write_image(labels, geometry, out_dir / f"{case_id}{ending}")
         ref, ref_geometry = read_image(label_files[case_id])
         for row in evaluate_case(labels, ref, ref_geometry.spacing_mm, targets, tolerance_mm):
             rows.append({"case": case_id, **row})
@@ -155,7 +175,104 @@ def execute_evaluation(job: EvalJob, checkpoint: Path, data, dataset: Dataset,
         for metric in ("dsc", "nsd"):
             values = [r["value"] for r in rows if r["target"] == target and r["metric"] == metric]
             metrics[f"{metric}_{target}"] = float(np.nanmean(values)) if values else float("nan")
-    return {**outcome, "metrics": metrics, "rows": rows}
+    return rows, metrics
+
+
+def _all_labels(targets: dict[str, tuple[int, ...]]) -> tuple[tuple[int, ...], ...]:
+    """largest_component: one step on the union of every target's labels."""
+    return (tuple(sorted({v for values in targets.values() for v in values})),)
+
+
+def _test_steps(infer, targets, decision_file: Path) -> tuple[tuple[int, ...], ...]:
+    from ablate.errors import DataError
+    from ablate.postprocess import PostprocessingDecision
+
+    if infer.postprocess == "largest_component":
+        return _all_labels(targets)
+    if infer.postprocess != "auto":
+        return ()
+    if not decision_file.is_file():
+        raise DataError(f"{decision_file}: no postprocessing decision; the cross-validation "
+                        "evaluation of this variant failed or has not run; run the study again")
+    return PostprocessingDecision.from_json(json.loads(decision_file.read_text())).steps
+
+
+def execute_test(job: TestJob, checkpoints: list[Path], cases: tuple[Case, ...],
+                 targets: dict[str, tuple[int, ...]], tolerance_mm: dict[str, float],
+                 job_dir: Path, decision_file: Path, file_ending: str) -> dict:
+    """Predict the held-out test cases from their raw images with every fold model and, with
+    `infer.ensemble_folds`, their ensemble, in one pass (each case is preprocessed once and each
+    model runs once); postprocess, write and score every model's prediction. `auto`
+    postprocessing applies the decision of the variant's cross-validation (`decision_file`).
+
+    Cost per case: a fold model's is preprocessing + its sliding window + export; the
+    ensemble's is preprocessing + every model's sliding window + export."""
+    from ablate.device import peak_memory_mb, reset_peak_memory, select_device, synchronize
+    from ablate.imageio import read_image
+    from ablate.infer import FoldEnsemble, model_logits, probabilities_to_labels
+    from ablate.infer import restore_probabilities as restore
+    from ablate.preprocess import preprocess_images
+
+    steps = _test_steps(job.infer, targets, decision_file)
+    device = select_device(job.infer.device)
+    models, plan = [], None
+    for checkpoint in checkpoints:
+        model, _, plan = load_model(checkpoint, device)
+        models.append(model)
+    regions = checkpoint_regions(checkpoints[0])
+    single = [f"fold {f}" for f in job.folds]
+    names = single + (["ensemble"] if job.infer.ensemble_folds else [])
+    predictions: dict[str, list] = {name: [] for name in names}
+
+    def timed(fn, *args):
+        reset_peak_memory(device)
+        start = time.perf_counter()
+        out = fn(*args)
+        synchronize(device)
+        return out, {"seconds": time.perf_counter() - start, **peak_memory_mb(device)}
+
+    def export(probabilities, props) -> np.ndarray:
+        return probabilities_to_labels(restore(probabilities.float().cpu().numpy(), props, plan,
+                                               regions), regions)
+
+    for case in cases:
+        loaded = [read_image(path) for path in case.images]
+        geometry = loaded[0][1]
+        (data, props), prep = timed(preprocess_images, [a for a, _ in loaded], geometry, plan)
+        ensemble = FoldEnsemble("sigmoid" if regions else "softmax", job.infer.ensemble_average)
+        windows = []
+        for name, model in zip(single, models, strict=True):
+            logits, window = timed(model_logits, model, np.array(data), plan, job.infer, device)
+            labels, out = timed(export, ensemble.add(logits), props)
+            windows.append(window)
+            predictions[name].append((case.case_id, labels, geometry,
+                                      _add_costs(prep, window, out)))
+        if job.infer.ensemble_folds:
+            labels, out = timed(export, ensemble.probabilities(), props)
+            predictions["ensemble"].append((case.case_id, labels, geometry,
+                                            _add_costs(prep, *windows, out)))
+    label_files = {c.case_id: c.label for c in cases}
+    rows, metrics = [], {}
+    for name in names:
+        folder = job_dir / name.replace(" ", "_")
+        scored, scored_metrics = _score(predictions[name], steps, label_files, targets,
+                                        tolerance_mm, folder, file_ending, folder / "raw")
+        rows += [{"model": name, **row} for row in scored]
+        prefix = "ensemble_" if name == "ensemble" else f"fold{name.split()[-1]}_"
+        metrics.update({prefix + k: v for k, v in scored_metrics.items()})
+    for key in {k.split("_", 1)[1] for k in metrics if k.startswith("fold")}:
+        metrics[key] = float(np.nanmean([metrics[f"fold{n.split()[-1]}_{key}"] for n in single]))
+    return {"metrics": metrics, "rows": rows, "params": {"models": len(models)}}
+
+
+def _add_costs(*parts: dict) -> dict:
+    """Seconds add up; peak memories take the maximum."""
+    total: dict[str, float] = {}
+    for part in parts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0.0) + value if key == "seconds" else max(
+                total.get(key, 0.0), value)
+    return total
 
 
 @dataclass(frozen=True)

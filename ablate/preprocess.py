@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import zoom
 
-from ablate.folds import Fold, make_folds, read_splits, write_splits
+from ablate.folds import Fold, check_splits, make_folds, read_splits, write_splits
 from ablate.imageio import Geometry
 from ablate.plan import (
     ANISO_THRESHOLD,
@@ -288,19 +288,24 @@ def _build_once(dataset, cfg, cache_root: Path, key: str, folds: list[Fold], wor
 
 def prepare(dataset, cfg, cache_root: Path, folds: int = 5, folds_seed: int = 12345,
             workers: int = 2, intensity_samples: float = FOREGROUND_SAMPLES_TOTAL,
-            ) -> PreprocessedData:
+            splits_file: Path | None = None) -> PreprocessedData:
     """Fingerprint, plan, preprocess and split `dataset` once; later calls reuse the cache.
 
-    Folds come from `<dataset.root>/splits_final.json` when present (nnU-Net's custom splits),
-    else `make_folds(case ids, folds, folds_seed)`. `intensity_samples` is nnU-Net's 1e8
-    foreground-sample budget; lower it for quick runs (it is part of the cache key).
+    Folds come from `splits_file`, else `<dataset.root>/splits_final.json` when present
+    (nnU-Net's custom splits), else `make_folds(case ids, folds, folds_seed)`. `intensity_samples`
+    is nnU-Net's 1e8 foreground-sample budget; lower it for quick runs (it is part of the cache
+    key).
     """
     cache_root = Path(cache_root)
     cache_root.mkdir(parents=True, exist_ok=True)
     key = cache_key(dataset, cfg, intensity_samples)
     case_ids = tuple(sorted(c.case_id for c in dataset.cases))
-    custom = Path(dataset.root) / "splits_final.json"
-    split = read_splits(custom) if custom.is_file() else make_folds(case_ids, folds, folds_seed)
+    custom = splits_file or Path(dataset.root) / "splits_final.json"
+    if custom.is_file():
+        split = read_splits(custom)
+        check_splits(split, case_ids, folds, custom)
+    else:
+        split = make_folds(case_ids, folds, folds_seed)
     if not (cache_root / key).is_dir():
         _build_once(dataset, cfg, cache_root, key, split, workers, intensity_samples)
     root = cache_root / key

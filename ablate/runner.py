@@ -13,17 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ablate.data.dataset import Dataset
+from ablate.data.dataset import Case, Dataset
 from ablate.jobs import (
     ExternalJob,
     execute_evaluation,
     execute_external,
+    execute_test,
     execute_training,
     external_jobs,
     postprocess_groups,
 )
 from ablate.progress import PlainProgress, Progress
-from ablate.study import EvalJob, Study, TrainJob
+from ablate.study import EvalJob, Study, TestJob, TrainJob
 
 
 @dataclass
@@ -34,6 +35,8 @@ class RunSummary:
     evaluations_skipped: int = 0
     externals_run: int = 0
     externals_skipped: int = 0
+    tests_run: int = 0
+    tests_skipped: int = 0
     failed: list[str] = field(default_factory=list)
     report: Path | None = None
 
@@ -46,7 +49,7 @@ def report_dir_of(study: Study) -> Path:
     return study.report_path()
 
 
-def load_dataset(study: Study) -> Dataset:
+def _read_dataset(study: Study) -> Dataset:
     """The study's dataset; a synthetic spec is generated once into <workdir>/data."""
     spec = study.dataset
     if spec.synthetic is not None:
@@ -66,8 +69,30 @@ def load_dataset(study: Study) -> Dataset:
     return read_dataset(spec.path, None if spec.format == "auto" else spec.format, spec.labels)
 
 
+def load_dataset(study: Study, check: bool = False) -> tuple[Dataset, tuple[Case, ...]]:
+    """The cases for planning and cross-validation, and the held-out test cases (none without
+    `dataset.test`); test cases never reach the fingerprint, the plan or the folds. `check`
+    stops on a broken dataset or test set before anything is cached (warnings pass)."""
+    from ablate.data.testset import check_test_dataset, hold_out
+
+    dataset = _read_dataset(study)
+    if check:
+        check_dataset(dataset)
+    test = study.dataset.test
+    if test is None:
+        return dataset, ()
+    if test.holdout is not None:
+        return hold_out(dataset, test.holdout, test.seed, study.folds.k)
+    from ablate.data.formats import read_dataset
+
+    test_dataset = read_dataset(test.path, None if test.format == "auto" else test.format,
+                                study.dataset.labels)
+    if check:
+        check_dataset(test_dataset)
+    return dataset, check_test_dataset(dataset, test_dataset)
+
+
 def check_dataset(dataset: Dataset) -> None:
-    """Stop before any caching when the dataset has errors (warnings pass)."""
     from ablate.data.verify import raise_on_errors, verify
 
     raise_on_errors(verify(dataset))
@@ -82,10 +107,12 @@ def job_tracking(job) -> tuple[str, dict[str, str]]:
         return "eval", {"ablate.variant": job.label, "ablate.external": str(job.folder)}
     if isinstance(job, EvalJob):
         return "eval", {"ablate.train_key": job.train_key}
+    if isinstance(job, TestJob):
+        return "test", {"ablate.train_keys": ",".join(job.train_keys)}
     return "train", {}
 
 
-def job_params(job: TrainJob | EvalJob) -> dict:
+def job_params(job: TrainJob | EvalJob | TestJob) -> dict:
     return {**{f"axis.{k}": v for k, v in job.variant.items()}, "fold": job.fold, "seed": job.seed}
 
 
@@ -94,8 +121,9 @@ def record_outcome(tracker, run_id: str, kind: str, outcome: dict) -> None:
 
     for epoch, metrics in enumerate(outcome.get("history", [])):
         tracker.log_epoch(run_id, epoch, metrics)
-    if kind == "eval":
-        table = pd.DataFrame(outcome["rows"], columns=["case", "target", "metric", "value"])
+    if kind in ("eval", "test"):
+        columns = ["model"] * (kind == "test") + ["case", "target", "metric", "value"]
+        table = pd.DataFrame(outcome["rows"], columns=columns)
         tracker.log_table(run_id, table, "per_case.csv")
     if outcome.get("params"):
         tracker.log_params(run_id, outcome["params"])
@@ -126,7 +154,8 @@ def run_phase(jobs: list, kind: str, make_call: Callable, executor, tracker,
                 _record_next(in_flight, kind, tracker, summary, progress)
             tracked_as, tags = job_tracking(job)
             starting[:] = [tracker.start_job(job.key, job.name, tracked_as, job_params(job), tags)]
-            progress.job(f"{'evaluate' if tracked_as == 'eval' else 'train'}: {job.name}")
+            verb = {"eval": "evaluate", "test": "test"}.get(tracked_as, "train")
+            progress.job(f"{verb}: {job.name}")
             fn, args = make_call(job)
             future = executor.submit(fn, *args)  # in-process: runs the job here
             in_flight[future] = (job, starting.pop(), tracked_as)
@@ -166,23 +195,28 @@ def prepare_data(study: Study, dataset: Dataset, plan_cfg=None):
     plan_cfg = plan_cfg or study.plan
     return prepare(dataset, plan_cfg, workdir_of(study) / "preprocessed", folds=study.folds.k,
                    folds_seed=study.folds.seed, workers=study.workers,
-                   intensity_samples=plan_cfg.intensity_samples)
+                   intensity_samples=plan_cfg.intensity_samples,
+                   splits_file=study.folds.splits_file)
 
 
 def run_study(study: Study, config_yaml: str = "", progress: Progress | None = None,
               make_report: bool = True, executor=None) -> RunSummary:
+    from ablate.data.testset import held_out_key
     from ablate.executors import executor_for
-    from ablate.study import expand
+    from ablate.study import expand, expand_tests
     from ablate.tracking import Tracker, default_tracking_uri
 
     workdir = workdir_of(study)
     workdir.mkdir(parents=True, exist_ok=True)
-    dataset = load_dataset(study)
-    check_dataset(dataset)
+    dataset, test_cases = load_dataset(study, check=True)
     progress = progress or PlainProgress()
-    progress.message(f"dataset {dataset.name}: {len(dataset.cases)} cases; planning, preprocessing")
+    held_out = f" (+ {len(test_cases)} held-out test cases)" if test_cases else ""
+    progress.message(f"dataset {dataset.name}: {len(dataset.cases)} cases{held_out}; planning, "
+                     "preprocessing")
     base = prepare_data(study, dataset)
     train_jobs, eval_jobs = expand(study, base.key)
+    test_jobs = expand_tests(study, eval_jobs, held_out_key(test_cases)) if test_cases else []
+    extra_jobs = external_jobs(study, base, dataset)
     # plan axes (e.g. CT windowing) need their own preprocessing; prepared once each, up front
     data_for = {job.key: base if job.plan == study.plan else prepare_data(study, dataset, job.plan)
                 for job in train_jobs}
@@ -190,7 +224,8 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
     spacing = tuple(round(s, 2) for s in plan.target_spacing_mm)
     progress.message(f"plan: spacing {spacing} mm, patch {plan.patch_size}, batch "
                      f"{plan.batch_size}, {plan.num_stages} stages; {len(train_jobs)} trainings, "
-                     f"{len(eval_jobs)} evaluations")
+                     f"{len(eval_jobs)} evaluations"
+                     + (f", {len(test_jobs)} test-set evaluations" if test_jobs else ""))
     tracker = Tracker(default_tracking_uri(study, workdir), study.name, workdir / "mlartifacts")
     tracker.start_study({"data_key": base.key, "num_cases": len(dataset.cases)},
                         {"plan.json": base.root / "plan.json",
@@ -198,7 +233,8 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
                          "splits.json": base.root / "splits.json"},
                         axes=list(study.axes))
     tracker.log_planned_jobs([{"job_key": j.key, "name": j.name, "kind": kind}
-                              for kind, jobs in (("train", train_jobs), ("eval", eval_jobs))
+                              for kind, jobs in (("train", train_jobs), ("eval", eval_jobs),
+                                                 ("test", test_jobs), ("eval", extra_jobs))
                               for j in jobs])
     executor = executor or executor_for(study)
     jobs_dir = workdir / "jobs"
@@ -217,7 +253,13 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
                               data_for[j.train_key], dataset, targets, tolerance,
                               jobs_dir / j.key, groups.get(j.key))),
                   executor, tracker, summary, progress)
-        run_phase(external_jobs(study, base, dataset), "externals",
+        run_phase(test_jobs, "tests",
+                  lambda j: (execute_test,
+                             (j, [jobs_dir / k / "checkpoint_final.pt" for k in j.train_keys],
+                              test_cases, targets, tolerance, jobs_dir / j.key,
+                              jobs_dir / j.eval_key / "postprocessing.json", dataset.file_ending)),
+                  executor, tracker, summary, progress)
+        run_phase(extra_jobs, "externals",
                   lambda j: (execute_external, (j, dataset, targets, tolerance)),
                   executor, tracker, summary, progress)
     finally:
@@ -243,6 +285,7 @@ def build_study_report(study: Study, config_yaml: str = "", tracker=None) -> Pat
         "baseline": variant_label(baseline_variant(study)) if study.axes else None,
         "environment": environment(), "missing": list(results.missing),
         "nsd_tolerance_mm": study.evaluation.nsd_tolerance_mm,
+        "test_set": test_set_text(study),
     }
     plan_path = next(iter(sorted((workdir / "preprocessed").glob("*/plan.json"))), None)
     if plan_path is not None:
@@ -251,6 +294,24 @@ def build_study_report(study: Study, config_yaml: str = "", tracker=None) -> Pat
     tracker = tracker or Tracker(uri, study.name, workdir / "mlartifacts")
     tracker.log_study_artifact(path)
     return path
+
+
+def test_set_text(study: Study) -> str | None:
+    """How the held-out test set was made and scored, for the report."""
+    test = study.dataset.test
+    if test is None:
+        return None
+    made = (f"{test.holdout} labelled cases drawn with seed {test.seed} before planning and "
+            "cross-validation" if test.holdout else f"the cases of {test.path}")
+    ensemble = ""
+    if study.infer.ensemble_folds:
+        average = study.infer.ensemble_average
+        like = "as seed 004" if average == "probabilities" else "as nnU-Net v2's predictor"
+        ensemble = f" and by the ensemble of all fold models, averaging their {average} ({like})"
+    return (f"Test set: {made}. No model trained on them and the plan never saw them. Each "
+            f"case was predicted from its raw image by every fold model{ensemble}, with each "
+            "variant's inference and postprocessing settings ('auto' postprocessing applies the "
+            "decision made on that variant's cross-validation).")
 
 
 def environment() -> dict[str, str]:
@@ -272,18 +333,20 @@ def environment() -> dict[str, str]:
 
 def study_status(study: Study) -> str:
     """One line per job (done / running / failed / pending), the best metric so far, time left."""
+    from ablate.data.testset import held_out_key
     from ablate.preprocess import cache_key
-    from ablate.study import expand
+    from ablate.study import expand, expand_tests
     from ablate.tracking import Tracker, default_tracking_uri
 
-    dataset = load_dataset(study)
+    dataset, test_cases = load_dataset(study)
     train_jobs, eval_jobs = expand(study, cache_key(dataset, study.plan,
                                                     study.plan.intensity_samples))
+    test_jobs = expand_tests(study, eval_jobs, held_out_key(test_cases)) if test_cases else []
     workdir = workdir_of(study)
     records = Tracker(default_tracking_uri(study, workdir), study.name,
                       workdir / "mlartifacts").job_records()
     lines, best, left = [], (None, float("-inf")), 0.0
-    for kind, jobs in (("train", train_jobs), ("eval", eval_jobs)):
+    for kind, jobs in (("train", train_jobs), ("eval", eval_jobs), ("test", test_jobs)):
         durations = [r["seconds"] for j in jobs if (r := records.get(j.key)) and r["seconds"]]
         typical = sum(durations) / len(durations) if durations else None
         for job in jobs:

@@ -13,7 +13,7 @@ import hashlib
 import importlib
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,8 @@ KEY_VERSION = 1  # bump when the meaning of a job key changes (invalidates every
 SECTIONS = {"plan": PlanConfig, "train": TrainConfig, "infer": InferConfig}
 # options that change speed or placement but not the numbers a job produces
 NON_RESULT_FIELDS = {"train": {"data_workers", "device"}, "infer": {"window_batch", "device"}}
+# settings of the held-out test phase only: cross-validation scores each case with one fold model
+TEST_ONLY_FIELDS = {"ensemble_folds", "ensemble_average"}
 
 # axis -> value -> the dotted-path settings it stands for
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -64,13 +66,35 @@ class SyntheticSpec(Frozen):
     fov_mm: tuple[float, float, float] = (64.0, 64.0, 64.0)  # (z, y, x)
 
 
+FORMATS = Literal["nnunet", "msd", "kits19", "flare21", "folders", "auto"]
+
+
+class TestSetSpec(Frozen):
+    """Labelled cases kept out of cross-validation and planning, scored after it by every fold
+    model and, with `infer.ensemble_folds`, by their ensemble: either `holdout` cases drawn
+    (seeded) from the dataset, or a separate dataset at `path` with the same channels and labels."""
+
+    holdout: int | None = Field(None, ge=1)
+    seed: int = 12345  # the holdout draw
+    path: Path | None = None
+    format: FORMATS = "auto"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TestSetSpec:
+        if (self.holdout is None) == (self.path is None):
+            raise ValueError("give exactly one of dataset.test.holdout or dataset.test.path")
+        return self
+
+
 class DatasetSpec(Frozen):
-    """Either a dataset on disk (`path`, `format`) or a generated one (`synthetic`)."""
+    """Either a dataset on disk (`path`, `format`) or a generated one (`synthetic`), and maybe a
+    held-out test set (`test`)."""
 
     path: Path | None = None
-    format: Literal["nnunet", "msd", "kits19", "flare21", "folders", "auto"] = "auto"
+    format: FORMATS = "auto"
     labels: dict[str, int] | None = None  # for `folders`: name -> value, background included
     synthetic: SyntheticSpec | None = None
+    test: TestSetSpec | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
@@ -180,7 +204,24 @@ class EvalJob:
     infer: InferConfig
     plan: PlanConfig
     evaluation: EvalConfig
-    ensemble_train_keys: tuple[str, ...] = field(default=())  # every fold's weights, ensembling
+
+
+@dataclass(frozen=True)
+class TestJob:
+    """The held-out test set predicted by every fold model of one cell and seed and, with
+    `infer.ensemble_folds`, by their ensemble, in one pass over the cases."""
+
+    key: str
+    name: str
+    variant: dict[str, Any]  # every axis value
+    seed: int
+    folds: tuple[int, ...]
+    train_keys: tuple[str, ...]  # the fold models' weights, in `folds` order
+    eval_key: str  # a cross-validation evaluation of the same cell (`auto` postprocessing)
+    infer: InferConfig
+    plan: PlanConfig
+    evaluation: EvalConfig
+    fold: int = -1  # not one fold: every fold model (tracked as fold -1)
 
 
 # ---------------------------------------------------------------- axes and variants
@@ -308,9 +349,10 @@ def job_key(payload: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _result_fields(cfg: Any, section: str) -> dict[str, Any]:
+def _result_fields(cfg: Any, section: str, ignore: set[str] = frozenset()) -> dict[str, Any]:
     dumped = cfg.model_dump(mode="json")
-    return {k: v for k, v in dumped.items() if k not in NON_RESULT_FIELDS.get(section, ())}
+    skip = NON_RESULT_FIELDS.get(section, set()) | ignore
+    return {k: v for k, v in dumped.items() if k not in skip}
 
 
 def _folds_identity(study: Study) -> dict[str, Any]:
@@ -349,15 +391,41 @@ def expand(study: Study, data_key: str) -> tuple[list[TrainJob], list[EvalJob]]:
             keys_by_fold[(fold, seed)] = train_jobs[ident].key
         for seed, fold in itertools.product(study.seeds, folds):
             train_key = keys_by_fold[(fold, seed)]
-            ensemble = tuple(keys_by_fold[(f, seed)] for f in folds) if infer.ensemble_folds else ()
             key = job_key({"v": KEY_VERSION, "kind": "eval", "train_key": train_key,
-                           "infer": _result_fields(infer, "infer"),
-                           "evaluation": study.evaluation.model_dump(mode="json"),
-                           "ensemble": list(ensemble)})
+                           "infer": _result_fields(infer, "infer", TEST_ONLY_FIELDS),
+                           "evaluation": study.evaluation.model_dump(mode="json")})
             name = variant_label(cell) + _suffix(fold, seed, study)
             eval_jobs.append(EvalJob(key, name, train_key, dict(cell), fold, seed, infer, plan,
-                                     study.evaluation, ensemble))
+                                     study.evaluation))
     return list(train_jobs.values()), eval_jobs
+
+
+def expand_tests(study: Study, eval_jobs: list[EvalJob], test_key: str) -> list[TestJob]:
+    """One held-out test job per grid cell and seed: every fold model, plus their ensemble with
+    `infer.ensemble_folds`. Keys hash the weights, infer and evaluation settings and `test_key`
+    (the identity of the test cases' files)."""
+    if study.dataset.test is None:
+        return []
+    cells: dict[str, list[EvalJob]] = {}
+    for job in eval_jobs:
+        cells.setdefault(json.dumps([sorted(job.variant.items()), job.seed], default=str),
+                         []).append(job)
+    jobs = []
+    for members in cells.values():
+        members = sorted(members, key=lambda j: j.fold)
+        first = members[0]
+        ensemble = first.infer.ensemble_folds
+        train_keys = tuple(j.train_key for j in members)
+        key = job_key({"v": KEY_VERSION, "kind": "test", "train_keys": list(train_keys),
+                       "infer": _result_fields(first.infer, "infer",
+                                               set() if ensemble else TEST_ONLY_FIELDS),
+                       "evaluation": study.evaluation.model_dump(mode="json"), "test": test_key})
+        models = f"{len(members)} fold models" + (" + ensemble" if ensemble else "")
+        seed = f" · seed {first.seed}" if len(study.seeds) > 1 else ""
+        jobs.append(TestJob(key, f"{variant_label(first.variant)} · test · {models}{seed}",
+                            dict(first.variant), first.seed, tuple(j.fold for j in members),
+                            train_keys, first.key, first.infer, first.plan, first.evaluation))
+    return jobs
 
 
 def describe(study: Study, jobs: tuple[list[TrainJob], list[EvalJob]]) -> str:
@@ -371,6 +439,12 @@ def describe(study: Study, jobs: tuple[list[TrainJob], list[EvalJob]]) -> str:
         lines.append(f"axis {axis} ({kinds[axis]}): {', '.join(map(_value_label, values))}")
     lines.append(f"baseline: {variant_label(baseline_variant(study))}")
     lines.append(f"trainings: {len(train_jobs)}; evaluations: {len(eval_jobs)}")
+    test = study.dataset.test
+    if test is not None:
+        where = f"{test.holdout} cases held out" if test.holdout else str(test.path)
+        models = "every fold model" + (" and their ensemble" if study.infer.ensemble_folds else "")
+        lines.append(f"held-out test set ({where}): {len(expand_tests(study, eval_jobs, ''))} "
+                     f"test-set evaluations, one per cell and seed ({models})")
     per = {j.train.epochs * j.train.iterations_per_epoch for j in train_jobs}
     passes = sum(j.infer.tta for j in eval_jobs)
     lines.append(f"cost: {iterations:,} training iterations in all "

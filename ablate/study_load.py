@@ -16,6 +16,7 @@ from ablate.errors import ConfigError
 from ablate.study import (
     PRESETS,
     SECTIONS,
+    TEST_ONLY_FIELDS,
     Study,
     _check_registries,
     grid_cells,
@@ -67,7 +68,9 @@ def _resolve_relative_paths(raw: dict, folder: Path) -> None:
             value = Path(tree[key]).expanduser()
             tree[key] = os.path.normpath(value if value.is_absolute() else folder / value)
 
-    resolve(raw.get("dataset"), "path")
+    dataset = raw.get("dataset")
+    resolve(dataset, "path")
+    resolve(dataset.get("test") if isinstance(dataset, dict) else None, "path")
     resolve(raw.get("folds"), "splits_file")
     resolve(raw, "workdir")
     for name in list(raw.get("external") or {}):
@@ -174,10 +177,17 @@ def check_study(study: Study, source: str = "study") -> None:
                               f"{study.axes[axis]}; pick one of them")
     if study.axes and not grid_cells(study):
         raise ConfigError(f"{source}: exclude removes every grid cell; loosen exclude")
-    if study.infer.ensemble_folds or True in study.axes.get("infer.ensemble_folds", []):
+    for axis in sorted(TEST_ONLY_FIELDS):
+        if f"infer.{axis}" in study.axes:
+            raise ConfigError(f"{source}: axes.infer.{axis}: not an axis: cross-validation cases "
+                              "are always scored by the one fold model that did not train on "
+                              f"them; set infer.{axis} instead, and every variant is scored on "
+                              "dataset.test by each fold model and by the ensemble")
+    if study.infer.ensemble_folds and study.dataset.test is None:
         raise ConfigError(f"{source}: infer.ensemble_folds: a fold ensemble scored on "
-                          "cross-validation cases would use models that trained on them; it needs "
-                          "a held-out test set, which studies cannot declare yet; set it to false")
+                          "cross-validation cases would use models that trained on them; declare "
+                          "a held-out test set (dataset.test: {holdout: N} or {path: ...}) or set "
+                          "it to false")
 
 
 def _check_cell(study: Study, variant: dict[str, Any], where: str) -> None:
@@ -209,6 +219,10 @@ def _check_paths(study: Study, source: str) -> None:
         fmt = spec.format if spec.format != "auto" else guess_format(spec.path)
         raise ConfigError(f"{source}: dataset.path {spec.path} does not exist; "
                           f"{DATASET_HINTS[fmt]}, or fix the path")
+    test = spec.test
+    if test is not None and test.path is not None and not test.path.exists():
+        raise ConfigError(f"{source}: dataset.test.path {test.path} does not exist; point it at a "
+                          "labelled dataset with the training set's channels and labels")
     for name, folder in study.external.items():
         if not folder.is_dir():
             raise ConfigError(f"{source}: external.{name}: {folder} is not a folder; point it at "

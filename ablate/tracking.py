@@ -296,17 +296,21 @@ def _curves(client: MlflowClient, run, identity: dict[str, Any]) -> list[dict[st
     return rows
 
 
-def _missing(client: MlflowClient, parent, runs: list, tmp: str) -> list[str]:
+def _planned(client: MlflowClient, parent, tmp: str) -> list[dict] | None:
+    """The jobs of the study's latest run (`Tracker.log_planned_jobs`), None when not recorded."""
+    if parent is None:
+        return None
+    try:
+        return json.loads(Path(client.download_artifacts(parent.info.run_id, "jobs.json",
+                                                         tmp)).read_text())
+    except (MlflowException, OSError, ValueError):
+        return None
+
+
+def _missing(planned: list[dict] | None, runs: list) -> list[str]:
     """Readable labels ("train plain · fold 1: failed") of planned or started jobs that have no
-    FINISHED run; planned jobs come from the parent's jobs.json (`Tracker.log_planned_jobs`)."""
+    FINISHED run."""
     states: dict[str, dict[str, str]] = {}
-    planned = None
-    if parent is not None:
-        try:
-            planned = json.loads(Path(client.download_artifacts(parent.info.run_id, "jobs.json",
-                                                                tmp)).read_text())
-        except (MlflowException, OSError, ValueError):
-            planned = None
     for job in planned or []:
         states[job["job_key"]] = {**job, "state": "not started"}
     for run in runs:
@@ -332,17 +336,28 @@ def fetch_results(tracking_uri: str, study_name: str) -> Results:
                           "first or point --tracking-uri at its store")
     runs = _search_all(client, experiment.experiment_id, "")
     parent = next((r for r in runs if r.data.tags.get("ablate.kind") == "study"), None)
+    with tempfile.TemporaryDirectory() as tmp:
+        planned = _planned(client, parent, tmp)
+    if planned is not None:  # runs of jobs the study no longer has (an edited grid) stay out
+        keys = {job["job_key"] for job in planned}
+        runs = [r for r in runs if r is parent or r.data.tags.get("ablate.job_key") in keys]
     finished = [r for r in runs if r.info.status == "FINISHED"]
     axes = _axes(parent, runs)
     train_runs = {r.data.tags["ablate.job_key"]: r for r in finished
                   if r.data.tags.get("ablate.kind") == "train"}
-    tidy, cost, curves = [], [], []
+    tidy, cost, curves, test, test_cost = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for run in finished:
             kind = run.data.tags.get("ablate.kind")
             identity = _identity(run, axes)
             if kind == "train":
                 curves.extend(_curves(client, run, identity))
+            if kind == "test":
+                table = _download_csv(client, run.info.run_id, "per_case.csv", tmp)
+                if table is not None:
+                    fold = table["model"].str.extract(r"fold (\d+)")[0].fillna(-1).astype(int)
+                    test.append(table.assign(**identity).assign(fold=fold))
+                test_cost += _test_costs(run.data.metrics, identity)
             if kind != "eval":
                 continue
             table = _download_csv(client, run.info.run_id, "per_case.csv", tmp)
@@ -353,7 +368,7 @@ def fetch_results(tracking_uri: str, study_name: str) -> Results:
             cost.append({**identity,
                          **{c: _first_metric(train_metrics, n) for c, n in TRAIN_COST.items()},
                          **{c: _first_metric(run.data.metrics, n) for c, n in EVAL_COST.items()}})
-        missing = _missing(client, parent, runs, tmp)
+    missing = _missing(planned, runs)
     ids = ["variant", *axes, "fold", "seed"]
     tidy_df = (pd.concat(tidy, ignore_index=True) if tidy
                else pd.DataFrame(columns=["case", "target", "metric", "value"]))
@@ -363,7 +378,22 @@ def fetch_results(tracking_uri: str, study_name: str) -> Results:
                                           "peak_infer_memory_mb", "parameters", "flops"])
     curves_df = pd.DataFrame(curves, columns=["variant", "fold", "seed", "epoch", "metric",
                                               "value"])
-    return Results(tidy_df, cost_df, curves_df, axes, missing)
+    test_ids = ["variant", *axes, "model", "fold", "seed"]
+    test_df = pd.concat(test, ignore_index=True) if test else pd.DataFrame()
+    test_df = test_df.reindex(columns=[*test_ids, "case", "target", "metric", "value"])
+    test_cost_df = pd.DataFrame(test_cost, columns=[*test_ids, *EVAL_COST])
+    return Results(tidy_df, cost_df, curves_df, axes, missing, test_df, test_cost_df)
+
+
+def _test_costs(metrics: dict[str, float], identity: dict[str, Any]) -> list[dict[str, Any]]:
+    """A test run's cost rows: the fold models' mean ("single") and the ensemble's."""
+    rows = [{**identity, "model": "single",
+             **{c: _first_metric(metrics, n) for c, n in EVAL_COST.items()}}]
+    if "ensemble_infer_seconds_per_case" in metrics:
+        rows.append({**identity, "model": "ensemble",
+                     **{c: _first_metric(metrics, tuple(f"ensemble_{m}" for m in n))
+                        for c, n in EVAL_COST.items()}})
+    return rows
 
 
 def _axes(parent, runs: list) -> list[str]:

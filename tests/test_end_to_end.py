@@ -1,5 +1,6 @@
 """A tiny real study through every stage: synthetic data, plan, preprocess, train, infer,
-evaluate, MLflow, report; then a re-run that must skip every finished job."""
+evaluate, a held-out test set with the fold ensemble, MLflow, report; then a re-run that must skip
+every finished job."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from ablate.data.synthetic import make_synthetic_dataset
 TINY_STUDY = """
 name: tiny
 dataset:
-  synthetic: {cases: 6, seed: 3, fov_mm: [60, 70, 70]}
+  synthetic: {cases: 8, seed: 3, fov_mm: [60, 70, 70]}
+  test: {holdout: 2}
 plan: {gpu_memory_gb: 0.02, base_features: 4, max_features: 16}
 train: {epochs: 2, iterations_per_epoch: 2, val_iterations: 1, data_workers: 0}
-infer: {window_batch: 4}
+infer: {window_batch: 4, ensemble_folds: true}
 evaluation: {nsd_tolerance_mm: 2.0}
 axes:
   train.deep_supervision: [nnunet, none]
@@ -34,7 +36,7 @@ external: {oracle: oracle}
 def tiny_study(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("e2e")
     # an "external" variant: predictions made elsewhere, here the reference labels themselves
-    reference = make_synthetic_dataset(root / "reference", cases=6, seed=3, fov_mm=(60, 70, 70))
+    reference = make_synthetic_dataset(root / "reference", cases=8, seed=3, fov_mm=(60, 70, 70))
     (root / "oracle").mkdir()
     for case in reference.cases:
         shutil.copy(case.label, root / "oracle" / case.label.name)
@@ -54,6 +56,7 @@ def test_run_logs_one_finished_child_run_per_job(tiny_study: Path) -> None:
     kinds = [r.data.tags.get("ablate.kind") for r in runs]
     assert kinds.count("train") == 2 * 2  # 2 training variants x 2 folds
     assert kinds.count("eval") == 2 * 2 * 2 + 2  # x 2 TTA counts, + the external variant's folds
+    assert kinds.count("test") == 2 * 2  # one per cell: its 2 fold models and their ensemble
     parent = [r for r in runs if r.data.tags.get("ablate.kind") == "study"]
     assert len(parent) == 1
     for run in runs:
@@ -73,19 +76,78 @@ def test_report_is_self_contained(tiny_study: Path) -> None:
     html = (tiny_study / "report" / "index.html").read_text()
     assert "data:image/png;base64," in html
     assert "kidney" in html and "tumor" in html and "oracle" in html
+    assert "<h2>Held-out test set</h2>" in html and "2 labelled cases drawn with seed" in html
     assert "src=\"http" not in html and "href=\"http" not in html
+
+
+@pytest.mark.slow
+def test_held_out_cases_stay_out_of_planning_and_the_ensemble_averages_fold_probabilities(
+        tiny_study: Path) -> None:
+    import json
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from ablate.checkpoint import load_model
+    from ablate.config import InferConfig
+    from ablate.imageio import read_image
+    from ablate.infer import predict_probabilities, restore_probabilities
+    from ablate.preprocess import preprocess_images
+
+    work = tiny_study / "work"
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                              "tags.`ablate.kind` = 'test'", max_results=100)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    run = runs[0]
+    metrics = run.data.metrics
+    assert 0 <= metrics["ensemble_dsc_kidney"] <= 1 and 0 <= metrics["dsc_kidney"] <= 1
+    assert metrics["dsc_kidney"] == pytest.approx(
+        (metrics["fold0_dsc_kidney"] + metrics["fold1_dsc_kidney"]) / 2)
+    table = pd.read_csv(client.download_artifacts(run.info.run_id, "per_case.csv",
+                                                  str(tiny_study)))
+    assert set(table["model"]) == {"fold 0", "fold 1", "ensemble"}
+    test_cases = sorted(set(table["case"]))
+    assert len(test_cases) == 2
+    splits = json.loads(next((work / "preprocessed").glob("*/splits.json")).read_text())
+    cross_validated = {c for fold in splits for part in fold.values() for c in part}
+    assert len(cross_validated) == 6 and cross_validated.isdisjoint(test_cases)
+
+    keys = run.data.tags["ablate.train_keys"].split(",")
+    assert len(keys) == 2 and run.data.params["fold"] == "-1"
+    cpu = torch.device("cpu")
+    loaded = [load_model(work / "jobs" / k / "checkpoint_final.pt", cpu) for k in keys]
+    plan = loaded[0][2]
+    cfg = InferConfig(tta=int(run.data.params["axis.infer.tta"]), window_batch=4)
+    data_dir = next((work / "data").glob("synthetic-*"))
+    job_dir = work / "jobs" / run.data.tags["ablate.job_key"]
+    for case in test_cases:
+        image, geometry = read_image(data_dir / "imagesTr" / f"{case}_0000.nii.gz")
+        data, props = preprocess_images([image], geometry, plan)
+        folds = [predict_probabilities([model], data, plan, cfg, cpu)
+                 for model, _, _ in loaded]  # one fold model at a time
+        for name, probabilities in [("fold_0", folds[0]), ("fold_1", folds[1]),
+                                    ("ensemble", np.mean(folds, axis=0))]:
+            expected = np.argmax(restore_probabilities(probabilities, props, plan), axis=0)
+            written, written_geometry = read_image(job_dir / name / f"{case}.nii.gz")
+            np.testing.assert_array_equal(written, expected)
+            np.testing.assert_allclose(written_geometry.spacing_mm, geometry.spacing_mm,
+                                       rtol=1e-6)
 
 
 @pytest.mark.slow
 def test_rerun_skips_finished_jobs(tiny_study: Path, capsys) -> None:
     assert main(["run", str(tiny_study / "tiny.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "trainings: 0 run, 4 already done; evaluations: 0 run, 8 already done" in out
+    assert ("trainings: 0 run, 4 already done; evaluations: 0 run, 8 already done; "
+            "test-set evaluations: 0 run, 4 already done") in out
 
 
 @pytest.mark.slow
 def test_status_lists_every_job_done(tiny_study: Path, capsys) -> None:
     assert main(["status", str(tiny_study / "tiny.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "12 done, 0 running, 0 failed, 0 pending" in out  # the grid's jobs
+    assert "16 done, 0 running, 0 failed, 0 pending" in out  # the grid's jobs
     assert "best so far:" in out

@@ -148,12 +148,17 @@ def tiny_plan() -> Plan:
     )
 
 
-def test_predict_probabilities_averages_logits_over_models():
+def test_predict_probabilities_averages_over_models():
     models = [ConstantLogits([0.0, 2.0]), ConstantLogits([0.0, 0.0])]
     data = np.zeros((1, 5, 7, 9), dtype=np.float32)
     cfg = InferConfig(tta=4, window_batch=2)
     probs = predict_probabilities(models, data, tiny_plan(), cfg, CPU)
     assert probs.shape == (2, 5, 7, 9) and probs.dtype == np.float32
+    expected = (1 / (1 + math.exp(-2.0)) + 0.5) / 2  # the mean of softmax(0, 2) and softmax(0, 0)
+    np.testing.assert_allclose(probs[1], expected, rtol=1e-6)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, rtol=1e-6)
+    logits_cfg = InferConfig(tta=4, window_batch=2, ensemble_average="logits")
+    probs = predict_probabilities(models, data, tiny_plan(), logits_cfg, CPU)
     expected = 1 / (1 + math.exp(-1.0))  # softmax of the mean logits (0, 1)
     np.testing.assert_allclose(probs[1], expected, rtol=1e-6)
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, rtol=1e-6)
@@ -192,24 +197,27 @@ def random_conv(seed: int, out_channels: int) -> nn.Module:
 
 
 @pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
-def test_fold_ensemble_is_the_activation_of_the_mean_logits(activation):
+@pytest.mark.parametrize("average", ["probabilities", "logits"])
+def test_fold_ensemble_averages_probabilities_or_logits(activation, average):
     models = [random_conv(1, 3), random_conv(2, 3)]
     data = np.random.default_rng(0).normal(size=(1, 5, 7, 9)).astype(np.float32)
-    cfg = InferConfig(tta=2, window_batch=2)
+    cfg = InferConfig(tta=2, window_batch=2, ensemble_average=average)
     combos = mirror_combinations(cfg.mirror_axes, cfg.tta)
     logits = [
         sliding_window_logits(m, data, PATCH, cfg.step_size, combos, cfg.window_batch, CPU)
         for m in models
     ]  # (K, Z, Y, X) each
-    mean = (logits[0] + logits[1]) / 2
-    expected = torch.softmax(mean, 0) if activation == "softmax" else torch.sigmoid(mean)
+    act = (lambda x: torch.softmax(x, 0)) if activation == "softmax" else torch.sigmoid
+    mean_of_probabilities = (act(logits[0]) + act(logits[1])) / 2  # seed 004, nnUNetv2_ensemble
+    probabilities_of_mean = act((logits[0] + logits[1]) / 2)  # nnU-Net v2's predictor
+    expected, other = mean_of_probabilities, probabilities_of_mean
+    if average == "logits":
+        expected, other = other, expected
     probs = predict_probabilities(models, data, tiny_plan(), cfg, CPU, activation)
     np.testing.assert_allclose(probs, expected.numpy(), rtol=1e-5, atol=1e-6)
-    # and not the mean of the per-model probabilities (nnU-Net averages logits at predict time)
-    per_model = [
-        predict_probabilities([m], data, tiny_plan(), cfg, CPU, activation) for m in models
-    ]
-    assert np.abs((per_model[0] + per_model[1]) / 2 - probs).max() > 1e-4
+    assert np.abs(other.numpy() - probs).max() > 1e-4  # the two averages really differ here
+    single = predict_probabilities(models[:1], data, tiny_plan(), cfg, CPU, activation)
+    np.testing.assert_allclose(single, act(logits[0]).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_activation_is_a_config_error():

@@ -130,6 +130,27 @@ def test_prepare_builds_loads_and_reuses(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in again.root.iterdir()} == mtimes
 
 
+def test_prepare_takes_the_study_splits_file_and_refuses_unknown_cases(tmp_path):
+    from ablate.errors import DataError
+    from ablate.folds import Fold, write_splits
+
+    ds = _make_dataset(tmp_path / "raw")
+    custom = [Fold(("c0", "c1"), ("c2",)), Fold(("c2",), ("c0", "c1"))]
+    write_splits(custom, tmp_path / "mine.json")
+    data = prepare(ds, CFG, tmp_path / "cache", folds=2, workers=0, intensity_samples=1000,
+                   splits_file=tmp_path / "mine.json")
+    assert data.folds == custom
+    with pytest.raises(DataError, match=r"mine.json: 2 folds but the study's folds.k is 3"):
+        prepare(ds, CFG, tmp_path / "cache", folds=3, workers=0, intensity_samples=1000,
+                splits_file=tmp_path / "mine.json")
+    write_splits([Fold(("c0", "c1"), ("c2",)), Fold(("c2", "held"), ("c0", "c1"))],
+                 tmp_path / "leaky.json")
+    with pytest.raises(DataError, match=r"fold 1 names case 'held', which is not a "
+                                        r"cross-validation case \(missing, or held out"):
+        prepare(ds, CFG, tmp_path / "cache", folds=2, workers=0, intensity_samples=1000,
+                splits_file=tmp_path / "leaky.json")
+
+
 def test_prepare_with_process_pool_matches_in_process(tmp_path):
     ds = _make_dataset(tmp_path / "raw", n=2)
     serial = prepare(ds, CFG, tmp_path / "a", folds=2, workers=0, intensity_samples=1000)

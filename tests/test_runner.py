@@ -67,7 +67,9 @@ def test_auto_postprocessing_is_decided_once_on_all_folds(tmp_path: Path) -> Non
 
     study = tmp_path / "study.yaml"
     study.write_text(textwrap.dedent(STUDY).replace("name: failing", "name: auto-pp")
-                     .replace("infer: {tta: 1}", "infer: {tta: 1, postprocess: auto}"))
+                     .replace("infer: {tta: 1}", "infer: {tta: 1, postprocess: auto}")
+                     .replace("cases: 4,", "cases: 6,").replace(
+                         "fov_mm: [50, 60, 60]}", "fov_mm: [50, 60, 60]}\n  test: {holdout: 2}"))
     assert main(["run", str(study)]) == 0
     raw_dirs = list((tmp_path / "work" / "jobs").glob("raw-*"))
     assert len(raw_dirs) == 1  # both folds' evaluations share one set of raw predictions
@@ -83,3 +85,22 @@ def test_auto_postprocessing_is_decided_once_on_all_folds(tmp_path: Path) -> Non
     decision = json.loads(Path(local).read_text())
     assert [t["name"] for t in decision["trials"]][:1] == ["foreground_union"]
     assert json.loads(decisions.pop()) == decision["steps"]
+
+    # the held-out test cases get the decision made on cross-validation
+    from ablate.imageio import read_image
+    from ablate.postprocess import keep_largest_component
+
+    tests = [r for r in client.search_runs([runs[0].info.experiment_id])
+             if r.data.tags.get("ablate.kind") == "test"]
+    assert len(tests) == 1 and tests[0].info.status == "FINISHED"
+    job_dir = tmp_path / "work" / "jobs" / tests[0].data.tags["ablate.job_key"]
+    for fold in ("fold_0", "fold_1"):
+        raw = sorted((job_dir / fold / "raw").glob("*.nii.gz"))
+        assert len(raw) == (2 if decision["steps"] else 0)  # kept only when postprocessed
+        assert len(list((job_dir / fold).glob("*.nii.gz"))) == 2
+        for path in raw:
+            expected = read_image(path)[0]
+            for values in decision["steps"]:
+                expected = keep_largest_component(expected, values)
+            written = read_image(job_dir / fold / path.name)[0]
+            assert (written == expected).all()

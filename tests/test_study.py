@@ -15,6 +15,7 @@ from ablate.study import (
     Study,
     describe,
     expand,
+    expand_tests,
     grid_cells,
     resolve_variant,
     variant_label,
@@ -58,7 +59,17 @@ def _load(tmp_path: Path, extra: str = "", **kwargs) -> Study:
      r"include\[0\]: 'train.loss' is not an axis of this study; use one of: infer.tta"),
     ("folds: {k: 3, run: [0, 3]}\n", r"folds.run \[3\] outside 0..2"),
     ("train: {loss: focal}\n", r"train.loss: unknown value 'focal'"),
-    ("infer: {ensemble_folds: true}\n", r"infer.ensemble_folds: .*needs a held-out test set"),
+    ("infer: {ensemble_folds: true}\n",
+     r"infer.ensemble_folds: .*declare a held-out test set \(dataset.test"),
+    ("dataset: {synthetic: {cases: 4}, test: {holdout: 1}}\naxes: {infer.ensemble_folds: [no]}\n",
+     r"axes.infer.ensemble_folds: not an axis: .*set infer.ensemble_folds instead"),
+    ("dataset: {synthetic: {cases: 4}, test: {holdout: 1, path: t}}\n",
+     r"dataset.test: give exactly one of dataset.test.holdout or dataset.test.path"),
+    ("dataset: {synthetic: {cases: 4}, test: {}}\n", r"dataset.test: give exactly one of"),
+    ("dataset: {synthetic: {cases: 4}, test: {holdout: 0}}\n",
+     r"dataset.test.holdout: Input should be greater than or equal to 1"),
+    ("infer: {ensemble_average: median}\n",
+     r"infer.ensemble_average: Input should be 'probabilities' or 'logits'"),
     ("infer: {postprocess: always}\n", r"infer.postprocess: Input should be 'none', "),
 ])
 def test_schema_errors_name_the_key_and_the_fix(tmp_path, extra, match):
@@ -131,6 +142,57 @@ def test_keys_change_by_exactly_the_options_that_matter(tmp_path):
     assert set(keys("", data_key="other")[0]).isdisjoint(base_train)
     eval_only = keys("evaluation: {nsd_tolerance_mm: 1.0}\n")
     assert eval_only[0] == base_train and set(eval_only[1]).isdisjoint(base_eval)
+
+
+def test_one_test_set_job_per_cell_and_seed_over_every_fold_model(tmp_path):
+    def jobs(infer: str, test_key: str = "t1"):
+        study = _load(tmp_path, f"""
+            dataset: {{synthetic: {{cases: 9}}, test: {{holdout: 3}}}}
+            infer: {infer}
+            axes: {{train.loss: [dice_ce, dice_topk], infer.tta: [1, 2]}}
+            folds: {{k: 3}}
+            seeds: [0, 1]
+        """)
+        train_jobs, eval_jobs = expand(study, "d")
+        return train_jobs, eval_jobs, expand_tests(study, eval_jobs, test_key)
+
+    train_jobs, eval_jobs, tests = jobs("{ensemble_folds: true}")
+    assert len(tests) == 4 * 2 and len({j.key for j in tests}) == 8  # cells x seeds
+    train_of = {j.key: j for j in train_jobs}
+    for job in tests:
+        assert job.folds == (0, 1, 2) and job.fold == -1
+        assert [train_of[k].fold for k in job.train_keys] == [0, 1, 2]
+        assert {train_of[k].seed for k in job.train_keys} == {job.seed}
+        assert {train_of[k].variant["train.loss"] for k in job.train_keys} == {
+            job.variant["train.loss"]}
+    assert all(j.eval_key in {e.key for e in eval_jobs} for j in tests)
+    assert tests[0].name == "dice_ce · tta=1 · test · 3 fold models + ensemble · seed 0"
+
+    # the ensemble settings change test jobs only, never cross-validation
+    _, eval_off, tests_off = jobs("{ensemble_folds: false}")
+    assert [j.key for j in eval_off] == [j.key for j in eval_jobs]
+    assert {j.key for j in tests_off}.isdisjoint(j.key for j in tests)
+    assert tests_off[0].name == "dice_ce · tta=1 · test · 3 fold models · seed 0"
+    _, _, tests_off_logits = jobs("{ensemble_folds: false, ensemble_average: logits}")
+    assert [j.key for j in tests_off_logits] == [j.key for j in tests_off]  # no ensemble: moot
+    _, _, tests_logits = jobs("{ensemble_folds: true, ensemble_average: logits}")
+    assert {j.key for j in tests_logits}.isdisjoint(j.key for j in tests)
+    _, _, tests_other = jobs("{ensemble_folds: true}", test_key="t2")  # other test files
+    assert {j.key for j in tests_other}.isdisjoint(j.key for j in tests)
+    no_test = _load(tmp_path, "")
+    assert expand_tests(no_test, expand(no_test, "d")[1], "t1") == []
+
+
+def test_test_set_path_resolves_against_the_study_and_must_exist(tmp_path):
+    extra = "dataset: {synthetic: {cases: 4}, test: {path: ../held}}\n"
+    text = BASE.replace("dataset: {synthetic: {cases: 4}}\n", "") + extra
+    (tmp_path / "s").mkdir()
+    path = tmp_path / "s" / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"dataset.test.path .*held does not exist; point it at"):
+        load_study(path)
+    (tmp_path / "held").mkdir()
+    assert load_study(path).dataset.test.path == tmp_path / "held"
 
 
 def test_keys_are_stable_across_processes(tmp_path):

@@ -101,6 +101,43 @@ def test_parent_child_finished_and_fetch_round_trip(tmp_path):
     assert results.missing[0] == f"train {train_jobs[1].name}: not started"
 
 
+def test_runs_of_jobs_the_study_no_longer_plans_stay_out_of_the_results(tmp_path):
+    tracker = _tracker(tmp_path)
+    train_jobs, eval_jobs = _run_one_study(tracker, tmp_path)
+    assert len(fetch_results(tracker.tracking_uri, "tiny").tidy) == 2
+    # the study is edited: its next run plans other jobs; the finished runs stay in MLflow
+    tracker.log_planned_jobs([{"job_key": j.key, "name": j.name, "kind": "train"}
+                              for j in train_jobs[1:]])
+    results = fetch_results(tracker.tracking_uri, "tiny")
+    assert results.tidy.empty and results.cost.empty and results.curves.empty
+    assert len(results.missing) == len(train_jobs) - 1
+    assert tracker.finished(train_jobs[0].key)  # still there for a study that plans it again
+
+
+def test_test_runs_fill_the_held_out_tables(tmp_path):
+    tracker = _tracker(tmp_path)
+    tracker.start_study({}, {}, axes=["infer.tta"])
+    run = tracker.start_job("t1", "tta=2 · test", "test", {"axis.infer.tta": 2, "fold": -1,
+                                                            "seed": 0}, {})
+    rows = pd.DataFrame({"model": ["fold 0", "fold 1", "ensemble"], "case": ["x"] * 3,
+                         "target": ["organ"] * 3, "metric": ["dsc"] * 3,
+                         "value": [0.5, 0.7, 0.8]})
+    tracker.log_table(run, rows, "per_case")
+    tracker.log_metrics(run, {"infer_seconds_per_case": 2.0, "peak_infer_memory_mb": 10.0,
+                              "ensemble_infer_seconds_per_case": 3.5,
+                              "ensemble_peak_infer_memory_mb": 12.0})
+    tracker.end_job(run, ok=True)
+    results = fetch_results(tracker.tracking_uri, "tiny")
+    assert results.tidy.empty  # test cases are not cross-validation results
+    test = results.test.set_index("model")
+    assert test["fold"].to_dict() == {"fold 0": 0, "fold 1": 1, "ensemble": -1}
+    assert test.loc["ensemble", "value"] == 0.8 and (test["infer.tta"] == 2).all()
+    cost = results.test_cost.set_index("model")
+    assert cost.loc["single", "infer_seconds_per_case"] == 2.0
+    assert cost.loc["ensemble", ["infer_seconds_per_case", "peak_infer_memory_mb"]].tolist() == [
+        3.5, 12.0]
+
+
 def test_unfinished_run_is_superseded(tmp_path):
     tracker = _tracker(tmp_path)
     tracker.start_study({}, {})

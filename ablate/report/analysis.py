@@ -18,6 +18,7 @@ from ablate.report.collect import (
     variant_axes,
     variant_order,
 )
+from ablate.report.held_out import HeldOut, analyse_held_out
 from ablate.report.stats import (
     HIGHER_IS_BETTER,
     case_matrices,
@@ -59,6 +60,7 @@ class Analysis:
     empty: pd.DataFrame
     nan_counts: pd.DataFrame
     missing: list[str]
+    held_out: HeldOut | None = None  # the held-out test set, when the study declares one
 
 
 REPORT_METRICS = ("dsc", "nsd")
@@ -100,14 +102,22 @@ def analyse(results: Results, meta: dict, seed: int = 0, n_boot: int = 2000) -> 
             tidy, results.axes, metrics, _reference_levels(results, baseline), rng, n_boot
         ),
         seed_spread=seed_spread(tidy, metrics),
-        composite=describe(composite_dice(tidy), ["dsc"]),
+        composite=_composite(tidy),
         pareto=_pareto_points(matrices, results.cost, metrics[0]),
         cost=results.cost,
         curves=results.curves,
         empty=empty_case_counts(tidy),
         nan_counts=missing_value_counts(tidy, metrics),
         missing=list(dict.fromkeys([*(meta.get("missing") or []), *results.missing])),
+        held_out=analyse_held_out(results.test, results.test_cost, metrics, baseline, rng,
+                                  n_seeds, n_boot),
     )
+
+
+def _composite(tidy: pd.DataFrame) -> pd.DataFrame:
+    """describe() of the KiTS composite Dice; empty when the study lacks kidney or tumor."""
+    composite = composite_dice(tidy)
+    return pd.DataFrame() if composite.empty else describe(composite, ["dsc"])
 
 
 def _posthoc(matrices: dict) -> pd.DataFrame:

@@ -40,6 +40,9 @@ class Results:
             infer_seconds_per_case, peak_train_memory_mb, peak_infer_memory_mb, parameters, flops
     curves: variant, fold, seed, epoch, metric, value
     axes:   the axis column names; missing: readable labels of jobs without results
+    test:   the held-out test set, as tidy plus `model` ("fold <n>" or "ensemble"; fold -1)
+    test_cost: variant, <axis columns...>, model, fold, seed, infer_seconds_per_case,
+            peak_infer_memory_mb (from the raw image to the written label map)
     """
 
     tidy: pd.DataFrame
@@ -47,6 +50,8 @@ class Results:
     curves: pd.DataFrame
     axes: list[str]
     missing: list[str] = field(default_factory=list)
+    test: pd.DataFrame = field(default_factory=pd.DataFrame)
+    test_cost: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def check_results(results: Results) -> None:

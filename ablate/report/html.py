@@ -23,6 +23,7 @@ from ablate.report.collect import (
     kits_table,
     table4,
 )
+from ablate.report.held_out import held_out_tables
 from ablate.report.stats import MIN_PAIRS
 
 CSS = """
@@ -114,8 +115,10 @@ def build_tables(a: Analysis, memory_label: str = "GPU memory") -> dict[str, dic
         on="target",
         how="left",
     )
+    held_out = held_out_tables(a.held_out, a.order, memory_label) if a.held_out else {}
     return {
         "accuracy": accuracy,
+        "held_out": held_out,
         "stats": stats,
         "cost": cost,
         "methods": {"empty": generic_table("Empty references and NaN values", empty)},
@@ -169,8 +172,31 @@ def summary_lines(a: Analysis, max_lines: int = 12) -> list[str]:
         )
     if len(rows) > max_lines:
         lines.append(f"... and {len(rows) - max_lines} more comparisons under Statistics.")
+    if a.held_out is not None:
+        lines += _held_out_lines(a)
     if a.missing:
         lines.append(f"{len(a.missing)} job(s) have no results; see Methods.")
+    return lines
+
+
+def _held_out_lines(a: Analysis) -> list[str]:
+    """Per target: the variant whose ensemble (else single fold) scores best on the test set."""
+    h = a.held_out
+    e = h.ensemble_vs_single
+    e = e[e["metric"] == a.metrics[0]]
+    column = "single" if e["ensemble"].isna().all() else "ensemble"
+    lines = []
+    for target, part in e.groupby("target", sort=False):
+        best = part.loc[part[column].idxmax()]
+        text = (f"Held-out test set ({h.n_cases} cases), {target} {a.metrics[0].upper()}: best "
+                f"{column.replace('single', 'single-fold mean')} {best['variant']} "
+                f"({100 * best[column]:.1f}%)")
+        if column == "ensemble":
+            verdict = ("too few cases for a test" if best["n"] < MIN_PAIRS else
+                       f"p = {best['p_holm']:.2g} after Holm")
+            text += (f", {100 * best['mean_diff']:+.1f} points over its single fold models "
+                     f"({verdict})")
+        lines.append(text + ".")
     return lines
 
 
@@ -189,7 +215,8 @@ METHODS = (
 def render_figures(a: Analysis, memory_label: str = "GPU memory"
                    ) -> dict[str, list[tuple[str, bytes]]]:
     """Section name -> list of (caption, PNG bytes)."""
-    figs: dict[str, list[tuple[str, bytes]]] = {"violins": [], "stats": [], "cost": []}
+    figs: dict[str, list[tuple[str, bytes]]] = {"violins": [], "stats": [], "cost": [],
+                                                 "held_out": []}
     for (target, metric), m in a.matrices.items():
         long = m[a.order].melt(var_name="variant", value_name="value").dropna()
         long["value"] *= 100
@@ -213,6 +240,8 @@ def render_figures(a: Analysis, memory_label: str = "GPU memory"
             "Rank stability over 1000 bootstrap samples of the cases (DSC, rank-then-aggregate)"
         )
         figs["stats"].append((caption, plots.rank_stability(freqs, taus)))
+    if a.held_out is not None:
+        figs["held_out"] += _held_out_violins(a)
     if not a.cost.empty:
         figs["cost"].append(("Runtime and peak memory per variant (bars: mean; points: runs)",
                              plots.cost_per_variant(a.cost, a.order, memory_label)))
@@ -231,6 +260,20 @@ def render_figures(a: Analysis, memory_label: str = "GPU memory"
             )
         )
     return figs
+
+
+def _held_out_violins(a: Analysis) -> list[tuple[str, bytes]]:
+    out = []
+    for (target, metric), part in a.held_out.cases.groupby(level=[0, 1], sort=False):
+        long = part.reset_index().melt(id_vars=["variant"], value_vars=[
+            c for c in ("single", "ensemble") if c in part], var_name="model", value_name="value")
+        long["value"] *= 100
+        long["variant"] = long["variant"] + " · " + long["model"]
+        order = [f"{v} · {m}" for v in a.order for m in ("single", "ensemble")
+                 if f"{v} · {m}" in set(long["variant"])]
+        title = f"held-out test set: {target} {metric.upper()} per case (single: fold-model mean)"
+        out.append((title, plots.violin(long.dropna(), order, title, f"{metric.upper()} (%)")))
+    return out
 
 
 def table_html(t: Table) -> str:
@@ -364,7 +407,13 @@ def assemble(
 
     sections = [
         ("Summary", f'<ul class="summary">{summary}</ul>'),
-        ("Accuracy per target", block("accuracy", "violins")),
+        ("Accuracy per target" + (" (cross-validation)" if tables["held_out"] else ""),
+         block("accuracy", "violins")),
+    ]
+    if tables["held_out"]:
+        intro = f"<p>{esc(meta['test_set'])}</p>" if meta.get("test_set") else ""
+        sections.append(("Held-out test set", intro + block("held_out", "held_out")))
+    sections += [
         ("Statistics", block("stats", "stats")),
         ("Runtime and memory", block("cost", "cost")),
         ("Methods", _methods(a, tables, meta)),
@@ -387,7 +436,10 @@ def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def export(results, a: Analysis, tables: dict, out_dir: Path) -> None:
-    for name, frame in (("tidy", results.tidy), ("cost", results.cost)):
+    frames = [("tidy", results.tidy), ("cost", results.cost)]
+    if not results.test.empty:
+        frames += [("test", results.test), ("test_cost", results.test_cost)]
+    for name, frame in frames:
         frame.to_csv(out_dir / f"{name}.csv", index=False)
         _parquet_safe(frame).to_parquet(out_dir / f"{name}.parquet", index=False)
     if not a.compare.empty:

@@ -1,0 +1,156 @@
+"""The held-out test set: every fold model and the fold ensemble on cases no model trained on.
+
+Per case, "single fold" is the mean over the fold models (and seeds), so the ensemble is compared
+with the model one would get from one fold, on the same cases; variants are compared with the
+baseline on the ensemble's predictions when there are any, else on the single-fold means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ablate.report.collect import Table, _num, _p, _pct, compare_table
+from ablate.report.stats import (
+    ALPHA,
+    MIN_PAIRS,
+    TOO_FEW,
+    bootstrap_ci,
+    compare_to_baseline,
+    holm,
+    wilcoxon_p,
+)
+
+ENSEMBLE = "ensemble"
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    n_cases: int
+    n_models: int  # fold models per variant and seed
+    cases: pd.DataFrame  # per_case(): (target, metric, variant, case) x (single, ensemble)
+    ensemble_vs_single: pd.DataFrame  # target, metric, variant, single, fold_min, fold_max, ...
+    compare: pd.DataFrame  # compare_to_baseline on the test cases
+    cost: pd.DataFrame  # variant, kind (single | ensemble), seconds, memory
+
+
+def per_case(test: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Index (target, metric, variant, case), columns "single" and (maybe) "ensemble"."""
+    sub = test[test["metric"].isin(metrics)]
+    kind = np.where(sub["model"] == ENSEMBLE, "ensemble", "single")
+    keys = ["target", "metric", "variant", "case", "kind"]
+    return sub.assign(kind=kind).groupby(keys, sort=False)["value"].mean().unstack("kind")
+
+
+def ensemble_vs_single(test: pd.DataFrame, metrics: list[str], rng: np.random.Generator,
+                       n_boot: int = 2000) -> pd.DataFrame:
+    """Per target, metric, variant: single-fold mean and the range of the fold models' means, the
+    ensemble's mean, the mean paired difference (ensemble - single) with a bootstrap 95% CI, and a
+    two-sided paired Wilcoxon p with Holm over every row."""
+    cases = per_case(test, metrics)
+    singles = test[(test["model"] != ENSEMBLE) & test["metric"].isin(metrics)]
+    model_means = singles.groupby(["target", "metric", "variant", "model"], sort=False)[
+        "value"].mean()
+    spreads = {key: part for key, part in model_means.groupby(level=[0, 1, 2], sort=False)}
+    rows = []
+    for (target, metric, variant), part in cases.groupby(level=[0, 1, 2], sort=False):
+        spread = spreads[(target, metric, variant)]
+        single = part["single"].to_numpy(dtype=float)
+        ensemble = part.get("ensemble", pd.Series(np.nan, index=part.index)).to_numpy(dtype=float)
+        diff = ensemble - single
+        diff = diff[~np.isnan(diff)]
+        lo, hi = bootstrap_ci(diff, rng, statistic=np.mean, n_boot=n_boot)
+        rows.append({"target": target, "metric": metric, "variant": variant, "n": diff.size,
+                     "single": np.nanmean(single), "fold_min": spread.min(),
+                     "fold_max": spread.max(), "ensemble": np.nanmean(ensemble) if diff.size
+                     else np.nan, "mean_diff": diff.mean() if diff.size else np.nan,
+                     "ci_low": lo, "ci_high": hi, "p": wilcoxon_p(diff)[0] if diff.size
+                     else np.nan})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["p_holm"] = holm(out["p"].to_numpy())
+    out["significant"] = out["p_holm"] < ALPHA
+    return out
+
+
+def analyse_held_out(test: pd.DataFrame, test_cost: pd.DataFrame, metrics: list[str],
+                     baseline: str, rng: np.random.Generator, n_seeds: int,
+                     n_boot: int = 2000) -> HeldOut | None:
+    if test.empty:
+        return None
+    cases = per_case(test, metrics)
+    column = "ensemble" if "ensemble" in cases else "single"
+    scored = cases[column].dropna()
+    matrices = {key: part.droplevel([0, 1]).unstack("variant")
+                for key, part in scored.groupby(level=[0, 1], sort=False)}
+    compare = pd.DataFrame()
+    if len(test["variant"].unique()) > 1 and baseline in set(test["variant"]):
+        compare = compare_to_baseline(matrices, baseline, rng, n_seeds, n_boot)
+        if not compare.empty:
+            compare["pairs"] = compare["pairs"].str.replace(
+                "per-case", f"per-case {'ensemble' if column == 'ensemble' else 'single-fold'}")
+    cost = test_cost.assign(kind=np.where(test_cost["model"] == ENSEMBLE, "ensemble", "single"))
+    cost = cost.groupby(["variant", "kind"], sort=False)[
+        ["infer_seconds_per_case", "peak_infer_memory_mb"]].mean().reset_index()
+    singles = test[test["model"] != ENSEMBLE]
+    n_models = int(singles.groupby(["variant", "seed"])["model"].nunique().max())
+    return HeldOut(int(test["case"].nunique()), n_models, cases,
+                   ensemble_vs_single(test, metrics, rng, n_boot), compare, cost)
+
+
+# ---------------------------------------------------------------- display
+
+
+def held_out_tables(h: HeldOut, order: list[str], memory_label: str) -> dict[str, Table]:
+    tables = {"ensemble": _ensemble_table(h, order)}
+    if not h.compare.empty:
+        table = compare_table(h.compare)
+        tables["compare"] = Table(f"Held-out test set: {table.title.lower()}", table.frame,
+                                  note=table.note)
+    tables["cost"] = _cost_table(h.cost, order, memory_label)
+    return tables
+
+
+def _ensemble_table(h: HeldOut, order: list[str]) -> Table:
+    e = h.ensemble_vs_single
+    rank = {v: i for i, v in enumerate(order)}
+    e = e.assign(_rank=e["variant"].map(rank)).sort_values(["target", "metric", "_rank"],
+                                                             kind="stable")
+    verdict = np.where(e["n"] < MIN_PAIRS, TOO_FEW,
+                       np.where(e["significant"], "significant", "not significant"))
+    frame = pd.DataFrame({
+        "target": e["target"], "metric": e["metric"].str.upper(), "variant": e["variant"],
+        "single fold (%)": e["single"].map(_pct),
+        "fold models' range (%)": [f"{_pct(a)}–{_pct(b)}"
+                                   for a, b in zip(e["fold_min"], e["fold_max"], strict=True)],
+        "ensemble (%)": e["ensemble"].map(_pct),
+        "ensemble − single (points)": [
+            "n/a" if pd.isna(d) else f"{100 * d:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+            for d, lo, hi in zip(e["mean_diff"], e["ci_low"], e["ci_high"], strict=True)],
+        "p (Holm)": e["p_holm"].map(_p),
+        "result": np.where(e["ensemble"].isna(), "no ensemble", verdict),
+    })
+    note = (f"{h.n_cases} test cases, {h.n_models} fold models per variant. Single fold: per case "
+            "the mean over the fold models (and seeds); range: the lowest and highest fold model's "
+            "mean. Difference: mean paired difference with a bootstrap 95% CI; two-sided paired "
+            "Wilcoxon signed-rank, Holm over the rows of this table.")
+    return Table("Held-out test set: fold ensemble vs single fold models", frame.reset_index(
+        drop=True), note=note)
+
+
+def _cost_table(cost: pd.DataFrame, order: list[str], memory_label: str) -> Table:
+    wide = cost.pivot(index="variant", columns="kind").reindex(order)
+    frame = pd.DataFrame({"variant": order}, index=order)
+    for kind in ("single", "ensemble"):
+        if ("infer_seconds_per_case", kind) in wide:
+            frame[f"{kind}: s / case"] = wide[("infer_seconds_per_case", kind)].map(_num)
+            frame[f"{kind}: {memory_label} (MB)"] = wide[("peak_infer_memory_mb", kind)].map(
+                _num)
+    return Table("Held-out test set: inference cost per case", frame.reset_index(drop=True),
+                 note="From the raw image to the written label map, measured in one pass over "
+                      "the cases. Single: preprocessing, one fold model's sliding window, "
+                      "resampling back, export (mean over the fold models). Ensemble: the same "
+                      "with every fold model's sliding window.")
