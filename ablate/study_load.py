@@ -183,6 +183,10 @@ def check_study(study: Study, source: str = "study") -> None:
                               "are always scored by the one fold model that did not train on "
                               f"them; set infer.{axis} instead, and every variant is scored on "
                               "dataset.test by each fold model and by the ensemble")
+    runs = study.folds.run if study.folds.run is not None else range(study.folds.k)
+    if study.infer.ensemble_folds and len(runs) < 2:
+        raise ConfigError(f"{source}: infer.ensemble_folds: folds.run {list(runs)} gives one "
+                          "fold model, nothing to ensemble; run at least two folds")
     if study.infer.ensemble_folds and study.dataset.test is None:
         raise ConfigError(f"{source}: infer.ensemble_folds: a fold ensemble scored on "
                           "cross-validation cases would use models that trained on them; declare "

@@ -104,3 +104,48 @@ def test_auto_postprocessing_is_decided_once_on_all_folds(tmp_path: Path) -> Non
                 expected = keep_largest_component(expected, values)
             written = read_image(job_dir / fold / path.name)[0]
             assert (written == expected).all()
+
+
+@pytest.mark.slow
+def test_region_based_study_ensembles_sigmoid_probabilities_on_the_test_set(tmp_path: Path) -> None:
+    import mlflow
+    import numpy as np
+    import torch
+
+    from ablate.checkpoint import load_model
+    from ablate.config import InferConfig
+    from ablate.imageio import read_image
+    from ablate.infer import predict_probabilities, probabilities_to_labels, restore_probabilities
+    from ablate.preprocess import preprocess_images
+
+    study = tmp_path / "study.yaml"
+    study.write_text(textwrap.dedent(STUDY).replace("name: failing", "name: regions")
+                     .replace("infer: {tta: 1}", "infer: {tta: 1, ensemble_folds: true}")
+                     .replace("data_workers: 0}", "data_workers: 0, loss: dice_bce,\n"
+                              "        regions: {kidney: [1, 2], tumor: [2]}}")
+                     .replace("cases: 4,", "cases: 6,").replace(
+                         "fov_mm: [50, 60, 60]}", "fov_mm: [50, 60, 60]}\n  test: {holdout: 2}"))
+    assert main(["run", str(study)]) == 0
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("regions").experiment_id],
+                             "tags.`ablate.kind` = 'test'")[0]
+    assert run.info.status == "FINISHED" and "ensemble_dsc_kidney" in run.data.metrics
+    work = tmp_path / "work"
+    cpu = torch.device("cpu")
+    keys = run.data.tags["ablate.train_keys"].split(",")
+    loaded = [load_model(work / "jobs" / k / "checkpoint_final.pt", cpu) for k in keys]
+    plan = loaded[0][2]
+    regions = {"kidney": (1, 2), "tumor": (2,)}
+    data_dir = next((work / "data").glob("synthetic-*"))
+    ensemble_dir = work / "jobs" / run.data.tags["ablate.job_key"] / "ensemble"
+    cases = sorted(p.name.removesuffix(".nii.gz") for p in ensemble_dir.glob("*.nii.gz"))
+    assert len(cases) == 2
+    for case in cases:
+        image, geometry = read_image(data_dir / "imagesTr" / f"{case}_0000.nii.gz")
+        data, props = preprocess_images([image], geometry, plan)
+        mean = np.mean([predict_probabilities([m], data, plan, InferConfig(tta=1), cpu, "sigmoid")
+                        for m, _, _ in loaded], axis=0)  # (2 regions, Z, Y, X)
+        expected = probabilities_to_labels(restore_probabilities(mean, props, plan, regions),
+                                           regions)
+        written = read_image(ensemble_dir / f"{case}.nii.gz")[0]
+        np.testing.assert_array_equal(written, expected)

@@ -68,6 +68,8 @@ def _load(tmp_path: Path, extra: str = "", **kwargs) -> Study:
     ("dataset: {synthetic: {cases: 4}, test: {}}\n", r"dataset.test: give exactly one of"),
     ("dataset: {synthetic: {cases: 4}, test: {holdout: 0}}\n",
      r"dataset.test.holdout: Input should be greater than or equal to 1"),
+    ("dataset: {synthetic: {cases: 4}, test: {holdout: 1}}\ninfer: {ensemble_folds: true}\n"
+     "folds: {k: 3, run: [1]}\n", r"infer.ensemble_folds: folds.run \[1\] gives one fold model"),
     ("infer: {ensemble_average: median}\n",
      r"infer.ensemble_average: Input should be 'probabilities' or 'logits'"),
     ("infer: {postprocess: always}\n", r"infer.postprocess: Input should be 'none', "),

@@ -82,3 +82,20 @@ def test_held_out_key_follows_the_files(tmp_path):
     stat = label.stat()
     os.utime(label, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a re-written label
     assert held_out_key(cases) != key
+
+
+def test_a_study_with_a_separate_test_set_loads_both_and_verifies_them(tmp_path):
+    from ablate.runner import load_dataset
+    from ablate.study_load import load_study
+
+    _raw(tmp_path / "train", ["a", "b", "c"])
+    _raw(tmp_path / "held", ["x", "y"])
+    path = tmp_path / "study.yaml"
+    path.write_text("name: s\ndataset: {path: train, format: nnunet, test: {path: held}}\n"
+                    "folds: {k: 2}\n")
+    dataset, test = load_dataset(load_study(path), check=True)
+    assert [c.case_id for c in dataset.cases] == ["a", "b", "c"]
+    assert [c.case_id for c in test] == ["x", "y"]
+    (tmp_path / "held" / "labelsTr" / "y.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(DataError, match=r"held/labelsTr/y.nii.gz: "):
+        load_dataset(load_study(path), check=True)
