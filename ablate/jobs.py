@@ -133,49 +133,59 @@ def execute_evaluation(job: EvalJob, checkpoint: Path, data, dataset: Dataset,
         predict_raw(checkpoint, data.folds[job.fold].val, data, job.infer, raw_dir, ending)
         if job.infer.postprocess == "largest_component":
             steps = _all_labels(targets)
-    predictions = []
+    scorer = _Scorer(steps, targets, tolerance_mm, job_dir / "predictions", ending)
     for case_id in data.folds[job.fold].val:
         labels, geometry = read_image(raw_dir / f"{case_id}{ending}")
         cost = json.loads((raw_dir / f"{case_id}.json").read_text())
-        predictions.append((case_id, labels, geometry, cost))
-    rows, metrics = _score(predictions, steps, label_files, targets, tolerance_mm,
-                           job_dir / "predictions", ending)
-    return {**outcome, "metrics": metrics, "rows": rows}
+        scorer.add(case_id, labels, geometry, cost, label_files[case_id])
+    return {**outcome, "metrics": scorer.metrics(), "rows": scorer.rows}
 
 
-def _score(predictions, steps, label_files: dict[str, Path], targets, tolerance_mm,
-           out_dir: Path, ending: str, raw_dir: Path | None = None
-           ) -> tuple[list[dict], dict[str, float]]:
-    """Postprocess each (case id, labels, geometry, cost) with `steps`, write it to `out_dir`
-    (with `steps` and a `raw_dir`, the labels before postprocessing go there),
-    score it against its reference; returns the per-case rows and the run's metrics."""
-    from ablate.device import headline_peak_mb
-    from ablate.evaluate import evaluate_case
-    from ablate.imageio import read_image, write_image
-    from ablate.postprocess import keep_largest_component
+class _Scorer:
+    """Postprocesses, writes and scores one model's predictions one case at a time, keeping the
+    rows and costs (never the label maps: a KiTS-sized map is ~100 MB)."""
 
-    rows, seconds, peaks = [], [], {}
-    for case_id, labels, geometry, cost in predictions:
-        if steps and raw_dir is not None:
-            write_image(labels, geometry, raw_dir / f"{case_id}{ending}")
-        for values in steps:
+    def __init__(self, steps, targets, tolerance_mm, out_dir: Path, ending: str,
+                 raw_dir: Path | None = None):
+        self.steps, self.targets, self.tolerance_mm = steps, targets, tolerance_mm
+        self.out_dir, self.ending, self.raw_dir = out_dir, ending, raw_dir
+        self.rows: list[dict] = []
+        self.seconds: list[float] = []
+        self.peaks: dict[str, float] = {}
+
+    def add(self, case_id: str, labels, geometry, cost: dict, reference: Path) -> None:
+        """With `steps` and a `raw_dir`, the labels before postprocessing are written there."""
+        from ablate.evaluate import evaluate_case
+        from ablate.imageio import read_image, write_image
+        from ablate.postprocess import keep_largest_component
+
+        if self.steps and self.raw_dir is not None:
+            write_image(labels, geometry, self.raw_dir / f"{case_id}{self.ending}")
+        for values in self.steps:
             labels = keep_largest_component(labels, values)
         cost = dict(cost)
-        seconds.append(cost.pop("seconds"))
+        self.seconds.append(cost.pop("seconds"))
         for key, value in cost.items():
-            peaks[key] = max(peaks.get(key, 0.0), value)
-        write_image(labels, geometry, out_dir / f"{case_id}{ending}")
-        ref, ref_geometry = read_image(label_files[case_id])
-        for row in evaluate_case(labels, ref, ref_geometry.spacing_mm, targets, tolerance_mm):
-            rows.append({"case": case_id, **row})
-    metrics = {"infer_seconds_per_case": float(np.mean(seconds)),
-               "peak_infer_memory_mb": headline_peak_mb(peaks),
-               **{f"infer_{k}": v for k, v in peaks.items()}}
-    for target in targets:
-        for metric in ("dsc", "nsd"):
-            values = [r["value"] for r in rows if r["target"] == target and r["metric"] == metric]
-            metrics[f"{metric}_{target}"] = float(np.nanmean(values)) if values else float("nan")
-    return rows, metrics
+            self.peaks[key] = max(self.peaks.get(key, 0.0), value)
+        write_image(labels, geometry, self.out_dir / f"{case_id}{self.ending}")
+        ref, ref_geometry = read_image(reference)
+        for row in evaluate_case(labels, ref, ref_geometry.spacing_mm, self.targets,
+                                 self.tolerance_mm):
+            self.rows.append({"case": case_id, **row})
+
+    def metrics(self) -> dict[str, float]:
+        from ablate.device import headline_peak_mb
+
+        metrics = {"infer_seconds_per_case": float(np.mean(self.seconds)),
+                   "peak_infer_memory_mb": headline_peak_mb(self.peaks),
+                   **{f"infer_{k}": v for k, v in self.peaks.items()}}
+        for target in self.targets:
+            for metric in ("dsc", "nsd"):
+                values = [r["value"] for r in self.rows
+                          if r["target"] == target and r["metric"] == metric]
+                metrics[f"{metric}_{target}"] = (float(np.nanmean(values)) if values
+                                                 else float("nan"))
+        return metrics
 
 
 def _all_labels(targets: dict[str, tuple[int, ...]]) -> tuple[tuple[int, ...], ...]:
@@ -222,7 +232,9 @@ def execute_test(job: TestJob, checkpoints: list[Path], cases: tuple[Case, ...],
     regions = checkpoint_regions(checkpoints[0])
     single = [f"fold {f}" for f in job.folds]
     names = single + (["ensemble"] if job.infer.ensemble_folds else [])
-    predictions: dict[str, list] = {name: [] for name in names}
+    scorers = {name: _Scorer(steps, targets, tolerance_mm, job_dir / name.replace(" ", "_"),
+                             file_ending, job_dir / name.replace(" ", "_") / "raw")
+               for name in names}
 
     def timed(fn, *args):
         reset_peak_memory(device)
@@ -245,21 +257,17 @@ def execute_test(job: TestJob, checkpoints: list[Path], cases: tuple[Case, ...],
             logits, window = timed(model_logits, model, np.array(data), plan, job.infer, device)
             labels, out = timed(export, ensemble.add(logits), props)
             windows.append(window)
-            predictions[name].append((case.case_id, labels, geometry,
-                                      _add_costs(prep, window, out)))
+            scorers[name].add(case.case_id, labels, geometry, _add_costs(prep, window, out),
+                              case.label)
         if job.infer.ensemble_folds:
             labels, out = timed(export, ensemble.probabilities(), props)
-            predictions["ensemble"].append((case.case_id, labels, geometry,
-                                            _add_costs(prep, *windows, out)))
-    label_files = {c.case_id: c.label for c in cases}
+            scorers["ensemble"].add(case.case_id, labels, geometry,
+                                    _add_costs(prep, *windows, out), case.label)
     rows, metrics = [], {}
-    for name in names:
-        folder = job_dir / name.replace(" ", "_")
-        scored, scored_metrics = _score(predictions[name], steps, label_files, targets,
-                                        tolerance_mm, folder, file_ending, folder / "raw")
-        rows += [{"model": name, **row} for row in scored]
+    for name, scorer in scorers.items():
+        rows += [{"model": name, **row} for row in scorer.rows]
         prefix = "ensemble_" if name == "ensemble" else f"fold{name.split()[-1]}_"
-        metrics.update({prefix + k: v for k, v in scored_metrics.items()})
+        metrics.update({prefix + k: v for k, v in scorer.metrics().items()})
     for key in {k.split("_", 1)[1] for k in metrics if k.startswith("fold")}:
         metrics[key] = float(np.nanmean([metrics[f"fold{n.split()[-1]}_{key}"] for n in single]))
     return {"metrics": metrics, "rows": rows, "params": {"models": len(models)}}
@@ -277,7 +285,8 @@ def _add_costs(*parts: dict) -> dict:
 
 @dataclass(frozen=True)
 class ExternalJob:
-    """Scoring one fold's validation cases of an external prediction folder (an extra variant)."""
+    """Scoring an external prediction folder (an extra variant) on one fold's validation cases,
+    or on the held-out test cases (`fold` -1)."""
 
     key: str
     name: str
@@ -288,31 +297,69 @@ class ExternalJob:
     seed: int = 0
     variant: dict = field(default_factory=dict)
 
+    @property
+    def on_test_set(self) -> bool:
+        return self.fold == -1
 
-def external_jobs(study: Study, data, dataset: Dataset) -> list[ExternalJob]:
+
+def external_jobs(study: Study, data, dataset: Dataset,
+                  test_cases: tuple[Case, ...] = ()) -> list[ExternalJob]:
+    """Per external folder: one job per fold's validation cases when it predicts the
+    cross-validation cases, one for the held-out test cases when it predicts those. A folder
+    must predict all of a set or none of it (a DataError names the first missing file)."""
     from ablate.study import job_key
 
+    ending = dataset.file_ending
+    cv_ids = [c for split in data.folds for c in split.val]
+    test_ids = tuple(c.case_id for c in test_cases)
     jobs = []
     for label, folder in study.external.items():
-        for fold, split in enumerate(data.folds):
-            files = [folder / f"{c}{dataset.file_ending}" for c in split.val]
-            stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) if f.is_file() else f.name
-                     for f in files]
+        splits = []
+        if _predicts(label, folder, cv_ids, ending, "cross-validation"):
+            splits += [(fold, f" · fold {fold}", split.val) for fold, split in
+                       enumerate(data.folds)]
+        if _predicts(label, folder, test_ids, ending, "held-out test"):
+            splits.append((-1, " · test", test_ids))
+        if not splits:
+            _refuse(label, folder, cv_ids, ending, "cross-validation")
+        for fold, suffix, case_ids in splits:
+            files = [folder / f"{c}{ending}" for c in case_ids]
+            stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
             key = job_key({"external": label, "folder": str(folder), "files": stamp,
                            "data": data.key, "fold": fold,
                            "evaluation": study.evaluation.model_dump(mode="json")})
-            jobs.append(ExternalJob(key, f"{label} · external · fold {fold}", label, folder, fold,
-                                    tuple(split.val)))
+            jobs.append(ExternalJob(key, f"{label} · external{suffix}", label, folder, fold,
+                                    tuple(case_ids)))
     return jobs
 
 
-def execute_external(job: ExternalJob, dataset: Dataset, targets: dict[str, tuple[int, ...]],
-                     tolerance_mm: dict[str, float]) -> dict:
+def _predicts(label: str, folder: Path, case_ids, ending: str, what: str) -> bool:
+    """True when the folder has a prediction for every case, False for none; refuses a part."""
+    present = sum((folder / f"{c}{ending}").is_file() for c in case_ids)
+    if 0 < present < len(case_ids):
+        _refuse(label, folder, case_ids, ending, what)
+    return bool(case_ids) and present == len(case_ids)
+
+
+def _refuse(label: str, folder: Path, case_ids, ending: str, what: str) -> None:
+    from ablate.errors import DataError
+
+    missing = [c for c in case_ids if not (folder / f"{c}{ending}").is_file()]
+    present = len(case_ids) - len(missing)
+    raise DataError(f"external.{label}: {folder} predicts {present} of the {len(case_ids)} {what} "
+                    f"cases ({missing[0]}{ending} is missing); add every case's label map, or "
+                    "none of that set")
+
+
+def execute_external(job: ExternalJob, labels: dict[str, Path], file_ending: str,
+                     targets: dict[str, tuple[int, ...]], tolerance_mm: dict[str, float]) -> dict:
+    """Score the job's cases of an external folder against `labels` (case id -> reference)."""
     from ablate.evaluate import evaluate_files
 
-    labels = {c.case_id: c.label for c in dataset.cases}
-    table = evaluate_files([(c, job.folder / f"{c}{dataset.file_ending}", labels[c])
+    table = evaluate_files([(c, job.folder / f"{c}{file_ending}", labels[c])
                             for c in job.case_ids], targets, tolerance_mm)
     metrics = {f"{m}_{t}": float(table[(table.metric == m) & (table.target == t)].value.mean())
                for t in targets for m in ("dsc", "nsd")}
+    if job.on_test_set:
+        table.insert(0, "model", "external")
     return {"metrics": metrics, "rows": table.to_dict("records")}

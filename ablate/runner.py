@@ -104,7 +104,8 @@ def check_dataset(dataset: Dataset) -> None:
 def job_tracking(job) -> tuple[str, dict[str, str]]:
     """The MLflow kind of a job and the tags that tie it to the rest of the study."""
     if isinstance(job, ExternalJob):
-        return "eval", {"ablate.variant": job.label, "ablate.external": str(job.folder)}
+        return ("test" if job.on_test_set else "eval",
+                {"ablate.variant": job.label, "ablate.external": str(job.folder)})
     if isinstance(job, EvalJob):
         return "eval", {"ablate.train_key": job.train_key}
     if isinstance(job, TestJob):
@@ -216,7 +217,7 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
     base = prepare_data(study, dataset)
     train_jobs, eval_jobs = expand(study, base.key)
     test_jobs = expand_tests(study, eval_jobs, held_out_key(test_cases)) if test_cases else []
-    extra_jobs = external_jobs(study, base, dataset)
+    extra_jobs = external_jobs(study, base, dataset, test_cases)
     # plan axes (e.g. CT windowing) need their own preprocessing; prepared once each, up front
     data_for = {job.key: base if job.plan == study.plan else prepare_data(study, dataset, job.plan)
                 for job in train_jobs}
@@ -234,8 +235,10 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
                         axes=list(study.axes))
     tracker.log_planned_jobs([{"job_key": j.key, "name": j.name, "kind": kind}
                               for kind, jobs in (("train", train_jobs), ("eval", eval_jobs),
-                                                 ("test", test_jobs), ("eval", extra_jobs))
-                              for j in jobs])
+                                                 ("test", test_jobs))
+                              for j in jobs]
+                             + [{"job_key": j.key, "name": j.name, "kind": job_tracking(j)[0]}
+                                for j in extra_jobs])
     executor = executor or executor_for(study)
     jobs_dir = workdir / "jobs"
     groups = postprocess_groups(eval_jobs, jobs_dir)
@@ -259,8 +262,10 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
                               test_cases, targets, tolerance, jobs_dir / j.key,
                               jobs_dir / j.eval_key / "postprocessing.json", dataset.file_ending)),
                   executor, tracker, summary, progress)
+        labels = {c.case_id: c.label for c in (*dataset.cases, *test_cases)}
         run_phase(extra_jobs, "externals",
-                  lambda j: (execute_external, (j, dataset, targets, tolerance)),
+                  lambda j: (execute_external, (j, labels, dataset.file_ending, targets,
+                                                tolerance)),
                   executor, tracker, summary, progress)
     finally:
         executor.shutdown()

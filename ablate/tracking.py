@@ -386,7 +386,10 @@ def fetch_results(tracking_uri: str, study_name: str) -> Results:
 
 
 def _test_costs(metrics: dict[str, float], identity: dict[str, Any]) -> list[dict[str, Any]]:
-    """A test run's cost rows: the fold models' mean ("single") and the ensemble's."""
+    """A test run's cost rows: the fold models' mean ("single") and the ensemble's; none for an
+    external folder, which has no inference cost here."""
+    if "infer_seconds_per_case" not in metrics:
+        return []
     rows = [{**identity, "model": "single",
              **{c: _first_metric(metrics, n) for c, n in EVAL_COST.items()}}]
     if "ensemble_infer_seconds_per_case" in metrics:

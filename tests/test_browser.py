@@ -5,19 +5,24 @@ Skipped with the install hint when chromium/chromedriver are absent (see tests/b
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import itertools
 import re
 
 import browser as chromium
 import numpy as np
+import pandas as pd
 import pytest
 from browser import free_port, headless_chromium, mlflow_ui, require_chromium, wait_http
 from PIL import Image
 
 from ablate.report import build_report, synthetic_results
+from ablate.report.collect import Results
 from ablate.tracking import Tracker
 
 REPORT_SECTIONS = ("Summary", "Accuracy per target", "Statistics", "Runtime and memory", "Methods")
+# with a held-out test set the accuracy heading says "(cross-validation)"
 DSC = {"plain": 0.8125, "residual": 0.875}  # exact in binary and short in the UI
 
 RENDERED_REPORT = """
@@ -82,10 +87,28 @@ def _assert_real_screenshot(path, min_width: int) -> None:
     assert pixels.std() > 8 and ink > 0.004, f"{path}: looks blank ({ink:.2%} dark pixels)"
 
 
+def _with_held_out_test_set(results: Results) -> Results:
+    """Add test-set rows: 2 fold models and their ensemble per variant, 6 cases."""
+    rng = np.random.default_rng(0)
+    rows, cost = [], []
+    for variant in ("plain", "residual"):
+        for model, fold in (("fold 0", 0), ("fold 1", 1), ("ensemble", -1)):
+            for case, target, metric in itertools.product(
+                    [f"t{i}" for i in range(6)], ("kidney", "tumor"), ("dsc", "nsd")):
+                rows.append({"variant": variant, "arch": variant, "model": model, "fold": fold,
+                             "seed": 0, "case": case, "target": target, "metric": metric,
+                             "value": rng.uniform(0.7, 0.9)})
+        for model in ("single", "ensemble"):
+            cost.append({"variant": variant, "arch": variant, "model": model, "fold": -1,
+                         "seed": 0, "infer_seconds_per_case": 1.0, "peak_infer_memory_mb": 9.0})
+    return dataclasses.replace(results, test=pd.DataFrame(rows), test_cost=pd.DataFrame(cost))
+
+
 @pytest.mark.slow
 def test_report_renders_summary_tables_and_every_image(browser, tmp_path):
     results = synthetic_results({"arch": ["plain", "residual"]}, n_cases=8, folds=2,
                                 effects={"residual": 0.05}, epochs=3)
+    results = _with_held_out_test_set(results)
     meta = {"name": "browser check", "baseline": "plain",
             "nsd_tolerance_mm": {"kidney": 1.0, "tumor": 2.0}}
     page = build_report(results, meta, tmp_path / "report")
@@ -96,7 +119,9 @@ def test_report_renders_summary_tables_and_every_image(browser, tmp_path):
                                 "[...document.images].every(i => i.complete)", 30, "report")
     assert rendered
     dom = browser.script(RENDERED_REPORT)
-    assert all(s in dom["headings"] for s in REPORT_SECTIONS), dom["headings"]
+    assert all(any(h.startswith(s) for h in dom["headings"]) for s in REPORT_SECTIONS), dom[
+        "headings"]
+    assert "Held-out test set" in dom["headings"]
     assert dom["summaryItems"] >= 1 and dom["summaryVisible"]
     assert dom["tables"] >= 4 and dom["tablesWithRows"] == dom["tables"]
     assert served_images >= 5 and dom["images"] == served_images

@@ -56,7 +56,7 @@ def test_run_logs_one_finished_child_run_per_job(tiny_study: Path) -> None:
     kinds = [r.data.tags.get("ablate.kind") for r in runs]
     assert kinds.count("train") == 2 * 2  # 2 training variants x 2 folds
     assert kinds.count("eval") == 2 * 2 * 2 + 2  # x 2 TTA counts, + the external variant's folds
-    assert kinds.count("test") == 2 * 2  # one per cell: its 2 fold models and their ensemble
+    assert kinds.count("test") == 2 * 2 + 1  # per cell: 2 fold models + ensemble; the external
     parent = [r for r in runs if r.data.tags.get("ablate.kind") == "study"]
     assert len(parent) == 1
     for run in runs:
@@ -69,6 +69,8 @@ def test_run_logs_one_finished_child_run_per_job(tiny_study: Path) -> None:
                 assert run.data.metrics["dsc_kidney"] == 1.0
             else:
                 assert run.data.params["axis.infer.tta"] in {"1", "2"}
+        if "ablate.external" in run.data.tags and run.data.tags.get("ablate.kind") == "test":
+            assert run.data.metrics["dsc_kidney"] == 1.0  # the oracle scores the test cases too
 
 
 @pytest.mark.slow
@@ -77,6 +79,8 @@ def test_report_is_self_contained(tiny_study: Path) -> None:
     assert "data:image/png;base64," in html
     assert "kidney" in html and "tumor" in html and "oracle" in html
     assert "<h2>Held-out test set</h2>" in html and "2 labelled cases drawn with seed" in html
+    held_out = html.split("<h2>Held-out test set</h2>")[1].split("</section>")[0]
+    assert "oracle" in held_out  # the external folder, compared on the test cases
     assert "src=\"http" not in html and "href=\"http" not in html
 
 
@@ -100,6 +104,7 @@ def test_held_out_cases_stay_out_of_planning_and_the_ensemble_averages_fold_prob
     client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
                               "tags.`ablate.kind` = 'test'", max_results=100)
+    runs = [r for r in runs if "ablate.external" not in r.data.tags]
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     run = runs[0]
     metrics = run.data.metrics

@@ -61,7 +61,7 @@ def test_variants_compared_on_the_ensemble_else_on_single_fold_means():
     assert (h.n_cases, h.n_models) == (8, 3)
     row = h.compare[(h.compare["metric"] == "dsc")].iloc[0]
     assert row["variant"] == "residual" and row["median_diff"] == pytest.approx(0.05)
-    assert "ensemble DSC" in row["pairs"]
+    assert "test-set (ensemble) DSC" in row["pairs"]
     seconds = h.cost.set_index(["variant", "kind"])["infer_seconds_per_case"]
     assert seconds[("plain", "ensemble")] == 3.0 and seconds[("plain", "single")] == 1.0
 
@@ -69,7 +69,7 @@ def test_variants_compared_on_the_ensemble_else_on_single_fold_means():
     h = analyse_held_out(test, cost, ["dsc"], "plain", rng, n_seeds=1)
     assert h.ensemble_vs_single["ensemble"].isna().all()
     row = h.compare.iloc[0]
-    assert row["median_diff"] == pytest.approx(0.02) and "single-fold DSC" in row["pairs"]
+    assert row["median_diff"] == pytest.approx(0.02) and "(single-fold mean) DSC" in row["pairs"]
     assert analyse_held_out(test.iloc[:0], cost.iloc[:0], ["dsc"], "plain", rng, 1) is None
 
 
@@ -91,3 +91,15 @@ def test_report_has_a_held_out_section(tmp_path):
     assert len(exported) == len(test) and set(exported["model"]) == {
         "fold 0", "fold 1", "fold 2", "ensemble"}
     assert "Held-out test set" in (tmp_path / "tables.md").read_text()
+
+
+def test_an_external_folder_is_compared_on_its_own_predictions():
+    test, cost = held_out_frames()
+    external = test[(test["variant"] == "plain") & (test["model"] == "ensemble")].assign(
+        variant="nnunet", arch=None, model="external", value=lambda f: f["value"] - 0.01)
+    test = pd.concat([test, external], ignore_index=True)
+    h = analyse_held_out(test, cost, ["dsc"], "plain", np.random.default_rng(0), n_seeds=1)
+    assert set(h.ensemble_vs_single["variant"]) == {"plain", "residual"}  # no fold models
+    row = h.compare[h.compare["variant"] == "nnunet"].iloc[0]
+    assert row["median_diff"] == pytest.approx(-0.01)  # against plain's ensemble
+    assert "external" not in set(h.cost["kind"])

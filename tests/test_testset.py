@@ -99,3 +99,42 @@ def test_a_study_with_a_separate_test_set_loads_both_and_verifies_them(tmp_path)
     (tmp_path / "held" / "labelsTr" / "y.nii.gz").write_bytes(b"not a nifti")
     with pytest.raises(DataError, match=r"held/labelsTr/y.nii.gz: "):
         load_dataset(load_study(path), check=True)
+
+
+def test_external_folders_predict_all_of_a_set_or_none(tmp_path):
+    from types import SimpleNamespace
+
+    from ablate.data.dataset import Case
+    from ablate.folds import Fold
+    from ablate.jobs import external_jobs
+    from ablate.study import Study
+
+    data = SimpleNamespace(key="k", folds=[Fold(("b",), ("a",)), Fold(("a",), ("b",))])
+    dataset = SimpleNamespace(file_ending=".nii.gz")
+    test = (Case("x", (), None), Case("y", (), None))
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    study = Study.model_validate({"name": "s", "dataset": {"synthetic": {"cases": 4}},
+                                  "external": {"nnunet": str(folder)}})
+
+    def jobs():
+        return [(j.fold, j.case_ids, j.name) for j in external_jobs(study, data, dataset, test)]
+
+    def touch(*ids):
+        for c in ids:
+            (folder / f"{c}.nii.gz").write_bytes(b"")
+
+    with pytest.raises(DataError, match=r"external.nnunet: .*pred predicts 0 of the 2 "
+                                        r"cross-validation cases \(a.nii.gz is missing\)"):
+        jobs()
+    touch("a", "b")
+    assert jobs() == [(0, ("a",), "nnunet · external · fold 0"),
+                      (1, ("b",), "nnunet · external · fold 1")]
+    touch("x")
+    with pytest.raises(DataError, match=r"predicts 1 of the 2 held-out test cases \(y.nii.gz"):
+        jobs()
+    touch("y")
+    assert jobs()[-1] == (-1, ("x", "y"), "nnunet · external · test")
+    (folder / "a.nii.gz").unlink()
+    (folder / "b.nii.gz").unlink()
+    assert jobs() == [(-1, ("x", "y"), "nnunet · external · test")]  # test predictions only

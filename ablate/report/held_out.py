@@ -1,8 +1,9 @@
 """The held-out test set: every fold model and the fold ensemble on cases no model trained on.
 
 Per case, "single fold" is the mean over the fold models (and seeds), so the ensemble is compared
-with the model one would get from one fold, on the same cases; variants are compared with the
-baseline on the ensemble's predictions when there are any, else on the single-fold means.
+with the model one would get from one fold, on the same cases. Variants are compared with the
+baseline on what each would ship: its ensemble, else its single-fold mean; an external prediction
+folder (model "external") on its own predictions.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ablate.report.stats import (
 )
 
 ENSEMBLE = "ensemble"
+EXTERNAL = "external"
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,10 @@ class HeldOut:
 
 
 def per_case(test: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Index (target, metric, variant, case), columns "single" and (maybe) "ensemble"."""
+    """Index (target, metric, variant, case); columns "single" (the fold models' mean) and, when
+    there are any, "ensemble" and "external"."""
     sub = test[test["metric"].isin(metrics)]
-    kind = np.where(sub["model"] == ENSEMBLE, "ensemble", "single")
+    kind = np.where(sub["model"].isin([ENSEMBLE, EXTERNAL]), sub["model"], "single")
     keys = ["target", "metric", "variant", "case", "kind"]
     return sub.assign(kind=kind).groupby(keys, sort=False)["value"].mean().unstack("kind")
 
@@ -50,7 +53,10 @@ def ensemble_vs_single(test: pd.DataFrame, metrics: list[str], rng: np.random.Ge
     ensemble's mean, the mean paired difference (ensemble - single) with a bootstrap 95% CI, and a
     two-sided paired Wilcoxon p with Holm over every row."""
     cases = per_case(test, metrics)
-    singles = test[(test["model"] != ENSEMBLE) & test["metric"].isin(metrics)]
+    if "single" not in cases:
+        return pd.DataFrame()
+    cases = cases[cases["single"].notna()]  # external folders have no fold models
+    singles = test[~test["model"].isin([ENSEMBLE, EXTERNAL]) & test["metric"].isin(metrics)]
     model_means = singles.groupby(["target", "metric", "variant", "model"], sort=False)[
         "value"].mean()
     spreads = {key: part for key, part in model_means.groupby(level=[0, 1, 2], sort=False)}
@@ -82,35 +88,50 @@ def analyse_held_out(test: pd.DataFrame, test_cost: pd.DataFrame, metrics: list[
     if test.empty:
         return None
     cases = per_case(test, metrics)
-    column = "ensemble" if "ensemble" in cases else "single"
-    scored = cases[column].dropna()
+    scored = _shipped(cases).dropna()
     matrices = {key: part.droplevel([0, 1]).unstack("variant")
                 for key, part in scored.groupby(level=[0, 1], sort=False)}
     compare = pd.DataFrame()
     if len(test["variant"].unique()) > 1 and baseline in set(test["variant"]):
         compare = compare_to_baseline(matrices, baseline, rng, n_seeds, n_boot)
         if not compare.empty:
+            shipped = "ensemble" if "ensemble" in cases else "single-fold mean"
             compare["pairs"] = compare["pairs"].str.replace(
-                "per-case", f"per-case {'ensemble' if column == 'ensemble' else 'single-fold'}")
+                "per-case", f"per-case test-set ({shipped})")
     cost = test_cost.assign(kind=np.where(test_cost["model"] == ENSEMBLE, "ensemble", "single"))
+    cost = cost[test_cost["model"] != EXTERNAL]
     cost = cost.groupby(["variant", "kind"], sort=False)[
         ["infer_seconds_per_case", "peak_infer_memory_mb"]].mean().reset_index()
-    singles = test[test["model"] != ENSEMBLE]
-    n_models = int(singles.groupby(["variant", "seed"])["model"].nunique().max())
+    singles = test[~test["model"].isin([ENSEMBLE, EXTERNAL])]
+    n_models = int(singles.groupby(["variant", "seed"])["model"].nunique().max()) if len(
+        singles) else 0
     return HeldOut(int(test["case"].nunique()), n_models, cases,
                    ensemble_vs_single(test, metrics, rng, n_boot), compare, cost)
+
+
+def _shipped(cases: pd.DataFrame) -> pd.Series:
+    """Per case what a variant would ship: its ensemble, else its fold models' mean, else the
+    external folder's prediction."""
+    out = pd.Series(np.nan, index=cases.index)
+    for column in ("ensemble", "single", "external"):
+        if column in cases:
+            out = out.combine_first(cases[column])
+    return out
 
 
 # ---------------------------------------------------------------- display
 
 
 def held_out_tables(h: HeldOut, order: list[str], memory_label: str) -> dict[str, Table]:
-    tables = {"ensemble": _ensemble_table(h, order)}
+    tables = {}
+    if not h.ensemble_vs_single.empty:
+        tables["ensemble"] = _ensemble_table(h, order)
     if not h.compare.empty:
         table = compare_table(h.compare)
         tables["compare"] = Table(f"Held-out test set: {table.title.lower()}", table.frame,
                                   note=table.note)
-    tables["cost"] = _cost_table(h.cost, order, memory_label)
+    if not h.cost.empty:
+        tables["cost"] = _cost_table(h.cost, order, memory_label)
     return tables
 
 

@@ -183,6 +183,8 @@ def _held_out_lines(a: Analysis) -> list[str]:
     """Per target: the variant whose ensemble (else single fold) scores best on the test set."""
     h = a.held_out
     e = h.ensemble_vs_single
+    if e.empty:
+        return []
     e = e[e["metric"] == a.metrics[0]]
     column = "single" if e["ensemble"].isna().all() else "ensemble"
     lines = []
@@ -266,10 +268,12 @@ def _held_out_violins(a: Analysis) -> list[tuple[str, bytes]]:
     out = []
     for (target, metric), part in a.held_out.cases.groupby(level=[0, 1], sort=False):
         long = part.reset_index().melt(id_vars=["variant"], value_vars=[
-            c for c in ("single", "ensemble") if c in part], var_name="model", value_name="value")
+            c for c in ("single", "ensemble", "external") if c in part], var_name="model",
+            value_name="value")
         long["value"] *= 100
         long["variant"] = long["variant"] + " · " + long["model"]
-        order = [f"{v} · {m}" for v in a.order for m in ("single", "ensemble")
+        long = long.dropna()
+        order = [f"{v} · {m}" for v in a.order for m in ("single", "ensemble", "external")
                  if f"{v} · {m}" in set(long["variant"])]
         title = f"held-out test set: {target} {metric.upper()} per case (single: fold-model mean)"
         out.append((title, plots.violin(long.dropna(), order, title, f"{metric.upper()} (%)")))
