@@ -33,6 +33,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress.close()
     print(f"trainings: {summary.trainings_run} run, {summary.trainings_skipped} already done; "
           f"evaluations: {summary.evaluations_run} run, {summary.evaluations_skipped} already done"
+          + (f"; ensembles: {summary.ensembles_run} run, {summary.ensembles_skipped} already done"
+             if summary.ensembles_run or summary.ensembles_skipped else "")
           + (f"; test-set evaluations: {summary.tests_run} run, {summary.tests_skipped} already "
              "done" if summary.tests_run or summary.tests_skipped else ""))
     if summary.report:

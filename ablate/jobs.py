@@ -14,7 +14,7 @@ import numpy as np
 
 from ablate.checkpoint import FINAL, checkpoint_regions, load_model
 from ablate.data.dataset import Case, Dataset
-from ablate.study import EvalJob, Study, TestJob, TrainJob
+from ablate.study import EnsembleJob, EvalJob, Study, TestJob, TrainJob
 
 
 def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = False) -> dict:
@@ -271,6 +271,43 @@ def execute_test(job: TestJob, checkpoints: list[Path], cases: tuple[Case, ...],
     for key in {k.split("_", 1)[1] for k in metrics if k.startswith("fold")}:
         metrics[key] = float(np.nanmean([metrics[f"fold{n.split()[-1]}_{key}"] for n in single]))
     return {"metrics": metrics, "rows": rows, "params": {"models": len(models)}}
+
+
+def execute_ensemble(job: EnsembleJob, checkpoints: list[Path], data, dataset: Dataset,
+                     targets: dict[str, tuple[int, ...]], tolerance_mm: dict[str, float],
+                     job_dir: Path) -> dict:
+    """Predict one fold's validation cases with the average of its members' fold models (each
+    with its own inference settings), write and score them. No postprocessing: nnU-Net decides
+    it anew for an ensemble, which ablate does not yet do."""
+    from ablate.device import peak_memory_mb, reset_peak_memory, select_device, synchronize
+    from ablate.errors import DataError
+    from ablate.infer import FoldEnsemble, model_logits, probabilities_to_labels
+    from ablate.infer import restore_probabilities as restore
+
+    device = select_device(job.members[0].infer.device)
+    models = [load_model(checkpoint, device)[0] for checkpoint in checkpoints]
+    regions = checkpoint_regions(checkpoints[0])
+    if any(checkpoint_regions(c) != regions for c in checkpoints[1:]):
+        raise DataError(f"ensemble {job.label}: members were trained with different regions; "
+                        "ensemble cells with the same train.regions")
+    label_files = {c.case_id: c.label for c in dataset.cases}
+    scorer = _Scorer((), targets, tolerance_mm, job_dir / "predictions", dataset.file_ending)
+    for case_id in data.folds[job.fold].val:
+        image, _, props = data.load_case(case_id)
+        reset_peak_memory(device)
+        start = time.perf_counter()
+        ensemble = FoldEnsemble("sigmoid" if regions else "softmax",
+                                job.members[0].infer.ensemble_average)
+        for member, model in zip(job.members, models, strict=True):
+            ensemble.add(model_logits(model, np.array(image), data.plan, member.infer, device))
+        probabilities = ensemble.probabilities().float().cpu().numpy()
+        labels = probabilities_to_labels(restore(probabilities, props, data.plan, regions),
+                                         regions)
+        synchronize(device)
+        cost = {"seconds": time.perf_counter() - start, **peak_memory_mb(device)}
+        scorer.add(case_id, labels, props.geometry, cost, label_files[case_id])
+    return {"metrics": scorer.metrics(), "rows": scorer.rows,
+            "params": {"members": json.dumps([m.name for m in job.members])}}
 
 
 def _add_costs(*parts: dict) -> dict:

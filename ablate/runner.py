@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ablate.checkpoint import FINAL
 from ablate.data.dataset import Case, Dataset
 from ablate.jobs import (
     ExternalJob,
+    execute_ensemble,
     execute_evaluation,
     execute_external,
     execute_test,
@@ -24,7 +26,7 @@ from ablate.jobs import (
     postprocess_groups,
 )
 from ablate.progress import PlainProgress, Progress
-from ablate.study import EvalJob, Study, TestJob, TrainJob
+from ablate.study import EnsembleJob, EvalJob, Study, TestJob, TrainJob
 
 
 @dataclass
@@ -37,6 +39,8 @@ class RunSummary:
     externals_skipped: int = 0
     tests_run: int = 0
     tests_skipped: int = 0
+    ensembles_run: int = 0
+    ensembles_skipped: int = 0
     failed: list[str] = field(default_factory=list)
     report: Path | None = None
 
@@ -106,6 +110,9 @@ def job_tracking(job) -> tuple[str, dict[str, str]]:
     if isinstance(job, ExternalJob):
         return ("test" if job.on_test_set else "eval",
                 {"ablate.variant": job.label, "ablate.external": str(job.folder)})
+    if isinstance(job, EnsembleJob):
+        return "eval", {"ablate.variant": job.label,
+                        "ablate.ensemble": ",".join(m.key for m in job.members)}
     if isinstance(job, EvalJob):
         return "eval", {"ablate.train_key": job.train_key}
     if isinstance(job, TestJob):
@@ -204,7 +211,7 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
               make_report: bool = True, executor=None) -> RunSummary:
     from ablate.data.testset import held_out_key
     from ablate.executors import executor_for
-    from ablate.study import expand, expand_tests
+    from ablate.study import expand, expand_ensembles, expand_tests
     from ablate.tracking import Tracker, default_tracking_uri
 
     workdir = workdir_of(study)
@@ -217,6 +224,7 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
     base = prepare_data(study, dataset)
     train_jobs, eval_jobs = expand(study, base.key)
     test_jobs = expand_tests(study, eval_jobs, held_out_key(test_cases)) if test_cases else []
+    ensemble_jobs = expand_ensembles(study, eval_jobs)
     extra_jobs = external_jobs(study, base, dataset, test_cases)
     # plan axes (e.g. CT windowing) need their own preprocessing; prepared once each, up front
     data_for = {job.key: base if job.plan == study.plan else prepare_data(study, dataset, job.plan)
@@ -238,7 +246,7 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
                                                  ("test", test_jobs))
                               for j in jobs]
                              + [{"job_key": j.key, "name": j.name, "kind": job_tracking(j)[0]}
-                                for j in extra_jobs])
+                                for j in (*ensemble_jobs, *extra_jobs)])
     executor = executor or executor_for(study)
     jobs_dir = workdir / "jobs"
     groups = postprocess_groups(eval_jobs, jobs_dir)
@@ -255,6 +263,12 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
                              (j, jobs_dir / j.train_key / "checkpoint_final.pt",
                               data_for[j.train_key], dataset, targets, tolerance,
                               jobs_dir / j.key, groups.get(j.key))),
+                  executor, tracker, summary, progress)
+        run_phase(ensemble_jobs, "ensembles",
+                  lambda j: (execute_ensemble,
+                             (j, [jobs_dir / m.train_key / FINAL for m in j.members],
+                              data_for[j.members[0].train_key], dataset, targets, tolerance,
+                              jobs_dir / j.key)),
                   executor, tracker, summary, progress)
         run_phase(test_jobs, "tests",
                   lambda j: (execute_test,
@@ -340,13 +354,14 @@ def study_status(study: Study) -> str:
     """One line per job (done / running / failed / pending), the best metric so far, time left."""
     from ablate.data.testset import held_out_key
     from ablate.preprocess import cache_key
-    from ablate.study import expand, expand_tests
+    from ablate.study import expand, expand_ensembles, expand_tests
     from ablate.tracking import Tracker, default_tracking_uri
 
     dataset, test_cases = load_dataset(study)
     train_jobs, eval_jobs = expand(study, cache_key(dataset, study.plan,
                                                     study.plan.intensity_samples))
     test_jobs = expand_tests(study, eval_jobs, held_out_key(test_cases)) if test_cases else []
+    eval_jobs = [*eval_jobs, *expand_ensembles(study, eval_jobs)]
     workdir = workdir_of(study)
     records = Tracker(default_tracking_uri(study, workdir), study.name,
                       workdir / "mlartifacts").job_records()

@@ -13,7 +13,7 @@ import hashlib
 import importlib
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -172,6 +172,10 @@ class Study(Frozen):
     # predictions made elsewhere (e.g. nnU-Net's own cross-validation output): name -> folder of
     # <case id><file ending> label maps, scored like ablate's own and compared as extra variants
     external: dict[str, Path] = Field(default_factory=dict)
+    # ensembles of grid cells scored on cross-validation, as seed 004's Table 1 "ensemble" row:
+    # name -> member cells as partial assignments (unnamed axes take the baseline value); per
+    # fold, the members' fold models are averaged (infer.ensemble_average) on its validation cases
+    ensembles: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     log_checkpoints: bool = False  # also store each final checkpoint as an MLflow artifact
 
     def work_dir(self) -> Path:
@@ -222,6 +226,19 @@ class TestJob:
     plan: PlanConfig
     evaluation: EvalConfig
     fold: int = -1  # not one fold: every fold model (tracked as fold -1)
+
+
+@dataclass(frozen=True)
+class EnsembleJob:
+    """One fold's validation cases predicted by the average of several cells' fold models."""
+
+    key: str
+    name: str
+    label: str  # the ensemble's name, its variant label in the report
+    fold: int
+    seed: int
+    members: tuple[EvalJob, ...]
+    variant: dict[str, Any] = field(default_factory=dict)  # no axis values: not a grid cell
 
 
 # ---------------------------------------------------------------- axes and variants
@@ -428,6 +445,29 @@ def expand_tests(study: Study, eval_jobs: list[EvalJob], test_key: str) -> list[
     return jobs
 
 
+def ensemble_members(study: Study, name: str) -> list[dict[str, Any]]:
+    """The grid cells of an ensemble (partial assignments completed with the baseline)."""
+    base = baseline_variant(study)
+    return [{**base, **partial} for partial in study.ensembles[name]]
+
+
+def expand_ensembles(study: Study, eval_jobs: list[EvalJob]) -> list[EnsembleJob]:
+    """One job per ensemble, fold and seed; keys hash the members' evaluation keys and the
+    averaging."""
+    by_cell = {(json.dumps(sorted(j.variant.items()), default=str), j.fold, j.seed): j
+               for j in eval_jobs}
+    jobs = []
+    for name in study.ensembles:
+        cells = [json.dumps(sorted(c.items()), default=str) for c in ensemble_members(study, name)]
+        for fold, seed in sorted({(j.fold, j.seed) for j in eval_jobs}):
+            members = tuple(by_cell[(cell, fold, seed)] for cell in cells)
+            key = job_key({"v": KEY_VERSION, "kind": "ensemble", "average":
+                           study.infer.ensemble_average, "members": [m.key for m in members]})
+            jobs.append(EnsembleJob(key, f"{name} · ensemble{_suffix(fold, seed, study)}", name,
+                                    fold, seed, members))
+    return jobs
+
+
 def describe(study: Study, jobs: tuple[list[TrainJob], list[EvalJob]]) -> str:
     """Text for `ablate validate` / `--dry-run`: resolved config, job counts, rough cost."""
     train_jobs, eval_jobs = jobs
@@ -439,6 +479,9 @@ def describe(study: Study, jobs: tuple[list[TrainJob], list[EvalJob]]) -> str:
         lines.append(f"axis {axis} ({kinds[axis]}): {', '.join(map(_value_label, values))}")
     lines.append(f"baseline: {variant_label(baseline_variant(study))}")
     lines.append(f"trainings: {len(train_jobs)}; evaluations: {len(eval_jobs)}")
+    for name in study.ensembles:
+        members = ", ".join(variant_label(c) for c in ensemble_members(study, name))
+        lines.append(f"ensemble {name}: {members} (one evaluation per fold and seed)")
     test = study.dataset.test
     if test is not None:
         where = f"{test.holdout} cases held out" if test.holdout else str(test.path)

@@ -19,9 +19,11 @@ from ablate.study import (
     TEST_ONLY_FIELDS,
     Study,
     _check_registries,
+    ensemble_members,
     grid_cells,
     resolve_variant,
     valid_axis_names,
+    variant_label,
 )
 
 DATASET_HINTS = {
@@ -177,6 +179,8 @@ def check_study(study: Study, source: str = "study") -> None:
                               f"{study.axes[axis]}; pick one of them")
     if study.axes and not grid_cells(study):
         raise ConfigError(f"{source}: exclude removes every grid cell; loosen exclude")
+    for name in study.ensembles:
+        _check_ensemble(study, name, f"{source}: ensembles.{name}")
     for axis in sorted(TEST_ONLY_FIELDS):
         if f"infer.{axis}" in study.axes:
             raise ConfigError(f"{source}: axes.infer.{axis}: not an axis: cross-validation cases "
@@ -192,6 +196,36 @@ def check_study(study: Study, source: str = "study") -> None:
                           "cross-validation cases would use models that trained on them; declare "
                           "a held-out test set (dataset.test: {holdout: N} or {path: ...}) or set "
                           "it to false")
+
+
+def _check_ensemble(study: Study, name: str, where: str) -> None:
+    """Two or more distinct grid cells sharing plan settings and output kind; a new name."""
+    partials = study.ensembles[name]
+    if len(partials) < 2:
+        raise ConfigError(f"{where}: {len(partials)} member(s); an ensemble needs at least two "
+                          "grid cells")
+    labels = {variant_label(c) for c in grid_cells(study)} | set(study.external)
+    if name in labels:
+        raise ConfigError(f"{where}: the name is already a variant's label; rename the ensemble")
+    cells = ensemble_members(study, name)
+    grid = grid_cells(study)
+    for i, (partial, cell) in enumerate(zip(partials, cells, strict=True)):
+        unknown = [a for a in partial if a not in study.axes]
+        if unknown:
+            raise ConfigError(f"{where}[{i}]: {unknown[0]!r} is not an axis of this study; use "
+                              f"one of: {', '.join(study.axes) or '(no axes)'}")
+        if cell not in grid:
+            raise ConfigError(f"{where}[{i}]: {variant_label(cell)} is not a cell of the grid "
+                              "(unnamed axes take the baseline value); name an existing cell")
+        if cell in cells[:i]:
+            raise ConfigError(f"{where}[{i}]: {variant_label(cell)} is listed twice; remove it")
+    configs = [resolve_variant(study, cell) for cell in cells]
+    if any(plan != configs[0][0] for plan, _, _ in configs):
+        raise ConfigError(f"{where}: members differ in plan settings; members are averaged at one "
+                          "plan's spacing, so ensemble cells that share the plan")
+    if any(train.regions != configs[0][1].regions for _, train, _ in configs):
+        raise ConfigError(f"{where}: members differ in train.regions; softmax and region "
+                          "(sigmoid) outputs cannot be averaged")
 
 
 def _check_cell(study: Study, variant: dict[str, Any], where: str) -> None:

@@ -29,6 +29,7 @@ folds: {k: 2}
 workdir: work
 report_dir: report
 external: {oracle: oracle}
+ensembles: {ds_both: [{train.deep_supervision: nnunet}, {train.deep_supervision: none}]}
 """
 
 
@@ -55,7 +56,8 @@ def test_run_logs_one_finished_child_run_per_job(tiny_study: Path) -> None:
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     kinds = [r.data.tags.get("ablate.kind") for r in runs]
     assert kinds.count("train") == 2 * 2  # 2 training variants x 2 folds
-    assert kinds.count("eval") == 2 * 2 * 2 + 2  # x 2 TTA counts, + the external variant's folds
+    # x 2 TTA counts, + the external variant's folds, + the ensemble's folds
+    assert kinds.count("eval") == 2 * 2 * 2 + 2 + 2
     assert kinds.count("test") == 2 * 2 + 1  # per cell: 2 fold models + ensemble; the external
     parent = [r for r in runs if r.data.tags.get("ablate.kind") == "study"]
     assert len(parent) == 1
@@ -67,6 +69,8 @@ def test_run_logs_one_finished_child_run_per_job(tiny_study: Path) -> None:
             if "ablate.external" in run.data.tags:
                 assert run.data.tags["ablate.variant"] == "oracle"
                 assert run.data.metrics["dsc_kidney"] == 1.0
+            elif "ablate.ensemble" in run.data.tags:
+                assert run.data.tags["ablate.variant"] == "ds_both"
             else:
                 assert run.data.params["axis.infer.tta"] in {"1", "2"}
         if "ablate.external" in run.data.tags and run.data.tags.get("ablate.kind") == "test":
@@ -78,6 +82,7 @@ def test_report_is_self_contained(tiny_study: Path) -> None:
     html = (tiny_study / "report" / "index.html").read_text()
     assert "data:image/png;base64," in html
     assert "kidney" in html and "tumor" in html and "oracle" in html
+    assert "ds_both" in html.split("<h2>Held-out test set</h2>")[0]  # the CV ensemble's rows
     assert "<h2>Held-out test set</h2>" in html and "2 labelled cases drawn with seed" in html
     held_out = html.split("<h2>Held-out test set</h2>")[1].split("</section>")[0]
     assert "oracle" in held_out  # the external folder, compared on the test cases
@@ -143,16 +148,56 @@ def test_held_out_cases_stay_out_of_planning_and_the_ensemble_averages_fold_prob
 
 
 @pytest.mark.slow
+def test_a_cross_validation_ensemble_averages_its_members_fold_models(tiny_study: Path) -> None:
+    import json
+
+    import mlflow
+    import numpy as np
+    import torch
+
+    from ablate.checkpoint import load_model
+    from ablate.config import InferConfig
+    from ablate.imageio import read_image
+    from ablate.infer import predict_probabilities, restore_probabilities
+    from ablate.preprocess import CaseProperties
+
+    work = tiny_study / "work"
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    run = client.search_runs([experiment], "tags.`ablate.variant` = 'ds_both' and "
+                             "params.fold = '0'")[0]
+    members = [client.search_runs([experiment], f"tags.`ablate.job_key` = '{key}'")[0]
+               for key in run.data.tags["ablate.ensemble"].split(",")]
+    assert [m.data.params["axis.train.deep_supervision"] for m in members] == ["nnunet", "none"]
+    assert all(m.data.params["axis.infer.tta"] == "1" for m in members)  # the baseline's
+    assert all(m.data.params["fold"] == "0" for m in members)
+    cpu = torch.device("cpu")
+    models = [load_model(work / "jobs" / m.data.tags["ablate.train_key"] / "checkpoint_final.pt",
+                         cpu) for m in members]
+    plan = models[0][2]
+    cache = next((work / "preprocessed").glob("*/splits.json")).parent
+    for case in json.loads((cache / "splits.json").read_text())[0]["val"]:
+        data = np.load(cache / f"{case}_data.npy")
+        props = CaseProperties.from_json(json.loads((cache / f"{case}.json").read_text()))
+        mean = np.mean([predict_probabilities([m], data, plan, InferConfig(tta=1), cpu)
+                        for m, _, _ in models], axis=0)  # one member at a time
+        expected = np.argmax(restore_probabilities(mean, props, plan), axis=0)
+        written = read_image(work / "jobs" / run.data.tags["ablate.job_key"] / "predictions"
+                             / f"{case}.nii.gz")[0]
+        np.testing.assert_array_equal(written, expected)
+
+
+@pytest.mark.slow
 def test_rerun_skips_finished_jobs(tiny_study: Path, capsys) -> None:
     assert main(["run", str(tiny_study / "tiny.yaml")]) == 0
     out = capsys.readouterr().out
     assert ("trainings: 0 run, 4 already done; evaluations: 0 run, 8 already done; "
-            "test-set evaluations: 0 run, 4 already done") in out
+            "ensembles: 0 run, 2 already done; test-set evaluations: 0 run, 4 already done") in out
 
 
 @pytest.mark.slow
 def test_status_lists_every_job_done(tiny_study: Path, capsys) -> None:
     assert main(["status", str(tiny_study / "tiny.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "16 done, 0 running, 0 failed, 0 pending" in out  # the grid's jobs
+    assert "18 done, 0 running, 0 failed, 0 pending" in out  # the grid's jobs and ensembles
     assert "best so far:" in out

@@ -15,6 +15,7 @@ from ablate.study import (
     Study,
     describe,
     expand,
+    expand_ensembles,
     expand_tests,
     grid_cells,
     resolve_variant,
@@ -70,6 +71,18 @@ def _load(tmp_path: Path, extra: str = "", **kwargs) -> Study:
      r"dataset.test.holdout: Input should be greater than or equal to 1"),
     ("dataset: {synthetic: {cases: 4}, test: {holdout: 1}}\ninfer: {ensemble_folds: true}\n"
      "folds: {k: 3, run: [1]}\n", r"infer.ensemble_folds: folds.run \[1\] gives one fold model"),
+    ("axes: {arch: [plain, residual]}\nensembles: {both: [{arch: plain}]}\n",
+     r"ensembles.both: 1 member\(s\); an ensemble needs at least two grid cells"),
+    ("axes: {arch: [plain, residual]}\nensembles: {both: [{arch: plain}, {arch: preact}]}\n",
+     r"ensembles.both\[1\]: preact is not a cell of the grid"),
+    ("axes: {arch: [plain, residual]}\nensembles: {both: [{arch: plain}, {loss: x}]}\n",
+     r"ensembles.both\[1\]: 'loss' is not an axis of this study"),
+    ("axes: {arch: [plain, residual]}\nensembles: {both: [{arch: plain}, {arch: plain}]}\n",
+     r"ensembles.both\[1\]: plain is listed twice"),
+    ("axes: {arch: [plain, residual]}\nensembles: {plain: [{arch: plain}, {arch: residual}]}\n",
+     r"ensembles.plain: the name is already a variant's label"),
+    ("axes: {ct_window: ['on', 'off']}\nensembles: {w: [{ct_window: 'on'}, {ct_window: 'off'}]}\n",
+     r"ensembles.w: members differ in plan settings"),
     ("infer: {ensemble_average: median}\n",
      r"infer.ensemble_average: Input should be 'probabilities' or 'logits'"),
     ("infer: {postprocess: always}\n", r"infer.postprocess: Input should be 'none', "),
@@ -183,6 +196,37 @@ def test_one_test_set_job_per_cell_and_seed_over_every_fold_model(tmp_path):
     assert {j.key for j in tests_other}.isdisjoint(j.key for j in tests)
     no_test = _load(tmp_path, "")
     assert expand_tests(no_test, expand(no_test, "d")[1], "t1") == []
+
+
+def test_cross_validation_ensembles_one_job_per_fold_and_seed(tmp_path):
+    study = _load(tmp_path, """
+        axes: {arch: [plain, residual, preact], infer.tta: [1, 2]}
+        ensembles: {all3: [{arch: plain}, {arch: residual}, {arch: preact}],
+                    tta2: [{arch: plain, infer.tta: 2}, {arch: residual, infer.tta: 2}]}
+        folds: {k: 3}
+        seeds: [0, 1]
+    """)
+    _, eval_jobs = expand(study, "d")
+    jobs = expand_ensembles(study, eval_jobs)
+    assert len(jobs) == 2 * 3 * 2 and len({j.key for j in jobs}) == 12  # ensembles x folds x seeds
+    first = jobs[0]
+    assert first.name == "all3 · ensemble · fold 0 · seed 0" and first.label == "all3"
+    assert [m.variant for m in first.members] == [
+        {"arch": a, "infer.tta": 1} for a in ("plain", "residual", "preact")]  # baseline tta
+    assert all(m.fold == first.fold and m.seed == first.seed for m in first.members)
+    assert [m.variant["infer.tta"] for m in jobs[-1].members] == [2, 2]
+    logits = _load(tmp_path, """
+        axes: {arch: [plain, residual, preact], infer.tta: [1, 2]}
+        ensembles: {all3: [{arch: plain}, {arch: residual}, {arch: preact}],
+                    tta2: [{arch: plain, infer.tta: 2}, {arch: residual, infer.tta: 2}]}
+        infer: {ensemble_average: logits}
+        folds: {k: 3}
+        seeds: [0, 1]
+    """)
+    assert {j.key for j in expand_ensembles(logits, expand(logits, "d")[1])}.isdisjoint(
+        j.key for j in jobs)
+    assert "ensemble all3: plain · tta=1, residual · tta=1, preact · tta=1" in describe(
+        study, expand(study, "d"))
 
 
 def test_test_set_path_resolves_against_the_study_and_must_exist(tmp_path):
