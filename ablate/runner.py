@@ -384,7 +384,10 @@ def study_status(study: Study) -> str:
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
     if best[0]:
         lines.append(f"best so far: {best[0]} (mean DSC over targets {best[1]:.4f})")
-    lines.append(f"estimated time left: {left / 60:.1f} min" if left else
-                 "estimated time left: unknown until a job of each kind has finished")
+    if counts["done"] == sum(counts.values()):
+        lines.append("nothing left to run")
+    else:
+        lines.append(f"estimated time left: {left / 60:.1f} min" if left else
+                     "estimated time left: unknown until a job of each kind has finished")
     return "\n".join(lines)
 

@@ -200,4 +200,4 @@ def test_status_lists_every_job_done(tiny_study: Path, capsys) -> None:
     assert main(["status", str(tiny_study / "tiny.yaml")]) == 0
     out = capsys.readouterr().out
     assert "18 done, 0 running, 0 failed, 0 pending" in out  # the grid's jobs and ensembles
-    assert "best so far:" in out
+    assert "best so far:" in out and "nothing left to run" in out

@@ -149,3 +149,27 @@ def test_region_based_study_ensembles_sigmoid_probabilities_on_the_test_set(tmp_
                                            regions)
         written = read_image(ensemble_dir / f"{case}.nii.gz")[0]
         np.testing.assert_array_equal(written, expected)
+
+
+def test_status_estimates_the_time_left_from_finished_jobs(tmp_path: Path) -> None:
+    from ablate.preprocess import cache_key
+    from ablate.study import expand
+    from ablate.study_load import load_study
+    from ablate.tracking import Tracker
+
+    path = tmp_path / "study.yaml"
+    path.write_text(textwrap.dedent(STUDY).replace("name: failing", "name: status"))
+    study = load_study(path)
+    dataset, _ = runner.load_dataset(study)
+    train_jobs, _ = expand(study, cache_key(dataset, study.plan, study.plan.intensity_samples))
+    tracker = Tracker(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}", "status",
+                      tmp_path / "work" / "mlartifacts")
+    tracker.start_study({}, {})
+    run_id = tracker.start_train_job(train_jobs[0])
+    tracker.end_job(run_id, ok=True)
+    start = tracker.client.get_run(run_id).info.start_time
+    tracker.client.set_terminated(run_id, "FINISHED", end_time=start + 90_000)  # took 90 s
+    text = runner.study_status(study)
+    assert f"done     train {train_jobs[0].name}" in text
+    assert "1 done, 0 running, 0 failed, 3 pending" in text
+    assert "estimated time left: 1.5 min" in text  # the other training; evaluations: unknown
