@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ablate.report import plots
 from ablate.report.collect import Table, _num, _p, _pct, compare_table
 from ablate.report.stats import (
     ALPHA,
@@ -175,3 +176,41 @@ def _cost_table(cost: pd.DataFrame, order: list[str], memory_label: str) -> Tabl
                       "the cases. Single: preprocessing, one fold model's sliding window, "
                       "resampling back, export (mean over the fold models). Ensemble: the same "
                       "with every fold model's sliding window.")
+
+
+def held_out_summary(h: HeldOut, metric: str) -> list[str]:
+    """Per target: the variant whose ensemble (else single-fold mean) scores best on `metric`."""
+    e = h.ensemble_vs_single
+    if e.empty:
+        return []
+    e = e[e["metric"] == metric]
+    column = "single" if e["ensemble"].isna().all() else "ensemble"
+    lines = []
+    for target, part in e.groupby("target", sort=False):
+        best = part.loc[part[column].idxmax()]
+        text = (f"Held-out test set ({h.n_cases} cases), {target} {metric.upper()}: best "
+                f"{column.replace('single', 'single-fold mean')} {best['variant']} "
+                f"({100 * best[column]:.1f}%)")
+        if column == "ensemble":
+            verdict = ("too few cases for a test" if best["n"] < MIN_PAIRS else
+                       f"p = {best['p_holm']:.2g} after Holm")
+            text += (f", {100 * best['mean_diff']:+.1f} points over its single fold models "
+                     f"({verdict})")
+        lines.append(text + ".")
+    return lines
+
+
+def held_out_figures(h: HeldOut, order: list[str]) -> list[tuple[str, bytes]]:
+    """Per target and metric, a violin of per-case values: single-fold mean, ensemble, external."""
+    kinds = ("single", "ensemble", "external")
+    out = []
+    for (target, metric), part in h.cases.groupby(level=[0, 1], sort=False):
+        long = part.reset_index().melt(id_vars=["variant"], value_vars=[
+            c for c in kinds if c in part], var_name="model", value_name="value").dropna()
+        long["value"] *= 100
+        long["variant"] = long["variant"] + " · " + long["model"]
+        shown = set(long["variant"])
+        labels = [f"{v} · {m}" for v in order for m in kinds if f"{v} · {m}" in shown]
+        title = f"held-out test set: {target} {metric.upper()} per case (single: fold-model mean)"
+        out.append((title, plots.violin(long, labels, title, f"{metric.upper()} (%)")))
+    return out

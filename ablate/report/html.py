@@ -23,7 +23,7 @@ from ablate.report.collect import (
     kits_table,
     table4,
 )
-from ablate.report.held_out import held_out_tables
+from ablate.report.held_out import held_out_figures, held_out_summary, held_out_tables
 from ablate.report.stats import MIN_PAIRS
 
 CSS = """
@@ -173,32 +173,9 @@ def summary_lines(a: Analysis, max_lines: int = 12) -> list[str]:
     if len(rows) > max_lines:
         lines.append(f"... and {len(rows) - max_lines} more comparisons under Statistics.")
     if a.held_out is not None:
-        lines += _held_out_lines(a)
+        lines += held_out_summary(a.held_out, a.metrics[0])
     if a.missing:
         lines.append(f"{len(a.missing)} job(s) have no results; see Methods.")
-    return lines
-
-
-def _held_out_lines(a: Analysis) -> list[str]:
-    """Per target: the variant whose ensemble (else single fold) scores best on the test set."""
-    h = a.held_out
-    e = h.ensemble_vs_single
-    if e.empty:
-        return []
-    e = e[e["metric"] == a.metrics[0]]
-    column = "single" if e["ensemble"].isna().all() else "ensemble"
-    lines = []
-    for target, part in e.groupby("target", sort=False):
-        best = part.loc[part[column].idxmax()]
-        text = (f"Held-out test set ({h.n_cases} cases), {target} {a.metrics[0].upper()}: best "
-                f"{column.replace('single', 'single-fold mean')} {best['variant']} "
-                f"({100 * best[column]:.1f}%)")
-        if column == "ensemble":
-            verdict = ("too few cases for a test" if best["n"] < MIN_PAIRS else
-                       f"p = {best['p_holm']:.2g} after Holm")
-            text += (f", {100 * best['mean_diff']:+.1f} points over its single fold models "
-                     f"({verdict})")
-        lines.append(text + ".")
     return lines
 
 
@@ -243,7 +220,7 @@ def render_figures(a: Analysis, memory_label: str = "GPU memory"
         )
         figs["stats"].append((caption, plots.rank_stability(freqs, taus)))
     if a.held_out is not None:
-        figs["held_out"] += _held_out_violins(a)
+        figs["held_out"] += held_out_figures(a.held_out, a.order)
     if not a.cost.empty:
         figs["cost"].append(("Runtime and peak memory per variant (bars: mean; points: runs)",
                              plots.cost_per_variant(a.cost, a.order, memory_label)))
@@ -262,22 +239,6 @@ def render_figures(a: Analysis, memory_label: str = "GPU memory"
             )
         )
     return figs
-
-
-def _held_out_violins(a: Analysis) -> list[tuple[str, bytes]]:
-    out = []
-    for (target, metric), part in a.held_out.cases.groupby(level=[0, 1], sort=False):
-        long = part.reset_index().melt(id_vars=["variant"], value_vars=[
-            c for c in ("single", "ensemble", "external") if c in part], var_name="model",
-            value_name="value")
-        long["value"] *= 100
-        long["variant"] = long["variant"] + " · " + long["model"]
-        long = long.dropna()
-        order = [f"{v} · {m}" for v in a.order for m in ("single", "ensemble", "external")
-                 if f"{v} · {m}" in set(long["variant"])]
-        title = f"held-out test set: {target} {metric.upper()} per case (single: fold-model mean)"
-        out.append((title, plots.violin(long.dropna(), order, title, f"{metric.upper()} (%)")))
-    return out
 
 
 def table_html(t: Table) -> str:
