@@ -59,12 +59,34 @@ def postprocess_groups(eval_jobs: list[EvalJob], jobs_dir: Path) -> dict[str, Po
     return groups
 
 
+def _timed(device, fn, *args):
+    """fn(*args) and its cost: seconds (synchronised with the device) and peak memory during it."""
+    from ablate.device import peak_memory_mb, reset_peak_memory, synchronize
+
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    out = fn(*args)
+    synchronize(device)
+    return out, {"seconds": time.perf_counter() - start, **peak_memory_mb(device)}
+
+
+def _labels(probabilities, props, plan, regions) -> np.ndarray:
+    """Probabilities at the plan's spacing (array or tensor) -> the label map in the original
+    geometry (argmax, or nnU-Net's region painting)."""
+    from ablate.infer import probabilities_to_labels, restore_probabilities
+
+    if hasattr(probabilities, "cpu"):
+        probabilities = probabilities.float().cpu().numpy()
+    return probabilities_to_labels(restore_probabilities(probabilities, props, plan, regions),
+                                   regions)
+
+
 def predict_raw(checkpoint: Path, case_ids, data, infer, out_dir: Path, file_ending: str) -> None:
     """Label maps without postprocessing, written as NIfTI with per-case cost beside them; cases
     already there are kept (written atomically, so parallel jobs may share the folder)."""
-    from ablate.device import peak_memory_mb, reset_peak_memory, select_device, synchronize
+    from ablate.device import select_device
     from ablate.imageio import write_image
-    from ablate.infer import predict_probabilities, probabilities_to_labels, restore_probabilities
+    from ablate.infer import predict_probabilities
 
     todo = [c for c in case_ids if not (out_dir / f"{c}.json").is_file()]
     if not todo:
@@ -73,16 +95,15 @@ def predict_raw(checkpoint: Path, case_ids, data, infer, out_dir: Path, file_end
     model, _, plan = load_model(checkpoint, device)
     regions = checkpoint_regions(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
+    activation = "sigmoid" if regions else "softmax"
+
+    def predict(image: np.ndarray, props) -> np.ndarray:
+        probabilities = predict_probabilities([model], image, plan, infer, device, activation)
+        return _labels(probabilities, props, plan, regions)
+
     for case_id in todo:
         image, _, props = data.load_case(case_id)
-        reset_peak_memory(device)
-        start = time.perf_counter()
-        probs = predict_probabilities([model], np.array(image), plan, infer, device,
-                                      "sigmoid" if regions else "softmax")
-        labels = probabilities_to_labels(restore_probabilities(probs, props, plan, regions),
-                                          regions)
-        synchronize(device)
-        cost = {"seconds": time.perf_counter() - start, **peak_memory_mb(device)}
+        labels, cost = _timed(device, predict, np.array(image), props)
         tmp = out_dir / f"{case_id}.tmp{os.getpid()}{file_ending}"
         write_image(labels, props.geometry, tmp)
         os.replace(tmp, out_dir / f"{case_id}{file_ending}")
@@ -217,10 +238,9 @@ def execute_test(job: TestJob, checkpoints: list[Path], cases: tuple[Case, ...],
 
     Cost per case: a fold model's is preprocessing + its sliding window + export; the
     ensemble's is preprocessing + every model's sliding window + export."""
-    from ablate.device import peak_memory_mb, reset_peak_memory, select_device, synchronize
+    from ablate.device import select_device
     from ablate.imageio import read_image
-    from ablate.infer import FoldEnsemble, model_logits, probabilities_to_labels
-    from ablate.infer import restore_probabilities as restore
+    from ablate.infer import FoldEnsemble, model_logits
     from ablate.preprocess import preprocess_images
 
     steps = _test_steps(job.infer, targets, decision_file)
@@ -236,31 +256,22 @@ def execute_test(job: TestJob, checkpoints: list[Path], cases: tuple[Case, ...],
                              file_ending, job_dir / name.replace(" ", "_") / "raw")
                for name in names}
 
-    def timed(fn, *args):
-        reset_peak_memory(device)
-        start = time.perf_counter()
-        out = fn(*args)
-        synchronize(device)
-        return out, {"seconds": time.perf_counter() - start, **peak_memory_mb(device)}
-
-    def export(probabilities, props) -> np.ndarray:
-        return probabilities_to_labels(restore(probabilities.float().cpu().numpy(), props, plan,
-                                               regions), regions)
-
     for case in cases:
         loaded = [read_image(path) for path in case.images]
         geometry = loaded[0][1]
-        (data, props), prep = timed(preprocess_images, [a for a, _ in loaded], geometry, plan)
+        (data, props), prep = _timed(device, preprocess_images, [a for a, _ in loaded], geometry,
+                                     plan)
         ensemble = FoldEnsemble("sigmoid" if regions else "softmax", job.infer.ensemble_average)
         windows = []
         for name, model in zip(single, models, strict=True):
-            logits, window = timed(model_logits, model, np.array(data), plan, job.infer, device)
-            labels, out = timed(export, ensemble.add(logits), props)
+            logits, window = _timed(device, model_logits, model, np.array(data), plan, job.infer,
+                                    device)
+            labels, out = _timed(device, _labels, ensemble.add(logits), props, plan, regions)
             windows.append(window)
             scorers[name].add(case.case_id, labels, geometry, _add_costs(prep, window, out),
                               case.label)
         if job.infer.ensemble_folds:
-            labels, out = timed(export, ensemble.probabilities(), props)
+            labels, out = _timed(device, _labels, ensemble.probabilities(), props, plan, regions)
             scorers["ensemble"].add(case.case_id, labels, geometry,
                                     _add_costs(prep, *windows, out), case.label)
     rows, metrics = [], {}
@@ -279,10 +290,9 @@ def execute_ensemble(job: EnsembleJob, checkpoints: list[Path], data, dataset: D
     """Predict one fold's validation cases with the average of its members' fold models (each
     with its own inference settings), write and score them. No postprocessing: nnU-Net decides
     it anew for an ensemble, which ablate does not yet do."""
-    from ablate.device import peak_memory_mb, reset_peak_memory, select_device, synchronize
+    from ablate.device import select_device
     from ablate.errors import DataError
-    from ablate.infer import FoldEnsemble, model_logits, probabilities_to_labels
-    from ablate.infer import restore_probabilities as restore
+    from ablate.infer import FoldEnsemble, model_logits
 
     device = select_device(job.members[0].infer.device)
     models = [load_model(checkpoint, device)[0] for checkpoint in checkpoints]
@@ -292,19 +302,17 @@ def execute_ensemble(job: EnsembleJob, checkpoints: list[Path], data, dataset: D
                         "ensemble cells with the same train.regions")
     label_files = {c.case_id: c.label for c in dataset.cases}
     scorer = _Scorer((), targets, tolerance_mm, job_dir / "predictions", dataset.file_ending)
-    for case_id in data.folds[job.fold].val:
-        image, _, props = data.load_case(case_id)
-        reset_peak_memory(device)
-        start = time.perf_counter()
+
+    def predict(image: np.ndarray, props) -> np.ndarray:
         ensemble = FoldEnsemble("sigmoid" if regions else "softmax",
                                 job.members[0].infer.ensemble_average)
         for member, model in zip(job.members, models, strict=True):
-            ensemble.add(model_logits(model, np.array(image), data.plan, member.infer, device))
-        probabilities = ensemble.probabilities().float().cpu().numpy()
-        labels = probabilities_to_labels(restore(probabilities, props, data.plan, regions),
-                                         regions)
-        synchronize(device)
-        cost = {"seconds": time.perf_counter() - start, **peak_memory_mb(device)}
+            ensemble.add(model_logits(model, image, data.plan, member.infer, device))
+        return _labels(ensemble.probabilities(), props, data.plan, regions)
+
+    for case_id in data.folds[job.fold].val:
+        image, _, props = data.load_case(case_id)
+        labels, cost = _timed(device, predict, np.array(image), props)
         scorer.add(case_id, labels, props.geometry, cost, label_files[case_id])
     return {"metrics": scorer.metrics(), "rows": scorer.rows,
             "params": {"members": json.dumps([m.name for m in job.members])}}
