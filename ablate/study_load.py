@@ -204,11 +204,10 @@ def _check_ensemble(study: Study, name: str, where: str) -> None:
     if len(partials) < 2:
         raise ConfigError(f"{where}: {len(partials)} member(s); an ensemble needs at least two "
                           "grid cells")
-    labels = {variant_label(c) for c in grid_cells(study)} | set(study.external)
-    if name in labels:
+    grid = grid_cells(study)
+    if name in {variant_label(c) for c in grid} | set(study.external):
         raise ConfigError(f"{where}: the name is already a variant's label; rename the ensemble")
     cells = ensemble_members(study, name)
-    grid = grid_cells(study)
     for i, (partial, cell) in enumerate(zip(partials, cells, strict=True)):
         unknown = [a for a in partial if a not in study.axes]
         if unknown:
