@@ -16,8 +16,8 @@ def _load(path: str):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ablate.expand import describe, expand
     from ablate.runner import run_study
-    from ablate.study import describe, expand
 
     study, text = _load(args.study)
     if args.dry_run:
@@ -70,7 +70,7 @@ def _print_best(study) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ablate.study import describe, expand
+    from ablate.expand import describe, expand
 
     study, _ = _load(args.study)
     print(describe(study, expand(study, data_key="validate")))

@@ -14,7 +14,8 @@ import numpy as np
 
 from ablate.checkpoint import FINAL, checkpoint_regions, load_model
 from ablate.data.dataset import Case, Dataset
-from ablate.study import EnsembleJob, EvalJob, Study, TestJob, TrainJob
+from ablate.expand import EnsembleJob, EvalJob, TestJob, TrainJob
+from ablate.study import Study
 
 
 def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = False) -> dict:
@@ -44,7 +45,7 @@ class PostprocessGroup:
 
 def postprocess_groups(eval_jobs: list[EvalJob], jobs_dir: Path) -> dict[str, PostprocessGroup]:
     """EvalJob key -> its group, for the jobs with `infer.postprocess: auto`."""
-    from ablate.study import job_key
+    from ablate.expand import job_key
 
     members: dict[str, list[EvalJob]] = {}
     for job in eval_jobs:
@@ -352,7 +353,7 @@ def external_jobs(study: Study, data, dataset: Dataset,
     """Per external folder: one job per fold's validation cases when it predicts the
     cross-validation cases, one for the held-out test cases when it predicts those. A folder
     must predict all of a set or none of it (a DataError names the first missing file)."""
-    from ablate.study import job_key
+    from ablate.expand import job_key
 
     ending = dataset.file_ending
     cv_ids = [c for split in data.folds for c in split.val]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ablate.checkpoint import FINAL
 from ablate.data.dataset import Case, Dataset
+from ablate.expand import EnsembleJob, EvalJob, TestJob, TrainJob
 from ablate.jobs import (
     ExternalJob,
     execute_ensemble,
@@ -26,7 +27,7 @@ from ablate.jobs import (
     postprocess_groups,
 )
 from ablate.progress import PlainProgress, Progress
-from ablate.study import EnsembleJob, EvalJob, Study, TestJob, TrainJob
+from ablate.study import Study
 
 
 @dataclass
@@ -211,7 +212,7 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
               make_report: bool = True, executor=None) -> RunSummary:
     from ablate.data.testset import held_out_key
     from ablate.executors import executor_for
-    from ablate.study import expand, expand_ensembles, expand_tests
+    from ablate.expand import expand, expand_ensembles, expand_tests
     from ablate.tracking import Tracker, default_tracking_uri
 
     workdir = workdir_of(study)
@@ -353,8 +354,8 @@ def environment() -> dict[str, str]:
 def study_status(study: Study) -> str:
     """One line per job (done / running / failed / pending), the best metric so far, time left."""
     from ablate.data.testset import held_out_key
+    from ablate.expand import expand, expand_ensembles, expand_tests
     from ablate.preprocess import cache_key
-    from ablate.study import expand, expand_ensembles, expand_tests
     from ablate.tracking import Tracker, default_tracking_uri
 
     dataset, test_cases = load_dataset(study)

@@ -13,10 +13,10 @@ from pydantic import ValidationError
 
 from ablate.config import Frozen
 from ablate.errors import ConfigError
+from ablate.expand import TEST_ONLY_FIELDS
 from ablate.study import (
     PRESETS,
     SECTIONS,
-    TEST_ONLY_FIELDS,
     Study,
     _check_registries,
     ensemble_members,

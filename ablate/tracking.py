@@ -21,8 +21,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ablate.errors import ConfigError
+from ablate.expand import EvalJob, TrainJob
 from ablate.report.collect import Results
-from ablate.study import EvalJob, Study, TrainJob, variant_label
+from ablate.study import Study, variant_label
 
 for _name in ("mlflow", "alembic", "alembic.runtime.migration"):
     logging.getLogger(_name).setLevel(logging.WARNING)

@@ -152,8 +152,8 @@ def test_region_based_study_ensembles_sigmoid_probabilities_on_the_test_set(tmp_
 
 
 def test_status_estimates_the_time_left_from_finished_jobs(tmp_path: Path) -> None:
+    from ablate.expand import expand
     from ablate.preprocess import cache_key
-    from ablate.study import expand
     from ablate.study_load import load_study
     from ablate.tracking import Tracker
 

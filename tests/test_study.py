@@ -11,16 +11,8 @@ from pathlib import Path
 import pytest
 
 from ablate.errors import ConfigError
-from ablate.study import (
-    Study,
-    describe,
-    expand,
-    expand_ensembles,
-    expand_tests,
-    grid_cells,
-    resolve_variant,
-    variant_label,
-)
+from ablate.expand import describe, expand, expand_ensembles, expand_tests
+from ablate.study import Study, grid_cells, resolve_variant, variant_label
 from ablate.study_load import load_study
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
@@ -243,7 +235,7 @@ def test_test_set_path_resolves_against_the_study_and_must_exist(tmp_path):
 
 def test_keys_are_stable_across_processes(tmp_path):
     path = _write(tmp_path, BASE + GRID)
-    code = ("from ablate.study import expand; from ablate.study_load import load_study; "
+    code = ("from ablate.expand import expand; from ablate.study_load import load_study; "
             f"print(expand(load_study({str(path)!r}), 'd')[1][-1].key)")
     env = {**os.environ, "PYTHONHASHSEED": "123", "OMP_NUM_THREADS": "1"}
     other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ablate.study import Study, expand
+from ablate.expand import expand
+from ablate.study import Study
 from ablate.tracking import Tracker, default_tracking_uri, fetch_results
 
 
