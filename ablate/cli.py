@@ -17,14 +17,14 @@ def _load(path: str):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ablate.expand import describe, expand
-    from ablate.runner import run_study
+    from ablate.run.driver import run_study
 
     study, text = _load(args.study)
     if args.dry_run:
         train_jobs, eval_jobs = expand(study, data_key="dry-run")
         print(describe(study, (train_jobs, eval_jobs)))
         return 0
-    from ablate.progress import for_terminal
+    from ablate.run.progress import for_terminal
 
     progress = for_terminal()
     try:
@@ -47,8 +47,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_best(study) -> None:
-    from ablate.runner import workdir_of
-    from ablate.tracking import default_tracking_uri, fetch_results
+    from ablate.run.driver import workdir_of
+    from ablate.run.tracking import default_tracking_uri, fetch_results
 
     results = fetch_results(default_tracking_uri(study, workdir_of(study)), study.name)
     dsc = results.tidy[results.tidy.metric == "dsc"]
@@ -78,7 +78,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ablate.runner import build_study_report
+    from ablate.run.driver import build_study_report
 
     study, text = _load(args.study)
     print(f"report: {build_study_report(study, text)}")
@@ -86,7 +86,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ablate.runner import study_status
+    from ablate.run.driver import study_status
 
     study, _ = _load(args.study)
     print(study_status(study))
@@ -114,7 +114,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from ablate.runner import load_dataset, prepare_data
+    from ablate.run.driver import load_dataset, prepare_data
 
     study, _ = _load(args.study)
     dataset, _ = load_dataset(study, check=True)

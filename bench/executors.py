@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ablate.executors import make_executor
+from ablate.run.executors import make_executor
 from ablate.study import ExecutorSpec, RaySpec, SlurmSpec, Study
 
 JOB_SECONDS = 0.25
@@ -55,8 +55,8 @@ def overhead(kind: str, jobs: int, workdir: Path) -> tuple[float, float]:
 
 def study_seconds(kind: str, workdir: Path) -> tuple[float, int]:
     """Wall time of the small study (data generation and preprocessing included) and its jobs."""
-    from ablate.progress import PlainProgress
-    from ablate.runner import run_study
+    from ablate.run.driver import run_study
+    from ablate.run.progress import PlainProgress
 
     root = workdir / f"study-{kind}"
     shutil.rmtree(root, ignore_errors=True)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ablate.report import build_report, synthetic_results
 from ablate.report.collect import Results
-from ablate.tracking import Tracker
+from ablate.run.tracking import Tracker
 
 REPORT_SECTIONS = ("Summary", "Accuracy per target", "Statistics", "Runtime and memory", "Methods")
 # with a held-out test set the accuracy heading says "(cross-validation)"

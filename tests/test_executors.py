@@ -14,7 +14,8 @@ import pytest
 from slurm_cluster import slurm_cluster  # noqa: F401 - the session fixture
 
 from ablate.errors import ConfigError
-from ablate.executors import InProcessExecutor, LocalExecutor, executor_for, make_executor
+from ablate.run.executors import executor_for, make_executor
+from ablate.run.executors.local import InProcessExecutor, LocalExecutor
 from ablate.study import ExecutorSpec, RaySpec, SlurmSpec
 
 KINDS = ["inprocess", "local", "ray", "slurm"]
@@ -170,7 +171,7 @@ def test_make_executor_reads_the_study_section(tmp_path: Path) -> None:
 
 def test_slurm_parameters_follow_the_spec() -> None:
     pytest.importorskip("submitit")
-    from ablate.executor_slurm import slurm_parameters
+    from ablate.run.executors.slurm import slurm_parameters
 
     spec = SlurmSpec(partition="gpu", time_min=90, gpus_per_job=1, cpus_per_job=8, mem_gb=40,
                      array_parallelism=6, extra={"account": "lab"})
@@ -219,9 +220,9 @@ class Messages:
 
 
 def _run_tiny(root: Path, executor) -> tuple:
-    from ablate.runner import run_study
+    from ablate.run.driver import run_study
+    from ablate.run.tracking import fetch_results
     from ablate.study import Study
-    from ablate.tracking import fetch_results
 
     study = Study.model_validate({**TINY_STUDY, "workdir": str(root / "work"),
                                   "report_dir": str(root / "report")})
@@ -267,7 +268,7 @@ def test_slurm_job_cancelled_on_the_cluster_fails_its_future(
     pytest.importorskip("submitit")
     import subprocess
 
-    from ablate.executor_slurm import SlurmExecutor
+    from ablate.run.executors.slurm import SlurmExecutor
 
     _register_by_value()
     spec = SlurmSpec(gpus_per_job=0, cpus_per_job=1, mem_gb=0.25, time_min=5)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ablate import runner
 from ablate.cli import main
+from ablate.run import driver
 
 STUDY = """
 name: failing
@@ -29,14 +29,14 @@ log_checkpoints: true
 def test_failed_job_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatch, capsys) -> None:
     import mlflow
 
-    real = runner.execute_training
+    real = driver.execute_training
 
     def flaky(job, data, job_dir, log_checkpoint):
         if job.fold == 1:
             raise RuntimeError("simulated out-of-memory")
         return real(job, data, job_dir, log_checkpoint)
 
-    monkeypatch.setattr(runner, "execute_training", flaky)
+    monkeypatch.setattr(driver, "execute_training", flaky)
     study = tmp_path / "study.yaml"
     study.write_text(textwrap.dedent(STUDY))
     assert main(["run", str(study)]) == 1
@@ -154,13 +154,13 @@ def test_region_based_study_ensembles_sigmoid_probabilities_on_the_test_set(tmp_
 def test_status_estimates_the_time_left_from_finished_jobs(tmp_path: Path) -> None:
     from ablate.expand import expand
     from ablate.preprocess import cache_key
+    from ablate.run.tracking import Tracker
     from ablate.study_load import load_study
-    from ablate.tracking import Tracker
 
     path = tmp_path / "study.yaml"
     path.write_text(textwrap.dedent(STUDY).replace("name: failing", "name: status"))
     study = load_study(path)
-    dataset, _ = runner.load_dataset(study)
+    dataset, _ = driver.load_dataset(study)
     train_jobs, _ = expand(study, cache_key(dataset, study.plan, study.plan.intensity_samples))
     tracker = Tracker(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}", "status",
                       tmp_path / "work" / "mlartifacts")
@@ -169,7 +169,7 @@ def test_status_estimates_the_time_left_from_finished_jobs(tmp_path: Path) -> No
     tracker.end_job(run_id, ok=True)
     start = tracker.client.get_run(run_id).info.start_time
     tracker.client.set_terminated(run_id, "FINISHED", end_time=start + 90_000)  # took 90 s
-    text = runner.study_status(study)
+    text = driver.study_status(study)
     assert f"done     train {train_jobs[0].name}" in text
     assert "1 done, 0 running, 0 failed, 3 pending" in text
     assert "estimated time left: 1.5 min" in text  # the other training; evaluations: unknown

@@ -85,7 +85,7 @@ def test_held_out_key_follows_the_files(tmp_path):
 
 
 def test_a_study_with_a_separate_test_set_loads_both_and_verifies_them(tmp_path):
-    from ablate.runner import load_dataset
+    from ablate.run.driver import load_dataset
     from ablate.study_load import load_study
 
     _raw(tmp_path / "train", ["a", "b", "c"])
@@ -106,7 +106,7 @@ def test_external_folders_predict_all_of_a_set_or_none(tmp_path):
 
     from ablate.data.dataset import Case
     from ablate.folds import Fold
-    from ablate.jobs import external_jobs
+    from ablate.run.jobs import external_jobs
     from ablate.study import Study
 
     data = SimpleNamespace(key="k", folds=[Fold(("b",), ("a",)), Fold(("a",), ("b",))])

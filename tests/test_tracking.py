@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from ablate.expand import expand
+from ablate.run.tracking import Tracker, default_tracking_uri, fetch_results
 from ablate.study import Study
-from ablate.tracking import Tracker, default_tracking_uri, fetch_results
 
 
 def _study(**extra) -> Study:

@@ -1,6 +1,6 @@
 """The study report: compute (stats), render (plots), assemble (html).
 
-`build_report` is imported on first use so that `ablate.tracking` can import `Results` without
+`build_report` is imported on first use so that `ablate.run.tracking` can import `Results` without
 loading matplotlib and seaborn.
 """
 

@@ -1,6 +1,6 @@
 """The results tables a report is built from, their checks, and a synthetic generator.
 
-`Results` is the contract between `ablate.tracking` (which builds it from MLflow) and the report
+`Results` is the contract between `ablate.run.tracking` (which builds it from MLflow) and the report
 (which never touches MLflow). `synthetic_results` builds one with known effects for tests and the
 benchmark.
 """

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ablate.errors import ConfigError
-from ablate.executors import drop, interrupted, limit_torch_threads
+from ablate.run.executors.base import drop, interrupted, limit_torch_threads
 from ablate.study import RaySpec
 
 

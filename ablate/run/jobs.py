@@ -1,6 +1,6 @@
 """The jobs: plain picklable functions an executor runs (maybe in another process or on another
 node). Each returns an outcome dict ({"metrics", "history" | "rows", "params", "artifacts"}) that
-the driver (ablate.runner) records; jobs never touch the tracking store."""
+the driver (ablate.run.driver) records; jobs never touch the tracking store."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.errors import ConfigError
-from ablate.executors import drop, interrupted
+from ablate.run.executors.base import drop, interrupted, limit_torch_threads
 from ablate.study import SlurmSpec
 
 try:
@@ -40,8 +40,6 @@ class ResumableCall(Checkpointable):
 
     def __call__(self, *args: Any) -> tuple:
         import traceback
-
-        from ablate.executors import limit_torch_threads
 
         limit_torch_threads(self.threads)
         try:

@@ -1,6 +1,6 @@
 """Run a study end to end: data once, then every training and evaluation, tracked, then the report.
 
-The runner strings the stages together. Jobs run through an executor (`ablate.executors`) as
+The driver strings the stages together. Jobs run through an executor (`ablate.run.executors`) as
 plain picklable calls (`execute_training`, `execute_evaluation`) that return outcomes; only this
 driver process writes to the tracking store, because sqlite allows a single writer.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from ablate.checkpoint import FINAL
 from ablate.data.dataset import Case, Dataset
 from ablate.expand import EnsembleJob, EvalJob, TestJob, TrainJob
-from ablate.jobs import (
+from ablate.run.jobs import (
     ExternalJob,
     execute_ensemble,
     execute_evaluation,
@@ -26,7 +26,7 @@ from ablate.jobs import (
     external_jobs,
     postprocess_groups,
 )
-from ablate.progress import PlainProgress, Progress
+from ablate.run.progress import PlainProgress, Progress
 from ablate.study import Study
 
 
@@ -211,9 +211,9 @@ def prepare_data(study: Study, dataset: Dataset, plan_cfg=None):
 def run_study(study: Study, config_yaml: str = "", progress: Progress | None = None,
               make_report: bool = True, executor=None) -> RunSummary:
     from ablate.data.testset import held_out_key
-    from ablate.executors import executor_for
     from ablate.expand import expand, expand_ensembles, expand_tests
-    from ablate.tracking import Tracker, default_tracking_uri
+    from ablate.run.executors import executor_for
+    from ablate.run.tracking import Tracker, default_tracking_uri
 
     workdir = workdir_of(study)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -294,8 +294,8 @@ def build_study_report(study: Study, config_yaml: str = "", tracker=None) -> Pat
     import json
 
     from ablate.report import build_report
+    from ablate.run.tracking import Tracker, default_tracking_uri, fetch_results
     from ablate.study import baseline_variant, variant_label
-    from ablate.tracking import Tracker, default_tracking_uri, fetch_results
 
     workdir = workdir_of(study)
     uri = default_tracking_uri(study, workdir)
@@ -356,7 +356,7 @@ def study_status(study: Study) -> str:
     from ablate.data.testset import held_out_key
     from ablate.expand import expand, expand_ensembles, expand_tests
     from ablate.preprocess import cache_key
-    from ablate.tracking import Tracker, default_tracking_uri
+    from ablate.run.tracking import Tracker, default_tracking_uri
 
     dataset, test_cases = load_dataset(study)
     train_jobs, eval_jobs = expand(study, cache_key(dataset, study.plan,
