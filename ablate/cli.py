@@ -31,12 +31,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_study(study, text, progress=progress)
     finally:
         progress.close()
-    print(f"trainings: {summary.trainings_run} run, {summary.trainings_skipped} already done; "
-          f"evaluations: {summary.evaluations_run} run, {summary.evaluations_skipped} already done"
-          + (f"; ensembles: {summary.ensembles_run} run, {summary.ensembles_skipped} already done"
-             if summary.ensembles_run or summary.ensembles_skipped else "")
-          + (f"; test-set evaluations: {summary.tests_run} run, {summary.tests_skipped} already "
-             "done" if summary.tests_run or summary.tests_skipped else ""))
+    print(
+        f"trainings: {summary.trainings_run} run, {summary.trainings_skipped} already done; "
+        f"evaluations: {summary.evaluations_run} run, {summary.evaluations_skipped} already done"
+        + (
+            f"; ensembles: {summary.ensembles_run} run, {summary.ensembles_skipped} already done"
+            if summary.ensembles_run or summary.ensembles_skipped
+            else ""
+        )
+        + (
+            f"; test-set evaluations: {summary.tests_run} run, {summary.tests_skipped} already done"
+            if summary.tests_run or summary.tests_skipped
+            else ""
+        )
+    )
     if summary.report:
         print(f"report: {summary.report}")
         _print_best(study)
@@ -56,8 +64,10 @@ def _print_best(study) -> None:
         return
     target = "kidney" if "kidney" in set(dsc.target) else sorted(set(dsc.target))[0]
     means = dsc[dsc.target == target].groupby("variant").value.mean().sort_values()
-    print(f"best variant: {means.index[-1]}  mean {target} DSC = {means.iloc[-1]:.4f} "
-          f"(n = {int((dsc.target == target).sum() / len(means))} cases)")
+    print(
+        f"best variant: {means.index[-1]}  mean {target} DSC = {means.iloc[-1]:.4f} "
+        f"(n = {int((dsc.target == target).sum() / len(means))} cases)"
+    )
     test = results.test[(results.test.metric == "dsc") & (results.test.target == target)]
     if not test.empty:
         model = test.model.where(test.model == "ensemble", "single fold")
@@ -65,8 +75,7 @@ def _print_best(study) -> None:
         ranked = "ensemble" if "ensemble" in set(model) else "single fold"
         best = means.xs(ranked, level="model").idxmax()
         shown = ", ".join(f"{m} {v:.4f}" for m, v in means[best].items())
-        print(f"held-out test set ({test.case.nunique()} cases), {best}: mean {target} DSC "
-              f"{shown}")
+        print(f"held-out test set ({test.case.nunique()} cases), {best}: mean {target} DSC {shown}")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -129,8 +138,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     dataset_json = Path(args.dataset_json or Path(args.ref_dir).parent / "dataset.json")
     targets = targets_from_dataset_json(dataset_json)
-    table = evaluate_folder(Path(args.pred_dir), Path(args.ref_dir), targets,
-                            {t: args.nsd_tolerance_mm for t in targets})
+    table = evaluate_folder(
+        Path(args.pred_dir),
+        Path(args.ref_dir),
+        targets,
+        {t: args.nsd_tolerance_mm for t in targets},
+    )
     out = Path(args.out)
     table.to_csv(out, index=False)
     print(f"wrote {len(table)} rows for {table.case.nunique()} cases to {out}")
@@ -144,10 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and jobs")
     p.set_defaults(func=cmd_run)
-    for name, func, text in [("validate", cmd_validate, "check a study and print its jobs"),
-                             ("report", cmd_report, "rebuild the report from MLflow"),
-                             ("status", cmd_status, "show each job's state"),
-                             ("preprocess", cmd_preprocess, "only plan and preprocess")]:
+    for name, func, text in [
+        ("validate", cmd_validate, "check a study and print its jobs"),
+        ("report", cmd_report, "rebuild the report from MLflow"),
+        ("status", cmd_status, "show each job's state"),
+        ("preprocess", cmd_preprocess, "only plan and preprocess"),
+    ]:
         p = sub.add_parser(name, help=text)
         p.add_argument("study")
         p.set_defaults(func=func)
@@ -163,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a folder of predicted label maps")
     p.add_argument("pred_dir")
     p.add_argument("ref_dir")
-    p.add_argument("--dataset-json", default=None,
-                   help="labels/regions (default: REF_DIR/../dataset.json)")
+    p.add_argument(
+        "--dataset-json", default=None, help="labels/regions (default: REF_DIR/../dataset.json)"
+    )
     p.add_argument("--nsd-tolerance-mm", type=float, default=2.0)
     p.add_argument("--out", default="metrics.csv")
     p.set_defaults(func=cmd_evaluate)
@@ -189,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished jobs are kept; run the same command again to resume",
-              file=sys.stderr)
+        print(
+            "interrupted: finished jobs are kept; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     finally:
         if on_main_thread:

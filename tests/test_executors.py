@@ -61,8 +61,13 @@ def count_attempts(path: str) -> int:
 @pytest.fixture(scope="session")
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="ray not installed (pip install ray)")
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-             object_store_memory=128 * 2**20)
+    ray.init(
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=128 * 2**20,
+    )
     yield
     ray.shutdown()
 
@@ -82,9 +87,17 @@ def executor(request, tmp_path):
     else:
         pytest.importorskip("submitit", reason="submitit not installed (pip install submitit)")
         request.getfixturevalue("slurm_cluster")
-        spec = ExecutorSpec(kind="slurm", slurm=SlurmSpec(
-            gpus_per_job=0, cpus_per_job=1, mem_gb=0.25, time_min=5, array_parallelism=2,
-            folder=tmp_path / "slurm"))
+        spec = ExecutorSpec(
+            kind="slurm",
+            slurm=SlurmSpec(
+                gpus_per_job=0,
+                cpus_per_job=1,
+                mem_gb=0.25,
+                time_min=5,
+                array_parallelism=2,
+                folder=tmp_path / "slurm",
+            ),
+        )
         ex = make_executor(spec, tmp_path)
         ex._poll_s, ex._squeue_every_s = 0.3, 1.0  # the test waits on tiny jobs
     yield ex
@@ -157,8 +170,9 @@ def test_ctrl_c_stops_local_workers_without_waiting() -> None:
 def test_make_executor_reads_the_study_section(tmp_path: Path) -> None:
     from ablate.study import Study
 
-    study = Study.model_validate({"name": "s", "dataset": {"synthetic": {"cases": 2}},
-                                  "workdir": str(tmp_path)})
+    study = Study.model_validate(
+        {"name": "s", "dataset": {"synthetic": {"cases": 2}}, "workdir": str(tmp_path)}
+    )
     assert isinstance(executor_for(study), InProcessExecutor)
     local = make_executor("local", workers=3)
     assert local.capacity == 3
@@ -173,8 +187,15 @@ def test_slurm_parameters_follow_the_spec() -> None:
     pytest.importorskip("submitit")
     from ablate.run.executors.slurm import slurm_parameters
 
-    spec = SlurmSpec(partition="gpu", time_min=90, gpus_per_job=1, cpus_per_job=8, mem_gb=40,
-                     array_parallelism=6, extra={"account": "lab"})
+    spec = SlurmSpec(
+        partition="gpu",
+        time_min=90,
+        gpus_per_job=1,
+        cpus_per_job=8,
+        mem_gb=40,
+        array_parallelism=6,
+        extra={"account": "lab"},
+    )
     params = slurm_parameters(spec, threads=4)
     assert params["slurm_partition"] == "gpu" and params["timeout_min"] == 90
     assert params["gpus_per_node"] == 1 and params["cpus_per_task"] == 8
@@ -186,8 +207,12 @@ def test_slurm_parameters_follow_the_spec() -> None:
 TINY_STUDY = {
     "name": "tiny-exec",
     "dataset": {"synthetic": {"cases": 6, "seed": 3, "fov_mm": [60, 70, 70]}},
-    "plan": {"gpu_memory_gb": 0.02, "base_features": 4, "max_features": 16,
-             "intensity_samples": 10000},
+    "plan": {
+        "gpu_memory_gb": 0.02,
+        "base_features": 4,
+        "max_features": 16,
+        "intensity_samples": 10000,
+    },
     "train": {"epochs": 2, "iterations_per_epoch": 2, "val_iterations": 1, "data_workers": 0},
     "infer": {"window_batch": 4},
     "evaluation": {"nsd_tolerance_mm": 2.0},
@@ -224,8 +249,9 @@ def _run_tiny(root: Path, executor) -> tuple:
     from ablate.run.tracking import fetch_results
     from ablate.study import Study
 
-    study = Study.model_validate({**TINY_STUDY, "workdir": str(root / "work"),
-                                  "report_dir": str(root / "report")})
+    study = Study.model_validate(
+        {**TINY_STUDY, "workdir": str(root / "work"), "report_dir": str(root / "report")}
+    )
     messages = Messages()
     summary = run_study(study, progress=messages, make_report=False, executor=executor)
     uri = f"sqlite:///{root / 'work' / 'mlflow.db'}"
@@ -251,8 +277,11 @@ def test_two_local_workers_match_in_process_and_log_each_job_once(tmp_path: Path
     assert not any("database is locked" in m for m in [*messages, out, err])
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("tiny-exec")
-    runs = [r for r in client.search_runs([experiment.experiment_id], max_results=1000)
-            if r.data.tags.get("ablate.kind") in ("train", "eval")]
+    runs = [
+        r
+        for r in client.search_runs([experiment.experiment_id], max_results=1000)
+        if r.data.tags.get("ablate.kind") in ("train", "eval")
+    ]
     keys = [r.data.tags["ablate.job_key"] for r in runs]
     assert len(keys) == 8 and len(set(keys)) == 8  # every job exactly once
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -263,8 +292,7 @@ def test_two_local_workers_match_in_process_and_log_each_job_once(tmp_path: Path
     assert left["value"].equals(right["value"])  # same seeds, CPU: identical numbers
 
 
-def test_slurm_job_cancelled_on_the_cluster_fails_its_future(
-        slurm_cluster, tmp_path: Path) -> None:  # noqa: F811
+def test_slurm_job_cancelled_on_the_cluster_fails_its_future(slurm_cluster, tmp_path: Path) -> None:  # noqa: F811
     pytest.importorskip("submitit")
     import subprocess
 
@@ -292,11 +320,13 @@ def _start_requeued_now(job_id: str, counter: Path) -> None:
 
     deadline = time.monotonic() + 60
     while counter.read_text() == "1" and time.monotonic() < deadline:
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
-                               text=True).stdout.strip()
+        state = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True
+        ).stdout.strip()
         if state == "PENDING":
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
-                           capture_output=True)
+            subprocess.run(
+                ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True
+            )
         time.sleep(0.5)
 
 
@@ -306,8 +336,12 @@ def test_slurm_requeues_a_preempted_job_and_runs_it_again(slurm_cluster, tmp_pat
     import subprocess
 
     _register_by_value()
-    spec = ExecutorSpec(kind="slurm", slurm=SlurmSpec(
-        gpus_per_job=0, cpus_per_job=1, mem_gb=0.25, time_min=5, folder=tmp_path / "slurm"))
+    spec = ExecutorSpec(
+        kind="slurm",
+        slurm=SlurmSpec(
+            gpus_per_job=0, cpus_per_job=1, mem_gb=0.25, time_min=5, folder=tmp_path / "slurm"
+        ),
+    )
     executor = make_executor(spec, tmp_path)
     counter = tmp_path / "attempts.txt"
     future = executor.submit(count_attempts, str(counter))

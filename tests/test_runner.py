@@ -66,18 +66,24 @@ def test_auto_postprocessing_is_decided_once_on_all_folds(tmp_path: Path) -> Non
     import mlflow
 
     study = tmp_path / "study.yaml"
-    study.write_text(textwrap.dedent(STUDY).replace("name: failing", "name: auto-pp")
-                     .replace("infer: {tta: 1}", "infer: {tta: 1, postprocess: auto}")
-                     .replace("cases: 4,", "cases: 6,").replace(
-                         "fov_mm: [50, 60, 60]}", "fov_mm: [50, 60, 60]}\n  test: {holdout: 2}"))
+    study.write_text(
+        textwrap.dedent(STUDY)
+        .replace("name: failing", "name: auto-pp")
+        .replace("infer: {tta: 1}", "infer: {tta: 1, postprocess: auto}")
+        .replace("cases: 4,", "cases: 6,")
+        .replace("fov_mm: [50, 60, 60]}", "fov_mm: [50, 60, 60]}\n  test: {holdout: 2}")
+    )
     assert main(["run", str(study)]) == 0
     raw_dirs = list((tmp_path / "work" / "jobs").glob("raw-*"))
     assert len(raw_dirs) == 1  # both folds' evaluations share one set of raw predictions
     assert len(list(raw_dirs[0].glob("*.nii.gz"))) == 4  # every case, predicted once
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
-    runs = [r for r in client.search_runs([client.get_experiment_by_name("auto-pp").experiment_id])
-            if r.data.tags.get("ablate.kind") == "eval"]
+    runs = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("auto-pp").experiment_id])
+        if r.data.tags.get("ablate.kind") == "eval"
+    ]
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     decisions = {r.data.params["postprocessing"] for r in runs}
     assert len(decisions) == 1  # the same decision for every fold
@@ -90,8 +96,11 @@ def test_auto_postprocessing_is_decided_once_on_all_folds(tmp_path: Path) -> Non
     from ablate.imageio import read_image
     from ablate.postprocess import keep_largest_component
 
-    tests = [r for r in client.search_runs([runs[0].info.experiment_id])
-             if r.data.tags.get("ablate.kind") == "test"]
+    tests = [
+        r
+        for r in client.search_runs([runs[0].info.experiment_id])
+        if r.data.tags.get("ablate.kind") == "test"
+    ]
     assert len(tests) == 1 and tests[0].info.status == "FINISHED"
     job_dir = tmp_path / "work" / "jobs" / tests[0].data.tags["ablate.job_key"]
     for fold in ("fold_0", "fold_1"):
@@ -119,16 +128,22 @@ def test_region_based_study_ensembles_sigmoid_probabilities_on_the_test_set(tmp_
     from ablate.preprocess import preprocess_images
 
     study = tmp_path / "study.yaml"
-    study.write_text(textwrap.dedent(STUDY).replace("name: failing", "name: regions")
-                     .replace("infer: {tta: 1}", "infer: {tta: 1, ensemble_folds: true}")
-                     .replace("data_workers: 0}", "data_workers: 0, loss: dice_bce,\n"
-                              "        regions: {kidney: [1, 2], tumor: [2]}}")
-                     .replace("cases: 4,", "cases: 6,").replace(
-                         "fov_mm: [50, 60, 60]}", "fov_mm: [50, 60, 60]}\n  test: {holdout: 2}"))
+    study.write_text(
+        textwrap.dedent(STUDY)
+        .replace("name: failing", "name: regions")
+        .replace("infer: {tta: 1}", "infer: {tta: 1, ensemble_folds: true}")
+        .replace(
+            "data_workers: 0}",
+            "data_workers: 0, loss: dice_bce,\n        regions: {kidney: [1, 2], tumor: [2]}}",
+        )
+        .replace("cases: 4,", "cases: 6,")
+        .replace("fov_mm: [50, 60, 60]}", "fov_mm: [50, 60, 60]}\n  test: {holdout: 2}")
+    )
     assert main(["run", str(study)]) == 0
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
-    run = client.search_runs([client.get_experiment_by_name("regions").experiment_id],
-                             "tags.`ablate.kind` = 'test'")[0]
+    run = client.search_runs(
+        [client.get_experiment_by_name("regions").experiment_id], "tags.`ablate.kind` = 'test'"
+    )[0]
     assert run.info.status == "FINISHED" and "ensemble_dsc_kidney" in run.data.metrics
     work = tmp_path / "work"
     cpu = torch.device("cpu")
@@ -143,10 +158,16 @@ def test_region_based_study_ensembles_sigmoid_probabilities_on_the_test_set(tmp_
     for case in cases:
         image, geometry = read_image(data_dir / "imagesTr" / f"{case}_0000.nii.gz")
         data, props = preprocess_images([image], geometry, plan)
-        mean = np.mean([predict_probabilities([m], data, plan, InferConfig(tta=1), cpu, "sigmoid")
-                        for m, _, _ in loaded], axis=0)  # (2 regions, Z, Y, X)
-        expected = probabilities_to_labels(restore_probabilities(mean, props, plan, regions),
-                                           regions)
+        mean = np.mean(
+            [
+                predict_probabilities([m], data, plan, InferConfig(tta=1), cpu, "sigmoid")
+                for m, _, _ in loaded
+            ],
+            axis=0,
+        )  # (2 regions, Z, Y, X)
+        expected = probabilities_to_labels(
+            restore_probabilities(mean, props, plan, regions), regions
+        )
         written = read_image(ensemble_dir / f"{case}.nii.gz")[0]
         np.testing.assert_array_equal(written, expected)
 
@@ -162,8 +183,9 @@ def test_status_estimates_the_time_left_from_finished_jobs(tmp_path: Path) -> No
     study = load_study(path)
     dataset, _ = driver.load_dataset(study)
     train_jobs, _ = expand(study, cache_key(dataset, study.plan, study.plan.intensity_samples))
-    tracker = Tracker(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}", "status",
-                      tmp_path / "work" / "mlartifacts")
+    tracker = Tracker(
+        f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}", "status", tmp_path / "work" / "mlartifacts"
+    )
     tracker.start_study({}, {})
     run_id = tracker.start_train_job(train_jobs[0])
     tracker.end_job(run_id, ok=True)

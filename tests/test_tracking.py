@@ -18,10 +18,15 @@ from ablate.study import Study
 
 
 def _study(**extra) -> Study:
-    return Study.model_validate({
-        "name": "tiny", "dataset": {"synthetic": {"cases": 4}},
-        "axes": {"train.loss": ["dice_ce", "dice_topk"], "infer.tta": [8, 2]},
-        "folds": {"k": 2}, **extra})
+    return Study.model_validate(
+        {
+            "name": "tiny",
+            "dataset": {"synthetic": {"cases": 4}},
+            "axes": {"train.loss": ["dice_ce", "dice_topk"], "infer.tta": [8, 2]},
+            "folds": {"k": 2},
+            **extra,
+        }
+    )
 
 
 def _tracker(tmp_path: Path, uri: str | None = None) -> Tracker:
@@ -30,18 +35,30 @@ def _tracker(tmp_path: Path, uri: str | None = None) -> Tracker:
 
 
 def _per_case(job_fold: int) -> pd.DataFrame:
-    return pd.DataFrame({"case": ["a", "b"], "target": ["organ", "organ"], "metric": ["dsc", "dsc"],
-                         "value": [0.5 + job_fold, 0.75]})
+    return pd.DataFrame(
+        {
+            "case": ["a", "b"],
+            "target": ["organ", "organ"],
+            "metric": ["dsc", "dsc"],
+            "value": [0.5 + job_fold, 0.75],
+        }
+    )
 
 
 def _run_one_study(tracker: Tracker, tmp_path: Path) -> tuple[list, list]:
     train_jobs, eval_jobs = expand(_study(), "data123")
     config = tmp_path / "study.yaml"
     config.write_text("name: tiny\n")
-    tracker.start_study({"data_key": "data123", "epochs": 2}, {"resolved.yaml": config},
-                        axes=["train.loss", "infer.tta"])
-    planned = [{"job_key": j.key, "name": j.name, "kind": kind}
-               for kind, jobs in (("train", train_jobs), ("eval", eval_jobs)) for j in jobs]
+    tracker.start_study(
+        {"data_key": "data123", "epochs": 2},
+        {"resolved.yaml": config},
+        axes=["train.loss", "infer.tta"],
+    )
+    planned = [
+        {"job_key": j.key, "name": j.name, "kind": kind}
+        for kind, jobs in (("train", train_jobs), ("eval", eval_jobs))
+        for j in jobs
+    ]
     tracker.log_planned_jobs(planned)
     job = train_jobs[0]
     run_id = tracker.start_train_job(job)
@@ -49,8 +66,9 @@ def _run_one_study(tracker: Tracker, tmp_path: Path) -> tuple[list, list]:
         tracker.log_epoch(run_id, epoch, {"train_loss": 1.0 - 0.25 * epoch, "lr": 0.01})
     tracker.log_metrics(run_id, {"train_seconds": 12.0, "parameters": 1000})
     tracker.end_job(run_id, ok=True)
-    evaluation = next(e for e in eval_jobs
-                      if e.train_key == job.key and e.variant["infer.tta"] == 2)
+    evaluation = next(
+        e for e in eval_jobs if e.train_key == job.key and e.variant["infer.tta"] == 2
+    )
     eval_id = tracker.start_eval_job(evaluation)
     tracker.log_table(eval_id, _per_case(job.fold), "per_case")
     tracker.log_metrics(eval_id, {"infer_seconds_per_case": 3.0})
@@ -72,11 +90,14 @@ def test_parent_child_finished_and_fetch_round_trip(tmp_path):
     parent = tracker.client.get_run(tracker.parent_run_id)
     assert parent.data.params["data_key"] == "data123"
     assert [a.path for a in tracker.client.list_artifacts(parent.info.run_id)] == [
-        "jobs.json", "resolved.yaml"]
+        "jobs.json",
+        "resolved.yaml",
+    ]
     assert tracker.finished(train_jobs[0].key)
     assert not tracker.finished(train_jobs[1].key)
-    child = tracker.client.search_runs([tracker.experiment_id],
-                                       f"tags.`ablate.job_key` = '{train_jobs[0].key}'")[0]
+    child = tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.`ablate.job_key` = '{train_jobs[0].key}'"
+    )[0]
     assert child.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
     assert child.data.params["axis.train.loss"] == "dice_ce"
     assert child.data.tags["axis.train.loss"] == "dice_ce"
@@ -89,8 +110,17 @@ def test_parent_child_finished_and_fetch_round_trip(tmp_path):
 
     results = fetch_results(tracker.tracking_uri, "tiny")
     assert results.axes == ["train.loss", "infer.tta"]
-    assert list(results.tidy.columns) == ["variant", "train.loss", "infer.tta", "fold", "seed",
-                                          "case", "target", "metric", "value"]
+    assert list(results.tidy.columns) == [
+        "variant",
+        "train.loss",
+        "infer.tta",
+        "fold",
+        "seed",
+        "case",
+        "target",
+        "metric",
+        "value",
+    ]
     assert results.tidy["value"].tolist() == [0.5, 0.75]
     assert set(results.tidy["variant"]) == {"dice_ce · tta=2"}
     assert results.tidy["infer.tta"].tolist() == [2, 2]  # decoded back to int
@@ -107,8 +137,9 @@ def test_runs_of_jobs_the_study_no_longer_plans_stay_out_of_the_results(tmp_path
     train_jobs, eval_jobs = _run_one_study(tracker, tmp_path)
     assert len(fetch_results(tracker.tracking_uri, "tiny").tidy) == 2
     # the study is edited: its next run plans other jobs; the finished runs stay in MLflow
-    tracker.log_planned_jobs([{"job_key": j.key, "name": j.name, "kind": "train"}
-                              for j in train_jobs[1:]])
+    tracker.log_planned_jobs(
+        [{"job_key": j.key, "name": j.name, "kind": "train"} for j in train_jobs[1:]]
+    )
     results = fetch_results(tracker.tracking_uri, "tiny")
     assert results.tidy.empty and results.cost.empty and results.curves.empty
     assert len(results.missing) == len(train_jobs) - 1
@@ -118,15 +149,28 @@ def test_runs_of_jobs_the_study_no_longer_plans_stay_out_of_the_results(tmp_path
 def test_test_runs_fill_the_held_out_tables(tmp_path):
     tracker = _tracker(tmp_path)
     tracker.start_study({}, {}, axes=["infer.tta"])
-    run = tracker.start_job("t1", "tta=2 · test", "test", {"axis.infer.tta": 2, "fold": -1,
-                                                            "seed": 0}, {})
-    rows = pd.DataFrame({"model": ["fold 0", "fold 1", "ensemble"], "case": ["x"] * 3,
-                         "target": ["organ"] * 3, "metric": ["dsc"] * 3,
-                         "value": [0.5, 0.7, 0.8]})
+    run = tracker.start_job(
+        "t1", "tta=2 · test", "test", {"axis.infer.tta": 2, "fold": -1, "seed": 0}, {}
+    )
+    rows = pd.DataFrame(
+        {
+            "model": ["fold 0", "fold 1", "ensemble"],
+            "case": ["x"] * 3,
+            "target": ["organ"] * 3,
+            "metric": ["dsc"] * 3,
+            "value": [0.5, 0.7, 0.8],
+        }
+    )
     tracker.log_table(run, rows, "per_case")
-    tracker.log_metrics(run, {"infer_seconds_per_case": 2.0, "peak_infer_memory_mb": 10.0,
-                              "ensemble_infer_seconds_per_case": 3.5,
-                              "ensemble_peak_infer_memory_mb": 12.0})
+    tracker.log_metrics(
+        run,
+        {
+            "infer_seconds_per_case": 2.0,
+            "peak_infer_memory_mb": 10.0,
+            "ensemble_infer_seconds_per_case": 3.5,
+            "ensemble_peak_infer_memory_mb": 12.0,
+        },
+    )
     tracker.end_job(run, ok=True)
     results = fetch_results(tracker.tracking_uri, "tiny")
     assert results.tidy.empty  # test cases are not cross-validation results
@@ -136,7 +180,9 @@ def test_test_runs_fill_the_held_out_tables(tmp_path):
     cost = results.test_cost.set_index("model")
     assert cost.loc["single", "infer_seconds_per_case"] == 2.0
     assert cost.loc["ensemble", ["infer_seconds_per_case", "peak_infer_memory_mb"]].tolist() == [
-        3.5, 12.0]
+        3.5,
+        12.0,
+    ]
 
 
 def test_unfinished_run_is_superseded(tmp_path):
@@ -172,10 +218,23 @@ def test_logging_to_a_real_mlflow_server(tmp_path):
     port = _free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     server = subprocess.Popen(
-        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--default-artifact-root", str(tmp_path / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            str(mlflow_bin),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--default-artifact-root",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120

@@ -90,8 +90,9 @@ def load_dataset(study: Study, check: bool = False) -> tuple[Dataset, tuple[Case
         return hold_out(dataset, test.holdout, test.seed, study.folds.k)
     from ablate.data.formats import read_dataset
 
-    test_dataset = read_dataset(test.path, None if test.format == "auto" else test.format,
-                                study.dataset.labels)
+    test_dataset = read_dataset(
+        test.path, None if test.format == "auto" else test.format, study.dataset.labels
+    )
     if check:
         check_dataset(test_dataset)
     return dataset, check_test_dataset(dataset, test_dataset)
@@ -109,11 +110,15 @@ def check_dataset(dataset: Dataset) -> None:
 def job_tracking(job) -> tuple[str, dict[str, str]]:
     """The MLflow kind of a job and the tags that tie it to the rest of the study."""
     if isinstance(job, ExternalJob):
-        return ("test" if job.on_test_set else "eval",
-                {"ablate.variant": job.label, "ablate.external": str(job.folder)})
+        return (
+            "test" if job.on_test_set else "eval",
+            {"ablate.variant": job.label, "ablate.external": str(job.folder)},
+        )
     if isinstance(job, EnsembleJob):
-        return "eval", {"ablate.variant": job.label,
-                        "ablate.ensemble": ",".join(m.key for m in job.members)}
+        return "eval", {
+            "ablate.variant": job.label,
+            "ablate.ensemble": ",".join(m.key for m in job.members),
+        }
     if isinstance(job, EvalJob):
         return "eval", {"ablate.train_key": job.train_key}
     if isinstance(job, TestJob):
@@ -141,8 +146,15 @@ def record_outcome(tracker, run_id: str, kind: str, outcome: dict) -> None:
     tracker.log_metrics(run_id, outcome["metrics"])
 
 
-def run_phase(jobs: list, kind: str, make_call: Callable, executor, tracker,
-              summary: RunSummary, progress: Progress) -> None:
+def run_phase(
+    jobs: list,
+    kind: str,
+    make_call: Callable,
+    executor,
+    tracker,
+    summary: RunSummary,
+    progress: Progress,
+) -> None:
     """Keep up to `executor.capacity` unfinished jobs in flight and record each outcome as it
     arrives, so a kill loses at most the jobs in flight. A failure is recorded; the rest go on.
     On Ctrl-C (or SIGTERM) the runs in flight are marked failed before the interrupt goes on."""
@@ -177,8 +189,9 @@ def run_phase(jobs: list, kind: str, make_call: Callable, executor, tracker,
         raise
 
 
-def _record_next(in_flight: dict, kind: str, tracker, summary: RunSummary,
-                 progress: Progress) -> None:
+def _record_next(
+    in_flight: dict, kind: str, tracker, summary: RunSummary, progress: Progress
+) -> None:
     import concurrent.futures as cf
 
     finished, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
@@ -202,14 +215,25 @@ def prepare_data(study: Study, dataset: Dataset, plan_cfg=None):
     from ablate.preprocess import prepare
 
     plan_cfg = plan_cfg or study.plan
-    return prepare(dataset, plan_cfg, workdir_of(study) / "preprocessed", folds=study.folds.k,
-                   folds_seed=study.folds.seed, workers=study.workers,
-                   intensity_samples=plan_cfg.intensity_samples,
-                   splits_file=study.folds.splits_file)
+    return prepare(
+        dataset,
+        plan_cfg,
+        workdir_of(study) / "preprocessed",
+        folds=study.folds.k,
+        folds_seed=study.folds.seed,
+        workers=study.workers,
+        intensity_samples=plan_cfg.intensity_samples,
+        splits_file=study.folds.splits_file,
+    )
 
 
-def run_study(study: Study, config_yaml: str = "", progress: Progress | None = None,
-              make_report: bool = True, executor=None) -> RunSummary:
+def run_study(
+    study: Study,
+    config_yaml: str = "",
+    progress: Progress | None = None,
+    make_report: bool = True,
+    executor=None,
+) -> RunSummary:
     from ablate.data.testset import held_out_key
     from ablate.expand import expand, expand_ensembles, expand_tests
     from ablate.run.executors import executor_for
@@ -220,34 +244,48 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
     dataset, test_cases = load_dataset(study, check=True)
     progress = progress or PlainProgress()
     held_out = f" (+ {len(test_cases)} held-out test cases)" if test_cases else ""
-    progress.message(f"dataset {dataset.name}: {len(dataset.cases)} cases{held_out}; planning, "
-                     "preprocessing")
+    progress.message(
+        f"dataset {dataset.name}: {len(dataset.cases)} cases{held_out}; planning, preprocessing"
+    )
     base = prepare_data(study, dataset)
     train_jobs, eval_jobs = expand(study, base.key)
     test_jobs = expand_tests(study, eval_jobs, held_out_key(test_cases)) if test_cases else []
     ensemble_jobs = expand_ensembles(study, eval_jobs)
     extra_jobs = external_jobs(study, base, dataset, test_cases)
     # plan axes (e.g. CT windowing) need their own preprocessing; prepared once each, up front
-    data_for = {job.key: base if job.plan == study.plan else prepare_data(study, dataset, job.plan)
-                for job in train_jobs}
+    data_for = {
+        job.key: base if job.plan == study.plan else prepare_data(study, dataset, job.plan)
+        for job in train_jobs
+    }
     plan = base.plan
     spacing = tuple(round(s, 2) for s in plan.target_spacing_mm)
-    progress.message(f"plan: spacing {spacing} mm, patch {plan.patch_size}, batch "
-                     f"{plan.batch_size}, {plan.num_stages} stages; {len(train_jobs)} trainings, "
-                     f"{len(eval_jobs)} evaluations"
-                     + (f", {len(test_jobs)} test-set evaluations" if test_jobs else ""))
+    progress.message(
+        f"plan: spacing {spacing} mm, patch {plan.patch_size}, batch "
+        f"{plan.batch_size}, {plan.num_stages} stages; {len(train_jobs)} trainings, "
+        f"{len(eval_jobs)} evaluations"
+        + (f", {len(test_jobs)} test-set evaluations" if test_jobs else "")
+    )
     tracker = Tracker(default_tracking_uri(study, workdir), study.name, workdir / "mlartifacts")
-    tracker.start_study({"data_key": base.key, "num_cases": len(dataset.cases)},
-                        {"plan.json": base.root / "plan.json",
-                         "fingerprint.json": base.root / "fingerprint.json",
-                         "splits.json": base.root / "splits.json"},
-                        axes=list(study.axes))
-    tracker.log_planned_jobs([{"job_key": j.key, "name": j.name, "kind": kind}
-                              for kind, jobs in (("train", train_jobs), ("eval", eval_jobs),
-                                                 ("test", test_jobs))
-                              for j in jobs]
-                             + [{"job_key": j.key, "name": j.name, "kind": job_tracking(j)[0]}
-                                for j in (*ensemble_jobs, *extra_jobs)])
+    tracker.start_study(
+        {"data_key": base.key, "num_cases": len(dataset.cases)},
+        {
+            "plan.json": base.root / "plan.json",
+            "fingerprint.json": base.root / "fingerprint.json",
+            "splits.json": base.root / "splits.json",
+        },
+        axes=list(study.axes),
+    )
+    tracker.log_planned_jobs(
+        [
+            {"job_key": j.key, "name": j.name, "kind": kind}
+            for kind, jobs in (("train", train_jobs), ("eval", eval_jobs), ("test", test_jobs))
+            for j in jobs
+        ]
+        + [
+            {"job_key": j.key, "name": j.name, "kind": job_tracking(j)[0]}
+            for j in (*ensemble_jobs, *extra_jobs)
+        ]
+    )
     executor = executor or executor_for(study)
     jobs_dir = workdir / "jobs"
     groups = postprocess_groups(eval_jobs, jobs_dir)
@@ -255,33 +293,90 @@ def run_study(study: Study, config_yaml: str = "", progress: Progress | None = N
     tolerance = {t: study.evaluation.tolerance_mm(t) for t in targets}
     summary = RunSummary()
     try:
-        run_phase(train_jobs, "trainings",
-                  lambda j: (execute_training, (j, data_for[j.key], jobs_dir / j.key,
-                                                study.log_checkpoints)),
-                  executor, tracker, summary, progress)
-        run_phase(eval_jobs, "evaluations",
-                  lambda j: (execute_evaluation,
-                             (j, jobs_dir / j.train_key / "checkpoint_final.pt",
-                              data_for[j.train_key], dataset, targets, tolerance,
-                              jobs_dir / j.key, groups.get(j.key))),
-                  executor, tracker, summary, progress)
-        run_phase(ensemble_jobs, "ensembles",
-                  lambda j: (execute_ensemble,
-                             (j, [jobs_dir / m.train_key / FINAL for m in j.members],
-                              data_for[j.members[0].train_key], dataset, targets, tolerance,
-                              jobs_dir / j.key)),
-                  executor, tracker, summary, progress)
-        run_phase(test_jobs, "tests",
-                  lambda j: (execute_test,
-                             (j, [jobs_dir / k / "checkpoint_final.pt" for k in j.train_keys],
-                              test_cases, targets, tolerance, jobs_dir / j.key,
-                              jobs_dir / j.eval_key / "postprocessing.json", dataset.file_ending)),
-                  executor, tracker, summary, progress)
+        run_phase(
+            train_jobs,
+            "trainings",
+            lambda j: (
+                execute_training,
+                (j, data_for[j.key], jobs_dir / j.key, study.log_checkpoints),
+            ),
+            executor,
+            tracker,
+            summary,
+            progress,
+        )
+        run_phase(
+            eval_jobs,
+            "evaluations",
+            lambda j: (
+                execute_evaluation,
+                (
+                    j,
+                    jobs_dir / j.train_key / "checkpoint_final.pt",
+                    data_for[j.train_key],
+                    dataset,
+                    targets,
+                    tolerance,
+                    jobs_dir / j.key,
+                    groups.get(j.key),
+                ),
+            ),
+            executor,
+            tracker,
+            summary,
+            progress,
+        )
+        run_phase(
+            ensemble_jobs,
+            "ensembles",
+            lambda j: (
+                execute_ensemble,
+                (
+                    j,
+                    [jobs_dir / m.train_key / FINAL for m in j.members],
+                    data_for[j.members[0].train_key],
+                    dataset,
+                    targets,
+                    tolerance,
+                    jobs_dir / j.key,
+                ),
+            ),
+            executor,
+            tracker,
+            summary,
+            progress,
+        )
+        run_phase(
+            test_jobs,
+            "tests",
+            lambda j: (
+                execute_test,
+                (
+                    j,
+                    [jobs_dir / k / "checkpoint_final.pt" for k in j.train_keys],
+                    test_cases,
+                    targets,
+                    tolerance,
+                    jobs_dir / j.key,
+                    jobs_dir / j.eval_key / "postprocessing.json",
+                    dataset.file_ending,
+                ),
+            ),
+            executor,
+            tracker,
+            summary,
+            progress,
+        )
         labels = {c.case_id: c.label for c in (*dataset.cases, *test_cases)}
-        run_phase(extra_jobs, "externals",
-                  lambda j: (execute_external, (j, labels, dataset.file_ending, targets,
-                                                tolerance)),
-                  executor, tracker, summary, progress)
+        run_phase(
+            extra_jobs,
+            "externals",
+            lambda j: (execute_external, (j, labels, dataset.file_ending, targets, tolerance)),
+            executor,
+            tracker,
+            summary,
+            progress,
+        )
     finally:
         executor.shutdown()
     if make_report:
@@ -301,9 +396,12 @@ def build_study_report(study: Study, config_yaml: str = "", tracker=None) -> Pat
     uri = default_tracking_uri(study, workdir)
     results = fetch_results(uri, study.name)
     meta = {
-        "name": study.name, "config_yaml": config_yaml, "tracking_uri": uri,
+        "name": study.name,
+        "config_yaml": config_yaml,
+        "tracking_uri": uri,
         "baseline": variant_label(baseline_variant(study)) if study.axes else None,
-        "environment": environment(), "missing": list(results.missing),
+        "environment": environment(),
+        "missing": list(results.missing),
         "nsd_tolerance_mm": study.evaluation.nsd_tolerance_mm,
         "test_set": test_set_text(study),
     }
@@ -321,17 +419,23 @@ def test_set_text(study: Study) -> str | None:
     test = study.dataset.test
     if test is None:
         return None
-    made = (f"{test.holdout} labelled cases drawn with seed {test.seed} before planning and "
-            "cross-validation" if test.holdout else f"the cases of {test.path}")
+    made = (
+        f"{test.holdout} labelled cases drawn with seed {test.seed} before planning and "
+        "cross-validation"
+        if test.holdout
+        else f"the cases of {test.path}"
+    )
     ensemble = ""
     if study.infer.ensemble_folds:
         average = study.infer.ensemble_average
         like = "as seed 004" if average == "probabilities" else "as nnU-Net v2's predictor"
         ensemble = f" and by the ensemble of all fold models, averaging their {average} ({like})"
-    return (f"Test set: {made}. No model trained on them and the plan never saw them. Each "
-            f"case was predicted from its raw image by every fold model{ensemble}, with each "
-            "variant's inference and postprocessing settings ('auto' postprocessing applies the "
-            "decision made on that variant's cross-validation).")
+    return (
+        f"Test set: {made}. No model trained on them and the plan never saw them. Each "
+        f"case was predicted from its raw image by every fold model{ensemble}, with each "
+        "variant's inference and postprocessing settings ('auto' postprocessing applies the "
+        "decision made on that variant's cross-validation)."
+    )
 
 
 def environment() -> dict[str, str]:
@@ -340,10 +444,22 @@ def environment() -> dict[str, str]:
 
     import torch
 
-    env = {"python": platform.python_version(), "platform": platform.platform(),
-           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
-    for pkg in ("ablate", "torch", "numpy", "scipy", "SimpleITK", "mlflow", "surface-distance",
-                "pandas", "seaborn"):
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
+    for pkg in (
+        "ablate",
+        "torch",
+        "numpy",
+        "scipy",
+        "SimpleITK",
+        "mlflow",
+        "surface-distance",
+        "pandas",
+        "seaborn",
+    ):
         try:
             env[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -359,13 +475,15 @@ def study_status(study: Study) -> str:
     from ablate.run.tracking import Tracker, default_tracking_uri
 
     dataset, test_cases = load_dataset(study)
-    train_jobs, eval_jobs = expand(study, cache_key(dataset, study.plan,
-                                                    study.plan.intensity_samples))
+    train_jobs, eval_jobs = expand(
+        study, cache_key(dataset, study.plan, study.plan.intensity_samples)
+    )
     test_jobs = expand_tests(study, eval_jobs, held_out_key(test_cases)) if test_cases else []
     eval_jobs = [*eval_jobs, *expand_ensembles(study, eval_jobs)]
     workdir = workdir_of(study)
-    records = Tracker(default_tracking_uri(study, workdir), study.name,
-                      workdir / "mlartifacts").job_records()
+    records = Tracker(
+        default_tracking_uri(study, workdir), study.name, workdir / "mlartifacts"
+    ).job_records()
     lines, best, left = [], (None, float("-inf")), 0.0
     for kind, jobs in (("train", train_jobs), ("eval", eval_jobs), ("test", test_jobs)):
         durations = [r["seconds"] for j in jobs if (r := records.get(j.key)) and r["seconds"]]
@@ -380,15 +498,19 @@ def study_status(study: Study) -> str:
                 best = (job.name, mean)
             if state != "done" and typical:
                 left += typical
-    counts = {s: sum(line.startswith(s) for line in lines)
-              for s in ("done", "running", "failed", "pending")}
+    counts = {
+        s: sum(line.startswith(s) for line in lines)
+        for s in ("done", "running", "failed", "pending")
+    }
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
     if best[0]:
         lines.append(f"best so far: {best[0]} (mean DSC over targets {best[1]:.4f})")
     if counts["done"] == sum(counts.values()):
         lines.append("nothing left to run")
     else:
-        lines.append(f"estimated time left: {left / 60:.1f} min" if left else
-                     "estimated time left: unknown until a job of each kind has finished")
+        lines.append(
+            f"estimated time left: {left / 60:.1f} min"
+            if left
+            else "estimated time left: unknown until a job of each kind has finished"
+        )
     return "\n".join(lines)
-

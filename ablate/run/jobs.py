@@ -24,14 +24,19 @@ def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = 
 
     result = train(job.train, data, job.fold, job.seed, job_dir)
     metrics = {
-        "train_seconds": result.seconds, "seconds_per_epoch": result.seconds_per_epoch,
-        "parameters": float(result.parameters), "flops": float(result.flops),
+        "train_seconds": result.seconds,
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "parameters": float(result.parameters),
+        "flops": float(result.flops),
         "peak_train_memory_mb": headline_peak_mb(result.peak_memory_mb),
         **{f"train_{k}": v for k, v in result.peak_memory_mb.items()},
     }
-    return {"metrics": metrics, "history": result.history,
-            "params": {"parameters": result.parameters, "flops_per_patch": result.flops},
-            "artifacts": [(result.checkpoint, "checkpoints")] if log_checkpoint else []}
+    return {
+        "metrics": metrics,
+        "history": result.history,
+        "params": {"parameters": result.parameters, "flops_per_patch": result.flops},
+        "artifacts": [(result.checkpoint, "checkpoints")] if log_checkpoint else [],
+    }
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,9 @@ def _labels(probabilities, props, plan, regions) -> np.ndarray:
 
     if hasattr(probabilities, "cpu"):
         probabilities = probabilities.float().cpu().numpy()
-    return probabilities_to_labels(restore_probabilities(probabilities, props, plan, regions),
-                                   regions)
+    return probabilities_to_labels(
+        restore_probabilities(probabilities, props, plan, regions), regions
+    )
 
 
 def predict_raw(checkpoint: Path, case_ids, data, infer, out_dir: Path, file_ending: str) -> None:
@@ -122,13 +128,22 @@ class _CrossValidationCases:
         from ablate.imageio import read_image
 
         for case_id, label in self.labels.items():
-            yield (read_image(self.raw_dir / f"{case_id}{self.file_ending}")[0],
-                   read_image(label)[0])
+            yield (
+                read_image(self.raw_dir / f"{case_id}{self.file_ending}")[0],
+                read_image(label)[0],
+            )
 
 
-def execute_evaluation(job: EvalJob, checkpoint: Path, data, dataset: Dataset,
-                       targets: dict[str, tuple[int, ...]], tolerance_mm: dict[str, float],
-                       job_dir: Path, group: PostprocessGroup | None = None) -> dict:
+def execute_evaluation(
+    job: EvalJob,
+    checkpoint: Path,
+    data,
+    dataset: Dataset,
+    targets: dict[str, tuple[int, ...]],
+    tolerance_mm: dict[str, float],
+    job_dir: Path,
+    group: PostprocessGroup | None = None,
+) -> dict:
     """Predict the fold's validation cases with the trained model, postprocess, write, score.
 
     `auto` postprocessing first predicts every fold of its group (shared raw folder), decides on
@@ -167,8 +182,9 @@ class _Scorer:
     """Postprocesses, writes and scores one model's predictions one case at a time, keeping the
     rows and costs (never the label maps: a KiTS-sized map is ~100 MB)."""
 
-    def __init__(self, steps, targets, tolerance_mm, out_dir: Path, ending: str,
-                 raw_dir: Path | None = None):
+    def __init__(
+        self, steps, targets, tolerance_mm, out_dir: Path, ending: str, raw_dir: Path | None = None
+    ):
         self.steps, self.targets, self.tolerance_mm = steps, targets, tolerance_mm
         self.out_dir, self.ending, self.raw_dir = out_dir, ending, raw_dir
         self.rows: list[dict] = []
@@ -191,22 +207,27 @@ class _Scorer:
             self.peaks[key] = max(self.peaks.get(key, 0.0), value)
         write_image(labels, geometry, self.out_dir / f"{case_id}{self.ending}")
         ref, ref_geometry = read_image(reference)
-        for row in evaluate_case(labels, ref, ref_geometry.spacing_mm, self.targets,
-                                 self.tolerance_mm):
+        for row in evaluate_case(
+            labels, ref, ref_geometry.spacing_mm, self.targets, self.tolerance_mm
+        ):
             self.rows.append({"case": case_id, **row})
 
     def metrics(self) -> dict[str, float]:
         from ablate.device import headline_peak_mb
 
-        metrics = {"infer_seconds_per_case": float(np.mean(self.seconds)),
-                   "peak_infer_memory_mb": headline_peak_mb(self.peaks),
-                   **{f"infer_{k}": v for k, v in self.peaks.items()}}
+        metrics = {
+            "infer_seconds_per_case": float(np.mean(self.seconds)),
+            "peak_infer_memory_mb": headline_peak_mb(self.peaks),
+            **{f"infer_{k}": v for k, v in self.peaks.items()},
+        }
         for target in self.targets:
             for metric in ("dsc", "nsd"):
-                values = [r["value"] for r in self.rows
-                          if r["target"] == target and r["metric"] == metric]
-                metrics[f"{metric}_{target}"] = (float(np.nanmean(values)) if values
-                                                 else float("nan"))
+                values = [
+                    r["value"] for r in self.rows if r["target"] == target and r["metric"] == metric
+                ]
+                metrics[f"{metric}_{target}"] = (
+                    float(np.nanmean(values)) if values else float("nan")
+                )
         return metrics
 
 
@@ -224,14 +245,23 @@ def _test_steps(infer, targets, decision_file: Path) -> tuple[tuple[int, ...], .
     if infer.postprocess != "auto":
         return ()
     if not decision_file.is_file():
-        raise DataError(f"{decision_file}: no postprocessing decision; the cross-validation "
-                        "evaluation of this variant failed or has not run; run the study again")
+        raise DataError(
+            f"{decision_file}: no postprocessing decision; the cross-validation "
+            "evaluation of this variant failed or has not run; run the study again"
+        )
     return PostprocessingDecision.from_json(json.loads(decision_file.read_text())).steps
 
 
-def execute_test(job: TestJob, checkpoints: list[Path], cases: tuple[Case, ...],
-                 targets: dict[str, tuple[int, ...]], tolerance_mm: dict[str, float],
-                 job_dir: Path, decision_file: Path, file_ending: str) -> dict:
+def execute_test(
+    job: TestJob,
+    checkpoints: list[Path],
+    cases: tuple[Case, ...],
+    targets: dict[str, tuple[int, ...]],
+    tolerance_mm: dict[str, float],
+    job_dir: Path,
+    decision_file: Path,
+    file_ending: str,
+) -> dict:
     """Predict the held-out test cases from their raw images with every fold model and, with
     `infer.ensemble_folds`, their ensemble, in one pass (each case is preprocessed once and each
     model runs once); postprocess, write and score every model's prediction. `auto`
@@ -253,28 +283,40 @@ def execute_test(job: TestJob, checkpoints: list[Path], cases: tuple[Case, ...],
     regions = checkpoint_regions(checkpoints[0])
     single = [f"fold {f}" for f in job.folds]
     names = single + (["ensemble"] if job.infer.ensemble_folds else [])
-    scorers = {name: _Scorer(steps, targets, tolerance_mm, job_dir / name.replace(" ", "_"),
-                             file_ending, job_dir / name.replace(" ", "_") / "raw")
-               for name in names}
+    scorers = {
+        name: _Scorer(
+            steps,
+            targets,
+            tolerance_mm,
+            job_dir / name.replace(" ", "_"),
+            file_ending,
+            job_dir / name.replace(" ", "_") / "raw",
+        )
+        for name in names
+    }
 
     for case in cases:
         loaded = [read_image(path) for path in case.images]
         geometry = loaded[0][1]
-        (data, props), prep = _timed(device, preprocess_images, [a for a, _ in loaded], geometry,
-                                     plan)
+        (data, props), prep = _timed(
+            device, preprocess_images, [a for a, _ in loaded], geometry, plan
+        )
         ensemble = FoldEnsemble("sigmoid" if regions else "softmax", job.infer.ensemble_average)
         windows = []
         for name, model in zip(single, models, strict=True):
-            logits, window = _timed(device, model_logits, model, np.array(data), plan, job.infer,
-                                    device)
+            logits, window = _timed(
+                device, model_logits, model, np.array(data), plan, job.infer, device
+            )
             labels, out = _timed(device, _labels, ensemble.add(logits), props, plan, regions)
             windows.append(window)
-            scorers[name].add(case.case_id, labels, geometry, _add_costs(prep, window, out),
-                              case.label)
+            scorers[name].add(
+                case.case_id, labels, geometry, _add_costs(prep, window, out), case.label
+            )
         if job.infer.ensemble_folds:
             labels, out = _timed(device, _labels, ensemble.probabilities(), props, plan, regions)
-            scorers["ensemble"].add(case.case_id, labels, geometry,
-                                    _add_costs(prep, *windows, out), case.label)
+            scorers["ensemble"].add(
+                case.case_id, labels, geometry, _add_costs(prep, *windows, out), case.label
+            )
     rows, metrics = [], {}
     for name, scorer in scorers.items():
         rows += [{"model": name, **row} for row in scorer.rows]
@@ -285,9 +327,15 @@ def execute_test(job: TestJob, checkpoints: list[Path], cases: tuple[Case, ...],
     return {"metrics": metrics, "rows": rows, "params": {"models": len(models)}}
 
 
-def execute_ensemble(job: EnsembleJob, checkpoints: list[Path], data, dataset: Dataset,
-                     targets: dict[str, tuple[int, ...]], tolerance_mm: dict[str, float],
-                     job_dir: Path) -> dict:
+def execute_ensemble(
+    job: EnsembleJob,
+    checkpoints: list[Path],
+    data,
+    dataset: Dataset,
+    targets: dict[str, tuple[int, ...]],
+    tolerance_mm: dict[str, float],
+    job_dir: Path,
+) -> dict:
     """Predict one fold's validation cases with the average of its members' fold models (each
     with its own inference settings), write and score them. No postprocessing: nnU-Net decides
     it anew for an ensemble, which ablate does not yet do."""
@@ -299,14 +347,17 @@ def execute_ensemble(job: EnsembleJob, checkpoints: list[Path], data, dataset: D
     models = [load_model(checkpoint, device)[0] for checkpoint in checkpoints]
     regions = checkpoint_regions(checkpoints[0])
     if any(checkpoint_regions(c) != regions for c in checkpoints[1:]):
-        raise DataError(f"ensemble {job.label}: members were trained with different regions; "
-                        "ensemble cells with the same train.regions")
+        raise DataError(
+            f"ensemble {job.label}: members were trained with different regions; "
+            "ensemble cells with the same train.regions"
+        )
     label_files = {c.case_id: c.label for c in dataset.cases}
     scorer = _Scorer((), targets, tolerance_mm, job_dir / "predictions", dataset.file_ending)
 
     def predict(image: np.ndarray, props) -> np.ndarray:
-        ensemble = FoldEnsemble("sigmoid" if regions else "softmax",
-                                job.members[0].infer.ensemble_average)
+        ensemble = FoldEnsemble(
+            "sigmoid" if regions else "softmax", job.members[0].infer.ensemble_average
+        )
         for member, model in zip(job.members, models, strict=True):
             ensemble.add(model_logits(model, image, data.plan, member.infer, device))
         return _labels(ensemble.probabilities(), props, data.plan, regions)
@@ -315,8 +366,11 @@ def execute_ensemble(job: EnsembleJob, checkpoints: list[Path], data, dataset: D
         image, _, props = data.load_case(case_id)
         labels, cost = _timed(device, predict, np.array(image), props)
         scorer.add(case_id, labels, props.geometry, cost, label_files[case_id])
-    return {"metrics": scorer.metrics(), "rows": scorer.rows,
-            "params": {"members": json.dumps([m.name for m in job.members])}}
+    return {
+        "metrics": scorer.metrics(),
+        "rows": scorer.rows,
+        "params": {"members": json.dumps([m.name for m in job.members])},
+    }
 
 
 def _add_costs(*parts: dict) -> dict:
@@ -324,8 +378,9 @@ def _add_costs(*parts: dict) -> dict:
     total: dict[str, float] = {}
     for part in parts:
         for key, value in part.items():
-            total[key] = total.get(key, 0.0) + value if key == "seconds" else max(
-                total.get(key, 0.0), value)
+            total[key] = (
+                total.get(key, 0.0) + value if key == "seconds" else max(total.get(key, 0.0), value)
+            )
     return total
 
 
@@ -348,8 +403,9 @@ class ExternalJob:
         return self.fold == -1
 
 
-def external_jobs(study: Study, data, dataset: Dataset,
-                  test_cases: tuple[Case, ...] = ()) -> list[ExternalJob]:
+def external_jobs(
+    study: Study, data, dataset: Dataset, test_cases: tuple[Case, ...] = ()
+) -> list[ExternalJob]:
     """Per external folder: one job per fold's validation cases when it predicts the
     cross-validation cases, one for the held-out test cases when it predicts those. A folder
     must predict all of a set or none of it (a DataError names the first missing file)."""
@@ -362,8 +418,9 @@ def external_jobs(study: Study, data, dataset: Dataset,
     for label, folder in study.external.items():
         splits = []
         if _predicts(label, folder, cv_ids, ending, "cross-validation"):
-            splits += [(fold, f" · fold {fold}", split.val) for fold, split in
-                       enumerate(data.folds)]
+            splits += [
+                (fold, f" · fold {fold}", split.val) for fold, split in enumerate(data.folds)
+            ]
         if _predicts(label, folder, test_ids, ending, "held-out test"):
             splits.append((-1, " · test", test_ids))
         if not splits:
@@ -371,11 +428,21 @@ def external_jobs(study: Study, data, dataset: Dataset,
         for fold, suffix, case_ids in splits:
             files = [folder / f"{c}{ending}" for c in case_ids]
             stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-            key = job_key({"external": label, "folder": str(folder), "files": stamp,
-                           "data": data.key, "fold": fold,
-                           "evaluation": study.evaluation.model_dump(mode="json")})
-            jobs.append(ExternalJob(key, f"{label} · external{suffix}", label, folder, fold,
-                                    tuple(case_ids)))
+            key = job_key(
+                {
+                    "external": label,
+                    "folder": str(folder),
+                    "files": stamp,
+                    "data": data.key,
+                    "fold": fold,
+                    "evaluation": study.evaluation.model_dump(mode="json"),
+                }
+            )
+            jobs.append(
+                ExternalJob(
+                    key, f"{label} · external{suffix}", label, folder, fold, tuple(case_ids)
+                )
+            )
     return jobs
 
 
@@ -392,20 +459,33 @@ def _refuse(label: str, folder: Path, case_ids, ending: str, what: str) -> None:
 
     missing = [c for c in case_ids if not (folder / f"{c}{ending}").is_file()]
     present = len(case_ids) - len(missing)
-    raise DataError(f"external.{label}: {folder} predicts {present} of the {len(case_ids)} {what} "
-                    f"cases ({missing[0]}{ending} is missing); add every case's label map, or "
-                    "none of that set")
+    raise DataError(
+        f"external.{label}: {folder} predicts {present} of the {len(case_ids)} {what} "
+        f"cases ({missing[0]}{ending} is missing); add every case's label map, or "
+        "none of that set"
+    )
 
 
-def execute_external(job: ExternalJob, labels: dict[str, Path], file_ending: str,
-                     targets: dict[str, tuple[int, ...]], tolerance_mm: dict[str, float]) -> dict:
+def execute_external(
+    job: ExternalJob,
+    labels: dict[str, Path],
+    file_ending: str,
+    targets: dict[str, tuple[int, ...]],
+    tolerance_mm: dict[str, float],
+) -> dict:
     """Score the job's cases of an external folder against `labels` (case id -> reference)."""
     from ablate.evaluate import evaluate_files
 
-    table = evaluate_files([(c, job.folder / f"{c}{file_ending}", labels[c])
-                            for c in job.case_ids], targets, tolerance_mm)
-    metrics = {f"{m}_{t}": float(table[(table.metric == m) & (table.target == t)].value.mean())
-               for t in targets for m in ("dsc", "nsd")}
+    table = evaluate_files(
+        [(c, job.folder / f"{c}{file_ending}", labels[c]) for c in job.case_ids],
+        targets,
+        tolerance_mm,
+    )
+    metrics = {
+        f"{m}_{t}": float(table[(table.metric == m) & (table.target == t)].value.mean())
+        for t in targets
+        for m in ("dsc", "nsd")
+    }
     if job.on_test_set:
         table.insert(0, "model", "external")
     return {"metrics": metrics, "rows": table.to_dict("records")}

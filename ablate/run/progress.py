@@ -55,8 +55,13 @@ class RichProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as Bars
 
-        self.bars = Bars(TextColumn("{task.fields[name]:12s}"), BarColumn(), MofNCompleteColumn(),
-                         TimeElapsedColumn(), TextColumn("{task.description}"))
+        self.bars = Bars(
+            TextColumn("{task.fields[name]:12s}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+        )
         self.tasks: dict[str, int] = {}
         self.bars.start()
 

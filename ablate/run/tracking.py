@@ -31,11 +31,17 @@ for _name in ("mlflow", "alembic", "alembic.runtime.migration"):
 TAG_VALUE_LIMIT = 5000  # MLflow allows 8000; keep error tags readable
 PARAM_VALUE_LIMIT = 6000
 CURVE_METRICS = ("train_loss", "val_loss", "pseudo_dice", "lr", "epoch_seconds")
-TRAIN_COST = {"train_seconds": ("train_seconds",), "seconds_per_epoch": ("seconds_per_epoch",),
-              "peak_train_memory_mb": ("peak_train_memory_mb", "peak_memory_mb"),
-              "parameters": ("parameters",), "flops": ("flops",)}
-EVAL_COST = {"infer_seconds_per_case": ("infer_seconds_per_case",),
-             "peak_infer_memory_mb": ("peak_infer_memory_mb", "peak_memory_mb")}
+TRAIN_COST = {
+    "train_seconds": ("train_seconds",),
+    "seconds_per_epoch": ("seconds_per_epoch",),
+    "peak_train_memory_mb": ("peak_train_memory_mb", "peak_memory_mb"),
+    "parameters": ("parameters",),
+    "flops": ("flops",),
+}
+EVAL_COST = {
+    "infer_seconds_per_case": ("infer_seconds_per_case",),
+    "peak_infer_memory_mb": ("peak_infer_memory_mb", "peak_memory_mb"),
+}
 STATE_RANK = {"done": 0, "running": 1, "failed": 2, "superseded": 3}
 
 
@@ -63,8 +69,13 @@ def decode_value(text: str) -> Any:
 def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000,
-                                  page_token=token, order_by=["attributes.start_time ASC"])
+        page = client.search_runs(
+            [experiment_id],
+            filter_string,
+            max_results=1000,
+            page_token=token,
+            order_by=["attributes.start_time ASC"],
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -96,8 +107,9 @@ class Tracker:
         self.experiment_id = _get_or_create_experiment(self.client, study_name, Path(artifact_root))
         self.parent_run_id: str | None = None
 
-    def start_study(self, params: dict[str, Any], artifacts: dict[str, Path],
-                    axes: list[str] | None = None) -> str:
+    def start_study(
+        self, params: dict[str, Any], artifacts: dict[str, Path], axes: list[str] | None = None
+    ) -> str:
         """Reuse (or create) the study's parent run; log params (values changed since an earlier
         run go to tags `latest.<name>`, as MLflow params are immutable) and artifacts (name ->
         file; the file is logged under that name)."""
@@ -115,8 +127,11 @@ class Tracker:
             existing = {}
         encoded = {k: encode_value(v)[:PARAM_VALUE_LIMIT] for k, v in params.items()}
         new = [Param(k, v) for k, v in encoded.items() if k not in existing]
-        changed = [RunTag(f"latest.{k}", v) for k, v in encoded.items()
-                   if k in existing and existing[k] != v]
+        changed = [
+            RunTag(f"latest.{k}", v)
+            for k, v in encoded.items()
+            if k in existing and existing[k] != v
+        ]
         if axes is not None:
             changed.append(RunTag("ablate.axes", json.dumps(list(axes))))
         self.client.log_batch(self.parent_run_id, params=new, tags=changed)
@@ -154,8 +169,15 @@ class Tracker:
     def finished(self, job_key: str) -> bool:
         return any(r.info.status == "FINISHED" for r in self._runs_of(job_key))
 
-    def start_job(self, job_key: str, name: str, kind: str, params: dict[str, Any],
-                  tags: dict[str, str], variant: dict[str, Any] | None = None) -> str:
+    def start_job(
+        self,
+        job_key: str,
+        name: str,
+        kind: str,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        variant: dict[str, Any] | None = None,
+    ) -> str:
         """Open a child run. `variant` (axis -> value) becomes params and tags `axis.<name>` and
         the tag `ablate.variant`; pass `fold` and `seed` in `params`. An earlier unfinished run
         of the same job is marked FAILED with `ablate.state = superseded`."""
@@ -164,29 +186,46 @@ class Tracker:
                 self.client.set_tag(run.info.run_id, "ablate.state", "superseded")
                 self.client.set_terminated(run.info.run_id, "FAILED")
         if variant is None:  # the runner passes axis values as params `axis.<name>`
-            variant = {k[len("axis."):]: v for k, v in params.items() if k.startswith("axis.")}
+            variant = {k[len("axis.") :]: v for k, v in params.items() if k.startswith("axis.")}
         axis_values = {f"axis.{a}": encode_value(v) for a, v in variant.items()}
-        all_tags = {"mlflow.parentRunId": self._parent(), "ablate.study": self.study_name,
-                    "ablate.kind": kind, "ablate.job_key": job_key,
-                    "ablate.variant": variant_label(variant),
-                    "ablate.state": "running", **axis_values, **tags}
+        all_tags = {
+            "mlflow.parentRunId": self._parent(),
+            "ablate.study": self.study_name,
+            "ablate.kind": kind,
+            "ablate.job_key": job_key,
+            "ablate.variant": variant_label(variant),
+            "ablate.state": "running",
+            **axis_values,
+            **tags,
+        }
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
         run_params = {**axis_values, **{k: encode_value(v) for k, v in params.items()}}
-        self.client.log_batch(run.info.run_id, params=[Param(k, v[:PARAM_VALUE_LIMIT])
-                                                      for k, v in run_params.items()])
+        self.client.log_batch(
+            run.info.run_id, params=[Param(k, v[:PARAM_VALUE_LIMIT]) for k, v in run_params.items()]
+        )
         return run.info.run_id
 
     def start_train_job(self, job: TrainJob, params: dict[str, Any] | None = None) -> str:
         """`start_job` for a TrainJob: variant, fold and seed from the job."""
-        return self.start_job(job.key, job.name, "train",
-                              {"fold": job.fold, "seed": job.seed, **(params or {})}, {},
-                              variant=job.variant)
+        return self.start_job(
+            job.key,
+            job.name,
+            "train",
+            {"fold": job.fold, "seed": job.seed, **(params or {})},
+            {},
+            variant=job.variant,
+        )
 
     def start_eval_job(self, job: EvalJob, params: dict[str, Any] | None = None) -> str:
         """`start_job` for an EvalJob; tags `ablate.train_key` so costs join their training."""
-        return self.start_job(job.key, job.name, "eval",
-                              {"fold": job.fold, "seed": job.seed, **(params or {})},
-                              {"ablate.train_key": job.train_key}, variant=job.variant)
+        return self.start_job(
+            job.key,
+            job.name,
+            "eval",
+            {"fold": job.fold, "seed": job.seed, **(params or {})},
+            {"ablate.train_key": job.train_key},
+            variant=job.variant,
+        )
 
     def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
@@ -194,8 +233,10 @@ class Tracker:
         self.client.log_batch(run_id, metrics=batch)
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        self.client.log_batch(run_id, params=[Param(k, encode_value(v)[:PARAM_VALUE_LIMIT])
-                                              for k, v in params.items()])
+        self.client.log_batch(
+            run_id,
+            params=[Param(k, encode_value(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()],
+        )
 
     def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         self.log_epoch(run_id, 0, metrics)
@@ -241,10 +282,16 @@ class Tracker:
                 state = "done"
             known = records.get(key, {}).get("state", "")
             if key and STATE_RANK.get(state, 9) < STATE_RANK.get(known, 9):
-                seconds = ((run.info.end_time - run.info.start_time) / 1000
-                           if state == "done" and run.info.end_time else None)
-                records[key] = {"state": state, "seconds": seconds,
-                                "metrics": dict(run.data.metrics)}
+                seconds = (
+                    (run.info.end_time - run.info.start_time) / 1000
+                    if state == "done" and run.info.end_time
+                    else None
+                )
+                records[key] = {
+                    "state": state,
+                    "seconds": seconds,
+                    "metrics": dict(run.data.metrics),
+                }
         return records
 
     def job_states(self) -> dict[str, str]:
@@ -291,9 +338,16 @@ def _curves(client: MlflowClient, run, identity: dict[str, Any]) -> list[dict[st
         if metric not in run.data.metrics:
             continue
         for point in client.get_metric_history(run.info.run_id, metric):
-            rows.append({"variant": identity["variant"], "fold": identity["fold"],
-                         "seed": identity["seed"], "epoch": point.step, "metric": metric,
-                         "value": point.value})
+            rows.append(
+                {
+                    "variant": identity["variant"],
+                    "fold": identity["fold"],
+                    "seed": identity["seed"],
+                    "epoch": point.step,
+                    "metric": metric,
+                    "value": point.value,
+                }
+            )
     return rows
 
 
@@ -302,8 +356,9 @@ def _planned(client: MlflowClient, parent, tmp: str) -> list[dict] | None:
     if parent is None:
         return None
     try:
-        return json.loads(Path(client.download_artifacts(parent.info.run_id, "jobs.json",
-                                                         tmp)).read_text())
+        return json.loads(
+            Path(client.download_artifacts(parent.info.run_id, "jobs.json", tmp)).read_text()
+        )
     except (MlflowException, OSError, ValueError):
         return None
 
@@ -319,13 +374,21 @@ def _missing(planned: list[dict] | None, runs: list) -> list[str]:
         if not key:
             continue
         state = "done" if run.info.status == "FINISHED" else run.data.tags.get("ablate.state", "")
-        known = states.get(key, {"job_key": key, "name": run.info.run_name,
-                                 "kind": run.data.tags.get("ablate.kind", ""), "state": state})
+        known = states.get(
+            key,
+            {
+                "job_key": key,
+                "name": run.info.run_name,
+                "kind": run.data.tags.get("ablate.kind", ""),
+                "state": state,
+            },
+        )
         if STATE_RANK.get(state, 9) <= STATE_RANK.get(known["state"], 9):
             known = {**known, "state": state}
         states[key] = known
-    return [f"{s['kind']} {s['name']}: {s['state']}" for s in states.values()
-            if s["state"] != "done"]
+    return [
+        f"{s['kind']} {s['name']}: {s['state']}" for s in states.values() if s["state"] != "done"
+    ]
 
 
 def fetch_results(tracking_uri: str, study_name: str) -> Results:
@@ -333,8 +396,10 @@ def fetch_results(tracking_uri: str, study_name: str) -> Results:
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(study_name)
     if experiment is None:
-        raise ConfigError(f"{tracking_uri}: no MLflow experiment {study_name!r}; run the study "
-                          "first or point --tracking-uri at its store")
+        raise ConfigError(
+            f"{tracking_uri}: no MLflow experiment {study_name!r}; run the study "
+            "first or point --tracking-uri at its store"
+        )
     runs = _search_all(client, experiment.experiment_id, "")
     parent = next((r for r in runs if r.data.tags.get("ablate.kind") == "study"), None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -344,8 +409,11 @@ def fetch_results(tracking_uri: str, study_name: str) -> Results:
         runs = [r for r in runs if r is parent or r.data.tags.get("ablate.job_key") in keys]
     finished = [r for r in runs if r.info.status == "FINISHED"]
     axes = _axes(parent, runs)
-    train_runs = {r.data.tags["ablate.job_key"]: r for r in finished
-                  if r.data.tags.get("ablate.kind") == "train"}
+    train_runs = {
+        r.data.tags["ablate.job_key"]: r
+        for r in finished
+        if r.data.tags.get("ablate.kind") == "train"
+    }
     tidy, cost, curves, test, test_cost = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for run in finished:
@@ -366,19 +434,37 @@ def fetch_results(tracking_uri: str, study_name: str) -> Results:
                 tidy.append(table.assign(**identity))
             trained = train_runs.get(run.data.tags.get("ablate.train_key", ""))
             train_metrics = trained.data.metrics if trained is not None else {}
-            cost.append({**identity,
-                         **{c: _first_metric(train_metrics, n) for c, n in TRAIN_COST.items()},
-                         **{c: _first_metric(run.data.metrics, n) for c, n in EVAL_COST.items()}})
+            cost.append(
+                {
+                    **identity,
+                    **{c: _first_metric(train_metrics, n) for c, n in TRAIN_COST.items()},
+                    **{c: _first_metric(run.data.metrics, n) for c, n in EVAL_COST.items()},
+                }
+            )
     missing = _missing(planned, runs)
     ids = ["variant", *axes, "fold", "seed"]
-    tidy_df = (pd.concat(tidy, ignore_index=True) if tidy
-               else pd.DataFrame(columns=["case", "target", "metric", "value"]))
+    tidy_df = (
+        pd.concat(tidy, ignore_index=True)
+        if tidy
+        else pd.DataFrame(columns=["case", "target", "metric", "value"])
+    )
     tidy_df = tidy_df.reindex(columns=[*ids, "case", "target", "metric", "value"])
-    cost_df = pd.DataFrame(cost, columns=[*ids, "train_seconds", "seconds_per_epoch",
-                                          "infer_seconds_per_case", "peak_train_memory_mb",
-                                          "peak_infer_memory_mb", "parameters", "flops"])
-    curves_df = pd.DataFrame(curves, columns=["variant", "fold", "seed", "epoch", "metric",
-                                              "value"])
+    cost_df = pd.DataFrame(
+        cost,
+        columns=[
+            *ids,
+            "train_seconds",
+            "seconds_per_epoch",
+            "infer_seconds_per_case",
+            "peak_train_memory_mb",
+            "peak_infer_memory_mb",
+            "parameters",
+            "flops",
+        ],
+    )
+    curves_df = pd.DataFrame(
+        curves, columns=["variant", "fold", "seed", "epoch", "metric", "value"]
+    )
     test_ids = ["variant", *axes, "model", "fold", "seed"]
     test_df = pd.concat(test, ignore_index=True) if test else pd.DataFrame()
     test_df = test_df.reindex(columns=[*test_ids, "case", "target", "metric", "value"])
@@ -391,17 +477,29 @@ def _test_costs(metrics: dict[str, float], identity: dict[str, Any]) -> list[dic
     external folder, which has no inference cost here."""
     if "infer_seconds_per_case" not in metrics:
         return []
-    rows = [{**identity, "model": "single",
-             **{c: _first_metric(metrics, n) for c, n in EVAL_COST.items()}}]
+    rows = [
+        {
+            **identity,
+            "model": "single",
+            **{c: _first_metric(metrics, n) for c, n in EVAL_COST.items()},
+        }
+    ]
     if "ensemble_infer_seconds_per_case" in metrics:
-        rows.append({**identity, "model": "ensemble",
-                     **{c: _first_metric(metrics, tuple(f"ensemble_{m}" for m in n))
-                        for c, n in EVAL_COST.items()}})
+        rows.append(
+            {
+                **identity,
+                "model": "ensemble",
+                **{
+                    c: _first_metric(metrics, tuple(f"ensemble_{m}" for m in n))
+                    for c, n in EVAL_COST.items()
+                },
+            }
+        )
     return rows
 
 
 def _axes(parent, runs: list) -> list[str]:
     if parent is not None and "ablate.axes" in parent.data.tags:
         return list(json.loads(parent.data.tags["ablate.axes"]))
-    names = {p[len("axis."):] for r in runs for p in r.data.params if p.startswith("axis.")}
+    names = {p[len("axis.") :] for r in runs for p in r.data.params if p.startswith("axis.")}
     return sorted(names)

@@ -54,8 +54,9 @@ EXECUTORS: dict[str, Callable[[ExecutorSpec, Path], Executor]] = {
 }
 
 
-def make_executor(spec: ExecutorSpec | str = "inprocess", workdir: Path | None = None,
-                  **options: Any) -> Executor:
+def make_executor(
+    spec: ExecutorSpec | str = "inprocess", workdir: Path | None = None, **options: Any
+) -> Executor:
     """The executor a study's `executor:` section describes; a kind name plus options
     (`make_executor("local", workers=2)`) works too."""
     if isinstance(spec, str):
@@ -64,8 +65,9 @@ def make_executor(spec: ExecutorSpec | str = "inprocess", workdir: Path | None =
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "kind"
-            raise ConfigError(f"executor.{where}: {first['msg']}; valid kinds: "
-                              f"{', '.join(EXECUTORS)}") from None
+            raise ConfigError(
+                f"executor.{where}: {first['msg']}; valid kinds: {', '.join(EXECUTORS)}"
+            ) from None
     return EXECUTORS[spec.kind](spec, Path(workdir or Path.cwd()).absolute())
 
 

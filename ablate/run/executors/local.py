@@ -50,15 +50,18 @@ class LocalExecutor:
         if workers < 1:
             raise ConfigError(f"executor.workers must be >= 1, got {workers}")
         if gpus and len(gpus) < workers:
-            raise ConfigError(f"executor.gpus lists {len(gpus)} GPUs for {workers} workers; "
-                              "give one GPU per worker")
+            raise ConfigError(
+                f"executor.gpus lists {len(gpus)} GPUs for {workers} workers; "
+                "give one GPU per worker"
+            )
         self.capacity = workers
         ctx = mp.get_context("spawn")  # fork would copy the driver's torch/CUDA/MLflow state
         slots = ctx.Queue()
         for i in range(workers):
             slots.put(gpus[i] if gpus else "cpu")
-        self._pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pin_worker,
-                                            initargs=(slots, threads_per_worker))
+        self._pool = cf.ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_pin_worker, initargs=(slots, threads_per_worker)
+        )
         self._unfinished: set[cf.Future] = set()
 
     def submit(self, fn: Callable, *args: Any) -> cf.Future:

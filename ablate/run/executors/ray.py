@@ -28,8 +28,9 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            raise ConfigError("executor.kind 'ray' needs Ray; pip install 'ablate[cluster]' "
-                              "(or pip install ray)") from None
+            raise ConfigError(
+                "executor.kind 'ray' needs Ray; pip install 'ablate[cluster]' (or pip install ray)"
+            ) from None
         self._ray = ray
         self.capacity = workers
         self._started_here = False
@@ -38,13 +39,18 @@ class RayExecutor:
             if spec.address:
                 ray.init(address=spec.address, runtime_env=env, log_to_driver=False)
             else:
-                ray.init(num_cpus=max(1, math.ceil(workers * max(spec.num_cpus, 1))),
-                         num_gpus=math.ceil(workers * spec.num_gpus) or None,  # None: detect
-                         include_dashboard=False, runtime_env=env, log_to_driver=False,
-                         object_store_memory=256 * 2**20)  # jobs pass small arguments only
+                ray.init(
+                    num_cpus=max(1, math.ceil(workers * max(spec.num_cpus, 1))),
+                    num_gpus=math.ceil(workers * spec.num_gpus) or None,  # None: detect
+                    include_dashboard=False,
+                    runtime_env=env,
+                    log_to_driver=False,
+                    object_store_memory=256 * 2**20,
+                )  # jobs pass small arguments only
                 self._started_here = True
-        self._task = ray.remote(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus,
-                                max_retries=0)(_run_call)
+        self._task = ray.remote(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_retries=0)(
+            _run_call
+        )
         self._threads = threads_per_worker
         self._refs: dict[cf.Future, Any] = {}
 

@@ -56,9 +56,14 @@ class ResumableCall(Checkpointable):
 def slurm_parameters(spec: SlurmSpec, threads: int) -> dict[str, Any]:
     """submitit's `update_parameters` keywords for one job of the study."""
     params = {
-        "name": "ablate", "timeout_min": spec.time_min, "gpus_per_node": spec.gpus_per_job,
-        "cpus_per_task": spec.cpus_per_job, "mem_gb": spec.mem_gb, "tasks_per_node": 1,
-        "nodes": 1, "slurm_array_parallelism": spec.array_parallelism,
+        "name": "ablate",
+        "timeout_min": spec.time_min,
+        "gpus_per_node": spec.gpus_per_job,
+        "cpus_per_task": spec.cpus_per_job,
+        "mem_gb": spec.mem_gb,
+        "tasks_per_node": 1,
+        "nodes": 1,
+        "slurm_array_parallelism": spec.array_parallelism,
         "slurm_setup": [f"export OMP_NUM_THREADS={threads}"],
     }
     if spec.partition:
@@ -71,8 +76,13 @@ def slurm_parameters(spec: SlurmSpec, threads: int) -> dict[str, Any]:
 def queued_job_ids() -> set[str] | None:
     """Ids of this user's jobs still in the queue (array tasks as `123_4`); None if squeue fails."""
     try:
-        out = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i"], capture_output=True,
-                             text=True, timeout=30, check=True).stdout
+        out = subprocess.run(
+            ["squeue", "--me", "-h", "-r", "-o", "%i"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return {line.strip() for line in out.splitlines() if line.strip()}
@@ -81,14 +91,24 @@ def queued_job_ids() -> set[str] | None:
 class SlurmExecutor:
     """Jobs as SLURM jobs (arrays when submitted together); futures settled by a poller thread."""
 
-    def __init__(self, spec: SlurmSpec, folder: Path, threads_per_worker: int = 1,
-                 poll_s: float = 0.5, batch_wait_s: float = 0.2, squeue_every_s: float = 15.0):
+    def __init__(
+        self,
+        spec: SlurmSpec,
+        folder: Path,
+        threads_per_worker: int = 1,
+        poll_s: float = 0.5,
+        batch_wait_s: float = 0.2,
+        squeue_every_s: float = 15.0,
+    ):
         if submitit is None:
-            raise ConfigError("executor.kind 'slurm' needs submitit; pip install "
-                              "'ablate[cluster]' (or pip install submitit)")
+            raise ConfigError(
+                "executor.kind 'slurm' needs submitit; pip install "
+                "'ablate[cluster]' (or pip install submitit)"
+            )
         self.capacity = spec.array_parallelism
-        self._executor = submitit.AutoExecutor(folder=Path(folder) / "%j", cluster="slurm",
-                                               slurm_max_num_timeout=spec.max_requeues)
+        self._executor = submitit.AutoExecutor(
+            folder=Path(folder) / "%j", cluster="slurm", slurm_max_num_timeout=spec.max_requeues
+        )
         self._executor.update_parameters(**slurm_parameters(spec, threads_per_worker))
         self._threads = threads_per_worker
         # result files are cheap to look for; squeue (to notice jobs that died) is asked rarely
@@ -134,8 +154,10 @@ class SlurmExecutor:
             return
         try:
             with self._executor.batch():
-                jobs = [self._executor.submit(ResumableCall(fn, self._threads), *args)
-                        for _, fn, args in batch]
+                jobs = [
+                    self._executor.submit(ResumableCall(fn, self._threads), *args)
+                    for _, fn, args in batch
+                ]
         except Exception as exc:  # noqa: BLE001 - sbatch refused: every job of the batch fails
             for future, _, _ in batch:
                 future.set_exception(exc)
@@ -171,9 +193,12 @@ class SlurmExecutor:
         if future.done():
             return
         if gone:
-            future.set_exception(RuntimeError(
-                f"SLURM job {job.job_id} ended without a result (cancelled or killed); "
-                f"see {job.paths.stderr}"))
+            future.set_exception(
+                RuntimeError(
+                    f"SLURM job {job.job_id} ended without a result (cancelled or killed); "
+                    f"see {job.paths.stderr}"
+                )
+            )
             return
         try:
             outcome, value = pickle_load(job.paths.result_pickle)
@@ -216,4 +241,3 @@ class SlurmExecutor:
         for future, job in running.items():
             drop(future)
             job.cancel(check=False)  # scancel; a later `ablate run` resumes from the checkpoint
-
