@@ -92,8 +92,9 @@ class EnsembleJob:
 
 def job_key(payload: dict[str, Any]) -> str:
     """First 16 hex digits of sha256 over canonical JSON (sorted keys, no whitespace)."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False)
+    text = json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -130,21 +131,36 @@ def expand(study: Study, data_key: str) -> tuple[list[TrainJob], list[EvalJob]]:
         for seed, fold in itertools.product(study.seeds, folds):
             ident = (variant_id, fold, seed)
             if ident not in train_jobs:
-                key = job_key({"v": KEY_VERSION, "kind": "train", "data_key": data_key,
-                               "plan": _result_fields(plan, "plan"),
-                               "train": _result_fields(train, "train"),
-                               "folds": folds_id, "fold": fold, "seed": seed})
+                key = job_key(
+                    {
+                        "v": KEY_VERSION,
+                        "kind": "train",
+                        "data_key": data_key,
+                        "plan": _result_fields(plan, "plan"),
+                        "train": _result_fields(train, "train"),
+                        "folds": folds_id,
+                        "fold": fold,
+                        "seed": seed,
+                    }
+                )
                 name = variant_label(train_variant) + _suffix(fold, seed, study)
                 train_jobs[ident] = TrainJob(key, name, train_variant, fold, seed, train, plan)
             keys_by_fold[(fold, seed)] = train_jobs[ident].key
         for seed, fold in itertools.product(study.seeds, folds):
             train_key = keys_by_fold[(fold, seed)]
-            key = job_key({"v": KEY_VERSION, "kind": "eval", "train_key": train_key,
-                           "infer": _result_fields(infer, "infer", TEST_ONLY_FIELDS),
-                           "evaluation": study.evaluation.model_dump(mode="json")})
+            key = job_key(
+                {
+                    "v": KEY_VERSION,
+                    "kind": "eval",
+                    "train_key": train_key,
+                    "infer": _result_fields(infer, "infer", TEST_ONLY_FIELDS),
+                    "evaluation": study.evaluation.model_dump(mode="json"),
+                }
+            )
             name = variant_label(cell) + _suffix(fold, seed, study)
-            eval_jobs.append(EvalJob(key, name, train_key, dict(cell), fold, seed, infer, plan,
-                                     study.evaluation))
+            eval_jobs.append(
+                EvalJob(key, name, train_key, dict(cell), fold, seed, infer, plan, study.evaluation)
+            )
     return list(train_jobs.values()), eval_jobs
 
 
@@ -156,40 +172,70 @@ def expand_tests(study: Study, eval_jobs: list[EvalJob], test_key: str) -> list[
         return []
     cells: dict[str, list[EvalJob]] = {}
     for job in eval_jobs:
-        cells.setdefault(json.dumps([sorted(job.variant.items()), job.seed], default=str),
-                         []).append(job)
+        cells.setdefault(
+            json.dumps([sorted(job.variant.items()), job.seed], default=str), []
+        ).append(job)
     jobs = []
     for members in cells.values():
         members = sorted(members, key=lambda j: j.fold)
         first = members[0]
         ensemble = first.infer.ensemble_folds
         train_keys = tuple(j.train_key for j in members)
-        key = job_key({"v": KEY_VERSION, "kind": "test", "train_keys": list(train_keys),
-                       "infer": _result_fields(first.infer, "infer",
-                                               set() if ensemble else TEST_ONLY_FIELDS),
-                       "evaluation": study.evaluation.model_dump(mode="json"), "test": test_key})
+        key = job_key(
+            {
+                "v": KEY_VERSION,
+                "kind": "test",
+                "train_keys": list(train_keys),
+                "infer": _result_fields(
+                    first.infer, "infer", set() if ensemble else TEST_ONLY_FIELDS
+                ),
+                "evaluation": study.evaluation.model_dump(mode="json"),
+                "test": test_key,
+            }
+        )
         models = f"{len(members)} fold models" + (" + ensemble" if ensemble else "")
         seed = f" · seed {first.seed}" if len(study.seeds) > 1 else ""
-        jobs.append(TestJob(key, f"{variant_label(first.variant)} · test · {models}{seed}",
-                            dict(first.variant), first.seed, tuple(j.fold for j in members),
-                            train_keys, first.key, first.infer, first.plan, first.evaluation))
+        jobs.append(
+            TestJob(
+                key,
+                f"{variant_label(first.variant)} · test · {models}{seed}",
+                dict(first.variant),
+                first.seed,
+                tuple(j.fold for j in members),
+                train_keys,
+                first.key,
+                first.infer,
+                first.plan,
+                first.evaluation,
+            )
+        )
     return jobs
 
 
 def expand_ensembles(study: Study, eval_jobs: list[EvalJob]) -> list[EnsembleJob]:
     """One job per ensemble, fold and seed; keys hash the members' evaluation keys and the
     averaging."""
-    by_cell = {(json.dumps(sorted(j.variant.items()), default=str), j.fold, j.seed): j
-               for j in eval_jobs}
+    by_cell = {
+        (json.dumps(sorted(j.variant.items()), default=str), j.fold, j.seed): j for j in eval_jobs
+    }
     jobs = []
     for name in study.ensembles:
         cells = [json.dumps(sorted(c.items()), default=str) for c in ensemble_members(study, name)]
         for fold, seed in sorted({(j.fold, j.seed) for j in eval_jobs}):
             members = tuple(by_cell[(cell, fold, seed)] for cell in cells)
-            key = job_key({"v": KEY_VERSION, "kind": "ensemble", "average":
-                           study.infer.ensemble_average, "members": [m.key for m in members]})
-            jobs.append(EnsembleJob(key, f"{name} · ensemble{_suffix(fold, seed, study)}", name,
-                                    fold, seed, members))
+            key = job_key(
+                {
+                    "v": KEY_VERSION,
+                    "kind": "ensemble",
+                    "average": study.infer.ensemble_average,
+                    "members": [m.key for m in members],
+                }
+            )
+            jobs.append(
+                EnsembleJob(
+                    key, f"{name} · ensemble{_suffix(fold, seed, study)}", name, fold, seed, members
+                )
+            )
     return jobs
 
 
@@ -198,8 +244,11 @@ def describe(study: Study, jobs: tuple[list[TrainJob], list[EvalJob]]) -> str:
     train_jobs, eval_jobs = jobs
     iterations = sum(j.train.epochs * j.train.iterations_per_epoch for j in train_jobs)
     kinds = {a: ("training" if is_training_axis(a) else "inference") for a in study.axes}
-    lines = [f"study {study.name}: {study.description}".rstrip(": "), "resolved config:",
-             yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False).rstrip()]
+    lines = [
+        f"study {study.name}: {study.description}".rstrip(": "),
+        "resolved config:",
+        yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False).rstrip(),
+    ]
     for axis, values in study.axes.items():
         lines.append(f"axis {axis} ({kinds[axis]}): {', '.join(map(value_label, values))}")
     lines.append(f"baseline: {variant_label(baseline_variant(study))}")
@@ -211,13 +260,16 @@ def describe(study: Study, jobs: tuple[list[TrainJob], list[EvalJob]]) -> str:
     if test is not None:
         where = f"{test.holdout} cases held out" if test.holdout else str(test.path)
         models = "every fold model" + (" and their ensemble" if study.infer.ensemble_folds else "")
-        lines.append(f"held-out test set ({where}): {len(expand_tests(study, eval_jobs, ''))} "
-                     f"test-set evaluations, one per cell and seed ({models})")
+        lines.append(
+            f"held-out test set ({where}): {len(expand_tests(study, eval_jobs, ''))} "
+            f"test-set evaluations, one per cell and seed ({models})"
+        )
     per = {j.train.epochs * j.train.iterations_per_epoch for j in train_jobs}
     passes = sum(j.infer.tta for j in eval_jobs)
-    lines.append(f"cost: {iterations:,} training iterations in all "
-                 f"({' / '.join(f'{p:,}' for p in sorted(per))} per training: epochs x "
-                 f"iterations per epoch); {passes} mirror passes per validation window over all "
-                 "evaluations")
+    lines.append(
+        f"cost: {iterations:,} training iterations in all "
+        f"({' / '.join(f'{p:,}' for p in sorted(per))} per training: epochs x "
+        f"iterations per epoch); {passes} mirror passes per validation window over all "
+        "evaluations"
+    )
     return "\n".join(lines)
-
