@@ -3,15 +3,16 @@
 Per case: crop to nonzero -> normalise -> resample to the plan spacing. The cache lives in
 `<cache_root>/<key>/` (key = hash of the dataset files, the PlanConfig and PREPROCESS_VERSION)
 and holds plan.json, fingerprint.json, splits.json and per case `<id>_data.npy` (float32
-C,Z,Y,X), `<id>_seg.npy` (int8 Z,Y,X, -1 outside the nonzero mask), `<id>.json` (properties)
-and `<id>_locs.npz` (sampled voxel indices per foreground label). It is built in a temporary
-folder under an exclusive file lock and renamed into place, so concurrent callers build it once
-and never see half-written data.
+C,Z,Y,X), `<id>_seg.npy` (int8, int16 past label 127; Z,Y,X; -1 outside the nonzero mask),
+`<id>.json` (properties) and `<id>_locs.npz` (sampled voxel indices per foreground label). It
+is built in a temporary folder under an exclusive file lock and renamed into place, so
+concurrent callers build it once and never see half-written data.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ from ablate.plan import (
     read_case_arrays,
 )
 
-PREPROCESS_VERSION = "1"
+PREPROCESS_VERSION = "2"  # 2: int16 labels past 127
 LOCATIONS_PER_LABEL = 10000
 MIN_LOCATION_COVERAGE = 0.01
 
@@ -173,19 +174,30 @@ def preprocess_images(images: list[np.ndarray], geometry: Geometry,
     return data, props
 
 
-def sample_class_locations(seg: np.ndarray, labels, seed: int = 1234) -> dict[int, np.ndarray]:
-    """Up to 10000 voxel indices (N, 3) per label (at least 1 % of its voxels), seeded."""
+def sample_class_locations(
+    seg: np.ndarray, classes_or_regions, seed: int = 1234
+) -> dict[int | tuple[int, ...], np.ndarray]:
+    """nnU-Net's `_sample_foreground_locations`: per label (int) or region (tuple of labels), up to
+    10000 voxel indices (N, 3) of its voxels, at least 1 % of them, from one seeded RandomState
+    drawn in the given order. A region samples its labels' voxels as one set (label by label)."""
     rs = np.random.RandomState(seed)
-    out = {}
-    for label in labels:
-        coords = np.argwhere(seg == label)
+    out: dict[int | tuple[int, ...], np.ndarray] = {}
+    for entry in classes_or_regions:
+        key = tuple(int(v) for v in entry) if isinstance(entry, (tuple, list)) else int(entry)
+        labels = key if isinstance(key, tuple) else (key,)
+        coords = np.concatenate([np.argwhere(seg == label) for label in labels])
         if len(coords) == 0:
-            out[int(label)] = np.zeros((0, 3), dtype=np.int64)
+            out[key] = np.zeros((0, seg.ndim), dtype=np.int64)
             continue
         n = max(min(LOCATIONS_PER_LABEL, len(coords)),
                 int(np.ceil(len(coords) * MIN_LOCATION_COVERAGE)))
-        out[int(label)] = coords[rs.choice(len(coords), n, replace=False)]
+        out[key] = coords[rs.choice(len(coords), n, replace=False)]
     return out
+
+
+def label_dtype(seg: np.ndarray) -> type:
+    """nnU-Net's cached label dtype: int8, or int16 once a label exceeds 127."""
+    return np.int16 if seg.size and seg.max() > 127 else np.int8
 
 
 def _preprocess_case(case, plan: Plan, labels: list[int], folder: Path) -> str:
@@ -193,7 +205,7 @@ def _preprocess_case(case, plan: Plan, labels: list[int], folder: Path) -> str:
     data, seg, props = _transform(data, seg, geometry, plan, case.case_id)
     locations = sample_class_locations(seg, labels)
     np.save(folder / f"{case.case_id}_data.npy", data.astype(np.float32))
-    np.save(folder / f"{case.case_id}_seg.npy", seg.astype(np.int8))
+    np.save(folder / f"{case.case_id}_seg.npy", seg.astype(label_dtype(seg)))
     np.savez(folder / f"{case.case_id}_locs.npz", **{str(k): v for k, v in locations.items()})
     (folder / f"{case.case_id}.json").write_text(json.dumps(props.to_json()))
     return case.case_id
@@ -211,6 +223,11 @@ def restore_original(probabilities: np.ndarray, props: CaseProperties, plan: Pla
     return out
 
 
+@functools.lru_cache(maxsize=1024)
+def _region_locations(seg_file: Path, regions: tuple[tuple[int, ...], ...]):
+    return sample_class_locations(np.load(seg_file), regions)
+
+
 # ---- the shared cache ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -223,7 +240,7 @@ class PreprocessedData:
     folds: list[Fold]
 
     def load_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray, CaseProperties]:
-        """Memory-mapped data float32 (C, Z, Y, X), seg int8 (Z, Y, X), properties."""
+        """Memory-mapped data float32 (C, Z, Y, X), seg int8/int16 (Z, Y, X), properties."""
         data = np.load(self.root / f"{case_id}_data.npy", mmap_mode="r")
         seg = np.load(self.root / f"{case_id}_seg.npy", mmap_mode="r")
         props = CaseProperties.from_json(json.loads((self.root / f"{case_id}.json").read_text()))
@@ -232,6 +249,13 @@ class PreprocessedData:
     def class_locations(self, case_id: str) -> dict[int, np.ndarray]:
         with np.load(self.root / f"{case_id}_locs.npz") as locs:
             return {int(k): locs[k] for k in locs.files}
+
+    def region_locations(self, case_id: str, regions) -> dict[tuple[int, ...], np.ndarray]:
+        """Foreground locations per region, as nnU-Net stores them for region training (the
+        regions are a training setting, so they are sampled from the cached labels on first use
+        and kept in memory)."""
+        return _region_locations(self.root / f"{case_id}_seg.npy",
+                                 tuple(tuple(int(v) for v in r) for r in regions))
 
 
 def cache_key(dataset, cfg, intensity_samples: float = FOREGROUND_SAMPLES_TOTAL) -> str:

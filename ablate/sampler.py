@@ -7,7 +7,7 @@ the batches are the same whatever the number of workers and after a resume.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -24,13 +24,15 @@ class CaseSource(Protocol):
 
     def class_locations(self, case_id: str) -> dict[int, np.ndarray]: ...
 
+    def region_locations(
+        self, case_id: str, regions: Sequence[Sequence[int]]
+    ) -> dict[tuple[int, ...], np.ndarray]: ...
+
 
 def is_forced_foreground(index: int, batch_size: int, oversample: float) -> bool:
-    """nnU-Net's rule: sample i is forced iff i >= round(bs * (1 - p)); at least one when p > 0."""
-    if oversample <= 0:
-        return False
-    first_forced = min(round(batch_size * (1 - oversample)), batch_size - 1)
-    return index >= first_forced
+    """nnU-Net's rule: sample i is forced iff i >= round(bs * (1 - p)) (Python's round, so with
+    batch size 1 and p = 0.33 nothing is forced)."""
+    return index >= round(batch_size * (1 - oversample))
 
 
 def batch_rng(seed: int, epoch: int, split: int, index: int) -> np.random.Generator:
@@ -38,31 +40,47 @@ def batch_rng(seed: int, epoch: int, split: int, index: int) -> np.random.Genera
     return np.random.default_rng([seed, epoch, split, index])
 
 
+def crop_bounds(
+    shape: Sequence[int], sample_size: Sequence[int], final_size: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    """The lowest and highest start corner of a `sample_size` crop (nnU-Net's get_bbox bounds).
+
+    The crop may reach past the image by `sample_size - final_size` (more where the image is
+    smaller than the crop), split as nnU-Net does, so the final centre crop the spatial
+    augmentation takes can sit anywhere in the image, borders included.
+    """
+    need_pad = [max(p - f, p - s) for s, p, f in zip(shape, sample_size, final_size, strict=True)]
+    low = [-n // 2 for n in need_pad]
+    high = [s + n // 2 + n % 2 - p for s, n, p in zip(shape, need_pad, sample_size, strict=True)]
+    return low, high
+
+
 def choose_patch_start(
     shape: Sequence[int],
-    patch_size: Sequence[int],
+    sample_size: Sequence[int],
+    final_size: Sequence[int],
     rng: np.random.Generator,
-    locations: dict[int, np.ndarray] | None,
+    locations: Mapping[object, np.ndarray] | None,
 ) -> tuple[int, ...]:
-    """Start corner of a patch; may be negative or run past the end (the crop pads there).
+    """Start corner of a `sample_size` crop; may be negative or run past the end (padded there).
 
-    With `locations` (forced foreground) a class is drawn uniformly among the foreground classes
-    present, then one of its voxels, and the patch is centred on it and clamped to the valid range.
-    Otherwise the start is uniform over the valid range. When the image is smaller than the patch,
-    the valid range centres it (padding split as nnU-Net does).
+    nnU-Net's get_bbox: without `locations` the start is uniform between `crop_bounds`. With
+    `locations` (forced foreground: per label or region, voxel indices (N, 3)) one class or region
+    is drawn uniformly among those with voxels in this case, then one of its voxels; the crop is
+    centred on it and clamped at the lower bound only, so the voxel is always inside the crop.
+    A case without any foreground falls back to a random crop.
     """
-    need_pad = [max(p - s, 0) for s, p in zip(shape, patch_size, strict=True)]
-    low = [-n // 2 for n in need_pad]
-    high = [s + n // 2 + n % 2 - p for s, n, p in zip(shape, need_pad, patch_size, strict=True)]
-    classes = sorted(c for c, v in (locations or {}).items() if c > 0 and len(v) > 0)
-    if not classes:
+    low, high = crop_bounds(shape, sample_size, final_size)
+    eligible = [v for k, v in (locations or {}).items() if _is_foreground(k) and len(v) > 0]
+    if not eligible:
         return tuple(int(rng.integers(lo, hi + 1)) for lo, hi in zip(low, high, strict=True))
-    voxels = locations[classes[int(rng.integers(len(classes)))]]
+    voxels = eligible[int(rng.integers(len(eligible)))]
     voxel = voxels[int(rng.integers(len(voxels)))]
-    return tuple(
-        int(np.clip(v - p // 2, lo, hi))
-        for v, p, lo, hi in zip(voxel, patch_size, low, high, strict=True)
-    )
+    return tuple(max(lo, int(v) - p // 2) for v, p, lo in zip(voxel, sample_size, low, strict=True))
+
+
+def _is_foreground(key: object) -> bool:
+    return isinstance(key, tuple) or int(key) > 0
 
 
 def crop_padded(
@@ -83,17 +101,29 @@ def crop_padded(
 def sample_patch(
     source: CaseSource,
     case_id: str,
-    patch_size: Sequence[int],
+    sample_size: Sequence[int],
     force_fg: bool,
     rng: np.random.Generator,
+    final_size: Sequence[int] | None = None,
+    regions: Sequence[Sequence[int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One (data (C, *patch), seg (*patch)) pair; data padded with 0, seg with -1, then -1 -> 0."""
+    """One (data (C, *sample_size), seg (*sample_size)) pair, padded with 0 and -1.
+
+    -1 (outside the image, and outside the nonzero mask) stays: augmentation carries it through,
+    `sample_batch` masks and maps it to 0 afterwards, as nnU-Net does. `final_size` is the patch
+    the network sees (default `sample_size`); forced crops use `regions`' locations when given.
+    """
     data, seg, _ = source.load_case(case_id)
-    locations = source.class_locations(case_id) if force_fg else None
-    start = choose_patch_start(seg.shape, patch_size, rng, locations)
-    data_patch = crop_padded(data, start, patch_size, 0.0).astype(np.float32, copy=False)
-    seg_patch = crop_padded(seg, start, patch_size, -1).astype(np.int16)
-    seg_patch[seg_patch < 0] = 0
+    locations = None
+    if force_fg:
+        locations = (
+            source.region_locations(case_id, regions)
+            if regions
+            else source.class_locations(case_id)
+        )
+    start = choose_patch_start(seg.shape, sample_size, final_size or sample_size, rng, locations)
+    data_patch = crop_padded(data, start, sample_size, 0.0).astype(np.float32, copy=False)
+    seg_patch = crop_padded(seg, start, sample_size, -1).astype(np.int16)
     return data_patch, seg_patch
 
 
@@ -105,19 +135,30 @@ def sample_batch(
     oversample: float,
     rng: np.random.Generator,
     augment: Augment | None = None,
+    final_size: Sequence[int] | None = None,
+    mask_channels: Sequence[int] = (),
+    regions: Sequence[Sequence[int]] | None = None,
 ) -> Batch:
     """Cases drawn uniformly with replacement; positions >= round(bs * (1 - p)) forced to fg.
 
-    `sample_size` may exceed the final patch size when `augment` crops (nnU-Net's enlarged patch).
+    `sample_size` exceeds `final_size` (the network's patch) when `augment` rotates or scales
+    and crops the centre (nnU-Net's enlarged patch). After augmentation the `mask_channels`
+    (nnU-Net's use_mask_for_norm) are zeroed where the label is -1, then -1 becomes 0
+    (nnU-Net's MaskImageTransform and RemoveLabelTansform, in its order).
     """
     datas, segs = [], []
     for i in range(batch_size):
         case_id = case_ids[int(rng.integers(len(case_ids)))]
-        data, seg = sample_patch(
-            source, case_id, sample_size, is_forced_foreground(i, batch_size, oversample), rng
-        )
+        force = is_forced_foreground(i, batch_size, oversample)
+        data, seg = sample_patch(source, case_id, sample_size, force, rng, final_size, regions)
         if augment is not None:
             data, seg = augment(data, seg, rng)
+        outside = seg < 0
+        if mask_channels and outside.any():
+            data = data.copy()
+            for c in mask_channels:
+                data[c][outside] = 0
+        seg = np.where(outside, 0, seg).astype(np.int16)
         datas.append(data)
         segs.append(seg[None])
     return np.stack(datas).astype(np.float32, copy=False), np.stack(segs)

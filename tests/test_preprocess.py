@@ -9,6 +9,7 @@ from ablate.data.dataset import read_nnunet_raw
 from ablate.imageio import Geometry, write_image
 from ablate.plan import ChannelNormalization, Plan, crop_to_nonzero
 from ablate.preprocess import (
+    label_dtype,
     normalize,
     prepare,
     preprocess_images,
@@ -122,12 +123,20 @@ def test_prepare_builds_loads_and_reuses(tmp_path):
     locs = data.class_locations("c1")
     assert set(locs) == {1} and len(locs[1]) > 0
     assert np.all(seg[tuple(locs[1].T)] == 1)
+    regions = data.region_locations("c1", [(1,), (1, 5)])
+    assert set(regions) == {(1,), (1, 5)}
+    np.testing.assert_array_equal(regions[(1,)], locs[1])  # the same seed, the same draws
     # CT: foreground is all 100, so the 0.5/99.5 percentiles and mean are 100, sd 0
     assert data.plan.normalization[0].lower == 100.0 and data.plan.normalization[0].std == 0.0
     mtimes = {p.name: p.stat().st_mtime_ns for p in data.root.iterdir()}
     again = prepare(ds, CFG, tmp_path / "cache", folds=3, workers=0, intensity_samples=3000)
     assert again.key == data.key and again.plan == data.plan
     assert {p.name: p.stat().st_mtime_ns for p in again.root.iterdir()} == mtimes
+
+
+def test_labels_past_127_are_cached_as_int16():
+    assert label_dtype(np.array([0, 1, 127], np.int16)) == np.int8
+    assert label_dtype(np.array([0, -1, 128], np.int16)) == np.int16  # int8 would wrap to -128
 
 
 def test_prepare_takes_the_study_splits_file_and_refuses_unknown_cases(tmp_path):
