@@ -94,7 +94,7 @@ def train(
             out_dir / LATEST, cfg, net, optimizer, scaler, device, regions
         )
         loss_fn = training_loss(cfg, plan, regions)
-        loaders = _Loaders(cfg, data, split, batch_size, seed)
+        loaders = _Loaders(cfg, data, split, batch_size, seed, regions)
         reset_peak_memory(device)
         for epoch in range(start_epoch, cfg.epochs):
             metrics = _run_epoch(
@@ -236,7 +236,7 @@ def _to_device(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
 class _Loaders:
     """Train batches augmented per cfg.augmentation; validation batches plain, same sampling."""
 
-    def __init__(self, cfg: TrainConfig, data, split, batch_size: int, seed: int):
+    def __init__(self, cfg: TrainConfig, data, split, batch_size: int, seed: int, regions=None):
         self.cfg, self.data, self.split, self.batch_size, self.seed = (
             cfg,
             data,
@@ -244,6 +244,7 @@ class _Loaders:
             batch_size,
             seed,
         )
+        self.regions = regions  # forced crops sample per region, as nnU-Net's region training
         self.patch_size = tuple(data.plan.patch_size)
 
     def train(self, epoch: int):
@@ -269,6 +270,10 @@ class _Loaders:
         )
 
     def _batches(self, case_ids: Sequence[str], epoch: int, split: int, count: int, size, augment):
+        # nnU-Net masks use_mask_for_norm channels in training batches only
+        masked = [c for c, n in enumerate(self.data.plan.normalization) if n.use_mask]
+        regions = list(self.regions.values()) if self.regions else None
+
         def make(i: int):
             rng = batch_rng(self.seed, epoch, split, i)
             return sample_batch(
@@ -279,6 +284,9 @@ class _Loaders:
                 self.cfg.oversample_foreground,
                 rng,
                 augment,
+                final_size=self.patch_size,
+                mask_channels=masked if split == TRAIN_SPLIT else (),
+                regions=regions,
             )
 
         return iterate_batches(make, count, self.cfg.data_workers)

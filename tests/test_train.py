@@ -93,6 +93,10 @@ class TinyData:
         seg = self.cases[case_id][1]
         return {c: np.argwhere(seg == c) for c in (1, 2)}
 
+    def region_locations(self, case_id, regions):
+        seg = self.cases[case_id][1]
+        return {tuple(r): np.argwhere(np.isin(seg, r)) for r in regions}
+
 
 def _cfg(**kwargs):
     defaults = dict(
