@@ -2,8 +2,13 @@
 
 Window placement, the Gaussian importance map and the mirror set follow nnU-Net v2
 (`nnunetv2/inference/sliding_window_prediction.py`, `predict_from_raw_data.py`). Two deliberate
-differences: the accumulators are float32 (nnU-Net: fp16 on the GPU), and TTA k takes the first k
-mirror combinations in a fixed order so that TTA 1/2/4/8 can be ablated (nnU-Net offers 1 or all).
+differences: the accumulators are float32 (nnU-Net: fp16, on every device), and TTA k takes the
+first k mirror combinations in a fixed order so that TTA 1/2/4/8 can be ablated (nnU-Net offers 1
+or all, the same order).
+
+Export follows `nnunetv2/inference/export_prediction.py`: the (TTA- and fold-averaged) logits are
+resampled to the original spacing first, and only then turned into probabilities and labels
+(`export_labels`, `export_probabilities`, `CaseEnsemble`).
 """
 
 from __future__ import annotations
@@ -188,19 +193,23 @@ def predict_probabilities(
     return ensemble.probabilities().float().cpu().numpy()
 
 
-def model_logits(model: nn.Module, data: np.ndarray, plan: Plan, cfg: InferConfig,
-                 device: torch.device) -> torch.Tensor:
+def model_logits(
+    model: nn.Module, data: np.ndarray, plan: Plan, cfg: InferConfig, device: torch.device
+) -> torch.Tensor:
     """One model's sliding-window logits (K, Z, Y, X) on `device`, with cfg's TTA and step."""
     combos = mirror_combinations(tuple(cfg.mirror_axes), cfg.tta)
-    return sliding_window_logits(model, data, plan.patch_size, cfg.step_size, combos,
-                                 cfg.window_batch, device)
+    return sliding_window_logits(
+        model, data, plan.patch_size, cfg.step_size, combos, cfg.window_batch, device
+    )
 
 
 class FoldEnsemble:
-    """A running mean over fold models. `average` "probabilities" averages each model's
-    activation output (seed 004, nnUNetv2_ensemble); "logits" applies the activation to the mean
-    logits (nnU-Net v2's predictor given several folds). Holds one accumulator, not every model's
-    output."""
+    """A running mean over fold models at the plan's spacing, for callers that want probabilities
+    there (a label map exported from these deviates from nnU-Net: use CaseEnsemble).
+
+    `average` "probabilities" averages each model's activation output (seed 004,
+    nnUNetv2_ensemble); "logits" applies the activation to the mean logits (nnU-Net v2's predictor
+    given several folds). Holds one accumulator, not every model's output."""
 
     def __init__(self, activation: str = "softmax", average: str = "probabilities"):
         if activation not in ACTIVATIONS:
@@ -253,6 +262,128 @@ def restore_probabilities(probabilities: np.ndarray, props, plan: Plan, regions=
     return restore_original(padded, props, plan)[1:]
 
 
+# --- export: logits at the plan's spacing -> the original geometry (nnU-Net's export) ----------
+
+
+def _preprocessed_order(values: Sequence, plan: Plan) -> tuple:
+    """Per-axis `values` of the original image in the preprocessed (transposed) axis order."""
+    forward = getattr(plan, "transpose_forward", None) or (0, 1, 2)
+    return tuple(values[i] for i in forward)
+
+
+def revert_transpose(array: np.ndarray, plan: Plan, channels: bool = False) -> np.ndarray:
+    """TRANSPOSE HOOK: an array in the preprocessed axis order back to the image's axis order
+    (nnU-Net: `.transpose(plans_manager.transpose_backward)`), the channel axis first kept.
+
+    Reads `plan.transpose_backward` when the plan has one (identity otherwise). Assumes, as
+    nnU-Net's properties do, that `props.original_shape`, `crop_bbox` and `shape_after_crop` are
+    in the preprocessed (transposed) order and `props.geometry.spacing_mm` in the image's order.
+    """
+    backward = tuple(getattr(plan, "transpose_backward", None) or (0, 1, 2))
+    if backward == (0, 1, 2):
+        return array
+    return array.transpose((0, *(a + 1 for a in backward)) if channels else backward)
+
+
+def resample_logits(logits: np.ndarray | torch.Tensor, props, plan: Plan) -> np.ndarray:
+    """(K, Z, Y, X) logits at the plan's spacing -> (K, *props.shape_after_crop) float32 at the
+    original spacing: nnU-Net's `resampling_fn_probabilities` (linear; nearest along the coarse
+    axis when a spacing is anisotropic)."""
+    from ablate.preprocess import resample_data  # lazy: the sliding window needs no preprocessing
+
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach().float().cpu().numpy()
+    spacing_mm = _preprocessed_order(props.geometry.spacing_mm, plan)
+    return resample_data(
+        np.asarray(logits, dtype=np.float32),
+        props.shape_after_crop,
+        plan.target_spacing_mm,
+        spacing_mm,
+        order=1,
+        order_z=0,
+    )
+
+
+def logits_to_labels(logits: np.ndarray, regions=None, order=None) -> np.ndarray:
+    """(K, Z, Y, X) -> (Z, Y, X): argmax of the logits (softmax keeps it), or with `regions`
+    sigmoid > 0.5 painted in region order (nnU-Net's convert_logits_to_segmentation)."""
+    if regions is None:
+        return np.argmax(logits, axis=0).astype(np.uint8)
+    return probabilities_to_labels(
+        ACTIVATIONS["sigmoid"](torch.from_numpy(logits)).numpy(), regions, order
+    )
+
+
+def _uncrop_labels(labels: np.ndarray, props, plan: Plan) -> np.ndarray:
+    out = np.zeros(props.original_shape, dtype=labels.dtype)  # outside the crop: background
+    out[tuple(slice(a, b) for a, b in props.crop_bbox)] = labels
+    return revert_transpose(out, plan)
+
+
+def _uncrop_probabilities(probabilities: np.ndarray, props, plan: Plan, regions) -> np.ndarray:
+    out = np.zeros((probabilities.shape[0], *props.original_shape), dtype=np.float32)
+    if regions is None:
+        out[0] = 1.0  # softmax: background outside the crop; regions: no region there
+    out[(slice(None), *(slice(a, b) for a, b in props.crop_bbox))] = probabilities
+    return revert_transpose(out, plan, channels=True)
+
+
+def export_labels(logits, props, plan: Plan, regions=None) -> np.ndarray:
+    """(K, Z, Y, X) logits at the plan's spacing -> (Z, Y, X) uint8 label map in the original
+    geometry: resample the logits, then argmax/threshold, uncrop, transpose back (nnU-Net's
+    convert_predicted_logits_to_segmentation_with_correct_shape)."""
+    return _uncrop_labels(
+        logits_to_labels(resample_logits(logits, props, plan), regions), props, plan
+    )
+
+
+def export_probabilities(logits, props, plan: Plan, regions=None) -> np.ndarray:
+    """(K, Z, Y, X) logits -> (K, *original) float32 probabilities in the original geometry:
+    resample the logits, then softmax/sigmoid, uncrop (nnU-Net's `save_probabilities` output)."""
+    activation = ACTIVATIONS["sigmoid" if regions else "softmax"]
+    resampled = torch.from_numpy(resample_logits(logits, props, plan))
+    return _uncrop_probabilities(activation(resampled).numpy(), props, plan, regions)
+
+
+class CaseEnsemble:
+    """One case's prediction by one or several fold models, exported as nnU-Net does.
+
+    `average` "logits": the mean logits at the plan's spacing are exported (nnU-Net v2's
+    predictor given several folds). "probabilities": each model's logits are exported to
+    probabilities in the original geometry and those are averaged (nnUNetv2_ensemble, seed 004).
+    `add` returns each model's own exported label map, so one pass scores folds and ensemble.
+    """
+
+    def __init__(self, props, plan: Plan, regions=None, average: str = "probabilities"):
+        self.props, self.plan, self.regions = props, plan, regions
+        self.on_probabilities = average == "probabilities"
+        self.total: np.ndarray | None = None
+        self.count = 0
+
+    def add(self, logits: torch.Tensor | np.ndarray) -> np.ndarray:
+        resampled = resample_logits(logits, self.props, self.plan)  # (K, *shape_after_crop)
+        if self.on_probabilities:
+            activation = ACTIVATIONS["sigmoid" if self.regions else "softmax"]
+            probabilities = activation(torch.from_numpy(resampled)).numpy()
+            part = _uncrop_probabilities(probabilities, self.props, self.plan, self.regions)
+        else:
+            part = torch.as_tensor(logits).detach().float().cpu().numpy()  # (K, Z, Y, X)
+        if self.total is None:
+            self.total = part.copy()
+        else:
+            self.total += part
+        self.count += 1
+        return _uncrop_labels(logits_to_labels(resampled, self.regions), self.props, self.plan)
+
+    def labels(self) -> np.ndarray:
+        """The ensemble's (Z, Y, X) label map in the original geometry."""
+        if self.total is None:
+            raise ConfigError("infer: no models to predict with; train at least one fold")
+        if self.on_probabilities:
+            return probabilities_to_labels(self.total / self.count, self.regions)
+        return export_labels(self.total / self.count, self.props, self.plan, self.regions)
+
+
 def predict_case(
     models: list[nn.Module],
     images: list[np.ndarray],
@@ -263,18 +394,21 @@ def predict_case(
     out_path: Path,
     regions: dict[str, tuple[int, ...]] | None = None,
 ) -> np.ndarray:
-    """Preprocess raw images, predict, restore the original geometry, write the label map.
+    """Preprocess raw images, predict, export to the original geometry, write the label map.
 
-    With `regions` the models are region-based (sigmoid outputs). Returns the (Z, Y, X) uint8
-    label map that was written to `out_path`.
+    With `regions` the models are region-based (sigmoid outputs); several models are averaged
+    as `cfg.ensemble_average` says (CaseEnsemble). Returns the (Z, Y, X) label map written to
+    `out_path`.
     """
     # lazy: the sliding-window core stays importable and testable without the preprocessing stage
     from ablate.preprocess import preprocess_images
 
+    if not models:
+        raise ConfigError("infer: no models to predict with; train at least one fold")
     data, props = preprocess_images(images, geometry, plan)
-    activation = "softmax" if regions is None else "sigmoid"
-    probabilities = predict_probabilities(models, data, plan, cfg, device, activation)
-    restored = restore_probabilities(probabilities, props, plan, regions)  # (K, *original_shape)
-    labels = probabilities_to_labels(restored, regions)
+    ensemble = CaseEnsemble(props, plan, regions, cfg.ensemble_average)
+    for model in models:
+        labels = ensemble.add(model_logits(model, data, plan, cfg, device))
+    labels = ensemble.labels() if len(models) > 1 else labels
     write_image(labels, geometry, out_path)
     return labels

@@ -53,7 +53,14 @@ def nnunet_steps(size, patch, step):  # nnunetv2 compute_steps_for_sliding_windo
 
 def test_mirror_combinations_order_and_prefixes():
     assert mirror_combinations((0, 1, 2), 8) == [
-        (), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)
+        (),
+        (0,),
+        (1,),
+        (2,),
+        (0, 1),
+        (0, 2),
+        (1, 2),
+        (0, 1, 2),
     ]
     assert mirror_combinations((0, 1, 2), 2) == [(), (0,)]
     assert mirror_combinations((1, 2), 4) == [(), (1,), (2,), (1, 2)]
@@ -141,10 +148,17 @@ class ConstantLogits(nn.Module):
 
 def tiny_plan() -> Plan:
     return Plan(
-        target_spacing_mm=(2.0, 1.0, 1.0), patch_size=PATCH, batch_size=2,
-        pool_kernel_sizes=[(1, 1, 1)], conv_kernel_sizes=[(3, 3, 3)], features_per_stage=[4],
-        num_input_channels=1, num_classes=2, normalization=[ChannelNormalization("zscore")],
-        median_shape=(9, 13, 20), anisotropic=False,
+        target_spacing_mm=(2.0, 1.0, 1.0),
+        patch_size=PATCH,
+        batch_size=2,
+        pool_kernel_sizes=[(1, 1, 1)],
+        conv_kernel_sizes=[(3, 3, 3)],
+        features_per_stage=[4],
+        num_input_channels=1,
+        num_classes=2,
+        normalization=[ChannelNormalization("zscore")],
+        median_shape=(9, 13, 20),
+        anisotropic=False,
     )
 
 
@@ -168,12 +182,18 @@ def test_predict_probabilities_averages_over_models():
 
 def test_predict_case_writes_the_argmax_label_map(tmp_path, monkeypatch):
     # a stand-in for ablate.preprocess so this test does not depend on the preprocessing stage
-    fake = types.ModuleType("ablate.preprocess")
-    fake.preprocess_images = lambda images, geometry, plan: (np.stack(images), None)
-    fake.restore_original = lambda probabilities, props, plan: probabilities
-    monkeypatch.setitem(sys.modules, "ablate.preprocess", fake)
-    geometry = Geometry((2.0, 1.0, 0.5), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
     image = np.zeros((5, 7, 9), dtype=np.float32)
+    geometry = Geometry((2.0, 1.0, 0.5), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    props = types.SimpleNamespace(
+        geometry=geometry,
+        original_shape=image.shape,
+        crop_bbox=((0, 5), (0, 7), (0, 9)),
+        shape_after_crop=image.shape,
+    )
+    fake = types.ModuleType("ablate.preprocess")
+    fake.preprocess_images = lambda images, geometry, plan: (np.stack(images), props)
+    fake.resample_data = lambda data, shape, *args, **kwargs: data
+    monkeypatch.setitem(sys.modules, "ablate.preprocess", fake)
     image[:, :, 5:] = 1.0
     model = nn.Conv3d(1, 2, kernel_size=1)
     with torch.no_grad():  # logit of class 1 minus class 0 = 4 * intensity - 2
@@ -222,8 +242,14 @@ def test_fold_ensemble_averages_probabilities_or_logits(activation, average):
 
 def test_unknown_activation_is_a_config_error():
     with pytest.raises(ConfigError, match="softmax, sigmoid"):
-        predict_probabilities([random_conv(0, 2)], np.zeros((1, 4, 6, 8)), tiny_plan(),
-                              InferConfig(tta=1), CPU, "relu")
+        predict_probabilities(
+            [random_conv(0, 2)],
+            np.zeros((1, 4, 6, 8)),
+            tiny_plan(),
+            InferConfig(tta=1),
+            CPU,
+            "relu",
+        )
 
 
 def test_probabilities_to_labels_argmax_or_regions():
@@ -249,3 +275,10 @@ def test_restore_probabilities_keeps_regions_zero_outside_the_crop():
     np.testing.assert_allclose(restored[:, 1:], 0.75)
     softmax_restored = restore_probabilities(probs, props, tiny_plan())
     np.testing.assert_allclose(softmax_restored[0, 0], 1.0)  # softmax: background there
+
+
+def test_case_ensemble_without_models_is_a_config_error():
+    from ablate.infer import CaseEnsemble
+
+    with pytest.raises(ConfigError, match="no models"):
+        CaseEnsemble(None, tiny_plan()).labels()
