@@ -95,7 +95,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ablate.run.driver import study_status
+    from ablate.run.status import study_status
 
     study, _ = _load(args.study)
     print(study_status(study))

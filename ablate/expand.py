@@ -1,8 +1,10 @@
 """A study's grid expanded into jobs with stable keys.
 
 Training axes define a TrainJob per (training variant, fold, seed); inference axes only add
-EvalJobs that reuse those weights. A held-out test set adds a TestJob per cell and seed, and each
-`ensembles` entry an EnsembleJob per fold and seed. A key hashes everything that changes a job's
+EvalJobs that reuse those weights. A held-out test set adds a TestJob per cell and seed, each
+`ensembles` entry an EnsembleJob per fold and seed, and each `external` folder an ExternalJob per
+set it predicts. `expand_study` gives all of them: the jobs `ablate run` runs and `ablate status`
+lists. A key hashes everything that changes a job's
 result, so a rerun skips finished jobs and an edited axis re-runs only what it touches.
 """
 
@@ -12,11 +14,14 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ablate.config import EvalConfig, InferConfig, PlanConfig, TrainConfig
+from ablate.data.dataset import Case
+from ablate.folds import Fold
 from ablate.study import (
     Study,
     baseline_variant,
@@ -237,6 +242,128 @@ def expand_ensembles(study: Study, eval_jobs: list[EvalJob]) -> list[EnsembleJob
                 )
             )
     return jobs
+
+
+@dataclass(frozen=True)
+class ExternalJob:
+    """Scoring an external prediction folder (an extra variant) on one fold's validation cases,
+    or on the held-out test cases (`fold` -1)."""
+
+    key: str
+    name: str
+    label: str
+    folder: Path
+    fold: int
+    case_ids: tuple[str, ...]
+    seed: int = 0
+    variant: dict = field(default_factory=dict)
+
+    @property
+    def on_test_set(self) -> bool:
+        return self.fold == -1
+
+
+def expand_externals(
+    study: Study,
+    data_key: str,
+    folds: list[Fold],
+    file_ending: str,
+    test_cases: tuple[Case, ...] = (),
+) -> list[ExternalJob]:
+    """Per external folder: one job per fold's validation cases when it predicts the
+    cross-validation cases, one for the held-out test cases when it predicts those. A folder
+    must predict all of a set or none of it (a DataError names the first missing file). Keys
+    hash the folder, its files' names, sizes and modification times, the data, fold and
+    evaluation settings."""
+    ending = file_ending
+    cv_ids = [c for split in folds for c in split.val]
+    test_ids = tuple(c.case_id for c in test_cases)
+    jobs = []
+    for label, folder in study.external.items():
+        splits = []
+        if _predicts(label, folder, cv_ids, ending, "cross-validation"):
+            splits += [(fold, f" · fold {fold}", split.val) for fold, split in enumerate(folds)]
+        if _predicts(label, folder, test_ids, ending, "held-out test"):
+            splits.append((-1, " · test", test_ids))
+        if not splits:
+            _refuse(label, folder, cv_ids, ending, "cross-validation")
+        for fold, suffix, case_ids in splits:
+            files = [folder / f"{c}{ending}" for c in case_ids]
+            stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+            key = job_key(
+                {
+                    "external": label,
+                    "folder": str(folder),
+                    "files": stamp,
+                    "data": data_key,
+                    "fold": fold,
+                    "evaluation": study.evaluation.model_dump(mode="json"),
+                }
+            )
+            jobs.append(
+                ExternalJob(
+                    key, f"{label} · external{suffix}", label, folder, fold, tuple(case_ids)
+                )
+            )
+    return jobs
+
+
+def _predicts(label: str, folder: Path, case_ids, ending: str, what: str) -> bool:
+    """True when the folder has a prediction for every case, False for none; refuses a part."""
+    present = sum((folder / f"{c}{ending}").is_file() for c in case_ids)
+    if 0 < present < len(case_ids):
+        _refuse(label, folder, case_ids, ending, what)
+    return bool(case_ids) and present == len(case_ids)
+
+
+def _refuse(label: str, folder: Path, case_ids, ending: str, what: str) -> None:
+    from ablate.errors import DataError
+
+    missing = [c for c in case_ids if not (folder / f"{c}{ending}").is_file()]
+    present = len(case_ids) - len(missing)
+    raise DataError(
+        f"external.{label}: {folder} predicts {present} of the {len(case_ids)} {what} "
+        f"cases ({missing[0]}{ending} is missing); add every case's label map, or "
+        "none of that set"
+    )
+
+
+@dataclass(frozen=True)
+class StudyJobs:
+    """Every job of a study, by kind."""
+
+    train: list[TrainJob]
+    eval: list[EvalJob]
+    ensemble: list[EnsembleJob]
+    test: list[TestJob]
+    external: list[ExternalJob]
+
+    def all(self) -> list[TrainJob | EvalJob | EnsembleJob | TestJob | ExternalJob]:
+        """In the order `ablate run` runs them."""
+        return [*self.train, *self.eval, *self.ensemble, *self.test, *self.external]
+
+
+def expand_study(
+    study: Study,
+    data_key: str,
+    folds: list[Fold],
+    file_ending: str,
+    test_cases: tuple[Case, ...] = (),
+) -> StudyJobs:
+    """All jobs of a study: its grid (`expand`), held-out test jobs when there are test cases,
+    ensembles and external folders. `folds` are the cross-validation splits of the data with
+    key `data_key`; external folders are scored on their validation cases."""
+    from ablate.data.testset import held_out_key
+
+    train_jobs, eval_jobs = expand(study, data_key)
+    test_jobs = expand_tests(study, eval_jobs, held_out_key(test_cases)) if test_cases else []
+    return StudyJobs(
+        train_jobs,
+        eval_jobs,
+        expand_ensembles(study, eval_jobs),
+        test_jobs,
+        expand_externals(study, data_key, folds, file_ending, test_cases),
+    )
 
 
 def describe(study: Study, jobs: tuple[list[TrainJob], list[EvalJob]]) -> str:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 from ablate.data.dataset import Case
-from ablate.expand import expand, expand_ensembles, expand_tests
+from ablate.expand import expand, expand_ensembles, expand_externals, expand_tests
 from ablate.folds import Fold
 from ablate.study import Study
 
@@ -85,8 +84,6 @@ def test_job_keys_are_those_computed_before_the_move() -> None:
 
 
 def test_external_job_keys_are_those_computed_before_the_move(tmp_path, monkeypatch) -> None:
-    from ablate.run.jobs import external_jobs
-
     monkeypatch.chdir(tmp_path)  # the key holds the folder as written in the study: relative
     Path("pred").mkdir()
     for case_id in ("a", "b", "x"):
@@ -96,8 +93,6 @@ def test_external_job_keys_are_those_computed_before_the_move(tmp_path, monkeypa
     study = Study.model_validate(
         {"name": "pinned", "dataset": {"synthetic": {"cases": 4}}, "external": {"nnunet": "pred"}}
     )
-    data = SimpleNamespace(key="data-key", folds=[Fold(("b",), ("a",)), Fold(("a",), ("b",))])
-    jobs = external_jobs(
-        study, data, SimpleNamespace(file_ending=".nii.gz"), (Case("x", (), None),)
-    )
+    folds = [Fold(("b",), ("a",)), Fold(("a",), ("b",))]
+    jobs = expand_externals(study, "data-key", folds, ".nii.gz", (Case("x", (), None),))
     assert [(j.name, j.key) for j in jobs] == PINNED_EXTERNAL

@@ -3,6 +3,7 @@ exits non-zero at the end."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import textwrap
 from pathlib import Path
 
@@ -175,6 +176,7 @@ def test_region_based_study_ensembles_sigmoid_probabilities_on_the_test_set(tmp_
 def test_status_estimates_the_time_left_from_finished_jobs(tmp_path: Path) -> None:
     from ablate.expand import expand
     from ablate.preprocess import cache_key
+    from ablate.run.status import study_status
     from ablate.run.tracking import Tracker
     from ablate.study_load import load_study
 
@@ -191,7 +193,62 @@ def test_status_estimates_the_time_left_from_finished_jobs(tmp_path: Path) -> No
     tracker.end_job(run_id, ok=True)
     start = tracker.client.get_run(run_id).info.start_time
     tracker.client.set_terminated(run_id, "FINISHED", end_time=start + 90_000)  # took 90 s
-    text = driver.study_status(study)
+    text = study_status(study)
     assert f"done     train {train_jobs[0].name}" in text
     assert "1 done, 0 running, 0 failed, 3 pending" in text
     assert "estimated time left: 1.5 min" in text  # the other training; evaluations: unknown
+
+
+class _Recording:
+    """An executor that runs nothing: it records each job and fails it."""
+
+    capacity = 1
+
+    def __init__(self) -> None:
+        self.jobs: list = []
+
+    def submit(self, fn, *args) -> cf.Future:
+        self.jobs.append(args[0])
+        future: cf.Future = cf.Future()
+        future.set_exception(RuntimeError("not run in this test"))
+        return future
+
+    def as_completed(self, futures):
+        yield from futures
+
+    def shutdown(self, cancel: bool = False) -> None:
+        pass
+
+
+def test_status_lists_exactly_the_jobs_run_runs(tmp_path: Path) -> None:
+    """Trainings, evaluations, an ensemble, held-out test jobs and an external folder's jobs."""
+    from ablate.run.progress import PlainProgress
+    from ablate.run.status import study_status
+    from ablate.study_load import load_study
+
+    (tmp_path / "pred").mkdir()
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        textwrap.dedent(STUDY)
+        .replace("name: failing", "name: same-jobs")
+        .replace("cases: 4,", "cases: 6,")
+        .replace("fov_mm: [50, 60, 60]}", "fov_mm: [50, 60, 60]}\n  test: {holdout: 2}")
+        + "axes: {infer.tta: [1, 2]}\n"
+        + "ensembles: {both: [{infer.tta: 1}, {infer.tta: 2}]}\n"
+        + "external: {theirs: pred}\n"
+    )
+    study = load_study(path)
+    dataset, _ = driver.load_dataset(study)
+    for case in dataset.cases:  # the external folder predicts every cross-validation case
+        (tmp_path / "pred" / f"{case.case_id}.nii.gz").write_bytes(b"")
+    executor = _Recording()
+    driver.run_study(study, progress=PlainProgress(), make_report=False, executor=executor)
+    ran = sorted((driver.job_tracking(j)[0], j.name) for j in executor.jobs)
+
+    lines = study_status(study).splitlines()
+    listed = sorted((line[9:14].strip(), line[15:]) for line in lines if line.startswith("failed"))
+    assert listed == ran
+    assert len(lines) == len(ran) + 2  # plus the counts and the time left
+    names = [name for _, name in ran]
+    assert sum("external" in n for n in names) == 2 and sum("ensemble" in n for n in names) == 2
+    assert sum(kind == "test" for kind, _ in ran) == 2  # one per cell

@@ -102,15 +102,12 @@ def test_a_study_with_a_separate_test_set_loads_both_and_verifies_them(tmp_path)
 
 
 def test_external_folders_predict_all_of_a_set_or_none(tmp_path):
-    from types import SimpleNamespace
-
     from ablate.data.dataset import Case
+    from ablate.expand import expand_externals
     from ablate.folds import Fold
-    from ablate.run.jobs import external_jobs
     from ablate.study import Study
 
-    data = SimpleNamespace(key="k", folds=[Fold(("b",), ("a",)), Fold(("a",), ("b",))])
-    dataset = SimpleNamespace(file_ending=".nii.gz")
+    folds = [Fold(("b",), ("a",)), Fold(("a",), ("b",))]
     test = (Case("x", (), None), Case("y", (), None))
     folder = tmp_path / "pred"
     folder.mkdir()
@@ -118,7 +115,8 @@ def test_external_folders_predict_all_of_a_set_or_none(tmp_path):
                                   "external": {"nnunet": str(folder)}})
 
     def jobs():
-        return [(j.fold, j.case_ids, j.name) for j in external_jobs(study, data, dataset, test)]
+        jobs = expand_externals(study, "k", folds, ".nii.gz", test)
+        return [(j.fold, j.case_ids, j.name) for j in jobs]
 
     def touch(*ids):
         for c in ids:

@@ -15,15 +15,13 @@ from pathlib import Path
 
 from ablate.checkpoint import FINAL
 from ablate.data.dataset import Case, Dataset
-from ablate.expand import EnsembleJob, EvalJob, TestJob, TrainJob
+from ablate.expand import EnsembleJob, EvalJob, ExternalJob, TestJob, TrainJob
 from ablate.run.jobs import (
-    ExternalJob,
     execute_ensemble,
     execute_evaluation,
     execute_external,
     execute_test,
     execute_training,
-    external_jobs,
     postprocess_groups,
 )
 from ablate.run.progress import PlainProgress, Progress
@@ -234,8 +232,7 @@ def run_study(
     make_report: bool = True,
     executor=None,
 ) -> RunSummary:
-    from ablate.data.testset import held_out_key
-    from ablate.expand import expand, expand_ensembles, expand_tests
+    from ablate.expand import expand_study
     from ablate.run.executors import executor_for
     from ablate.run.tracking import Tracker, default_tracking_uri
 
@@ -248,10 +245,9 @@ def run_study(
         f"dataset {dataset.name}: {len(dataset.cases)} cases{held_out}; planning, preprocessing"
     )
     base = prepare_data(study, dataset)
-    train_jobs, eval_jobs = expand(study, base.key)
-    test_jobs = expand_tests(study, eval_jobs, held_out_key(test_cases)) if test_cases else []
-    ensemble_jobs = expand_ensembles(study, eval_jobs)
-    extra_jobs = external_jobs(study, base, dataset, test_cases)
+    jobs = expand_study(study, base.key, base.folds, dataset.file_ending, test_cases)
+    train_jobs, eval_jobs, test_jobs = jobs.train, jobs.eval, jobs.test
+    ensemble_jobs, extra_jobs = jobs.ensemble, jobs.external
     # plan axes (e.g. CT windowing) need their own preprocessing; prepared once each, up front
     data_for = {
         job.key: base if job.plan == study.plan else prepare_data(study, dataset, job.plan)
@@ -275,16 +271,9 @@ def run_study(
         },
         axes=list(study.axes),
     )
+    planned = [*train_jobs, *eval_jobs, *test_jobs, *ensemble_jobs, *extra_jobs]
     tracker.log_planned_jobs(
-        [
-            {"job_key": j.key, "name": j.name, "kind": kind}
-            for kind, jobs in (("train", train_jobs), ("eval", eval_jobs), ("test", test_jobs))
-            for j in jobs
-        ]
-        + [
-            {"job_key": j.key, "name": j.name, "kind": job_tracking(j)[0]}
-            for j in (*ensemble_jobs, *extra_jobs)
-        ]
+        [{"job_key": j.key, "name": j.name, "kind": job_tracking(j)[0]} for j in planned]
     )
     executor = executor or executor_for(study)
     jobs_dir = workdir / "jobs"
@@ -465,52 +454,3 @@ def environment() -> dict[str, str]:
         except PackageNotFoundError:
             env[pkg] = "not installed"
     return env
-
-
-def study_status(study: Study) -> str:
-    """One line per job (done / running / failed / pending), the best metric so far, time left."""
-    from ablate.data.testset import held_out_key
-    from ablate.expand import expand, expand_ensembles, expand_tests
-    from ablate.preprocess import cache_key
-    from ablate.run.tracking import Tracker, default_tracking_uri
-
-    dataset, test_cases = load_dataset(study)
-    train_jobs, eval_jobs = expand(
-        study, cache_key(dataset, study.plan, study.plan.intensity_samples)
-    )
-    test_jobs = expand_tests(study, eval_jobs, held_out_key(test_cases)) if test_cases else []
-    eval_jobs = [*eval_jobs, *expand_ensembles(study, eval_jobs)]
-    workdir = workdir_of(study)
-    records = Tracker(
-        default_tracking_uri(study, workdir), study.name, workdir / "mlartifacts"
-    ).job_records()
-    lines, best, left = [], (None, float("-inf")), 0.0
-    for kind, jobs in (("train", train_jobs), ("eval", eval_jobs), ("test", test_jobs)):
-        durations = [r["seconds"] for j in jobs if (r := records.get(j.key)) and r["seconds"]]
-        typical = sum(durations) / len(durations) if durations else None
-        for job in jobs:
-            record = records.get(job.key, {"state": "pending", "metrics": {}})
-            state = "failed" if record["state"] == "superseded" else record["state"]
-            dsc = {k: v for k, v in record["metrics"].items() if k.startswith("dsc_")}
-            shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(dsc.items()))
-            lines.append(f"{state:8s} {kind:5s} {job.name}  {shown}".rstrip())
-            if dsc and (mean := sum(dsc.values()) / len(dsc)) > best[1]:
-                best = (job.name, mean)
-            if state != "done" and typical:
-                left += typical
-    counts = {
-        s: sum(line.startswith(s) for line in lines)
-        for s in ("done", "running", "failed", "pending")
-    }
-    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
-    if best[0]:
-        lines.append(f"best so far: {best[0]} (mean DSC over targets {best[1]:.4f})")
-    if counts["done"] == sum(counts.values()):
-        lines.append("nothing left to run")
-    else:
-        lines.append(
-            f"estimated time left: {left / 60:.1f} min"
-            if left
-            else "estimated time left: unknown until a job of each kind has finished"
-        )
-    return "\n".join(lines)

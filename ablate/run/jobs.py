@@ -7,15 +7,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ablate.checkpoint import FINAL, checkpoint_regions, load_model
 from ablate.data.dataset import Case, Dataset
-from ablate.expand import EnsembleJob, EvalJob, TestJob, TrainJob
-from ablate.study import Study
+from ablate.expand import EnsembleJob, EvalJob, ExternalJob, TestJob, TrainJob
 
 
 def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = False) -> dict:
@@ -382,88 +381,6 @@ def _add_costs(*parts: dict) -> dict:
                 total.get(key, 0.0) + value if key == "seconds" else max(total.get(key, 0.0), value)
             )
     return total
-
-
-@dataclass(frozen=True)
-class ExternalJob:
-    """Scoring an external prediction folder (an extra variant) on one fold's validation cases,
-    or on the held-out test cases (`fold` -1)."""
-
-    key: str
-    name: str
-    label: str
-    folder: Path
-    fold: int
-    case_ids: tuple[str, ...]
-    seed: int = 0
-    variant: dict = field(default_factory=dict)
-
-    @property
-    def on_test_set(self) -> bool:
-        return self.fold == -1
-
-
-def external_jobs(
-    study: Study, data, dataset: Dataset, test_cases: tuple[Case, ...] = ()
-) -> list[ExternalJob]:
-    """Per external folder: one job per fold's validation cases when it predicts the
-    cross-validation cases, one for the held-out test cases when it predicts those. A folder
-    must predict all of a set or none of it (a DataError names the first missing file)."""
-    from ablate.expand import job_key
-
-    ending = dataset.file_ending
-    cv_ids = [c for split in data.folds for c in split.val]
-    test_ids = tuple(c.case_id for c in test_cases)
-    jobs = []
-    for label, folder in study.external.items():
-        splits = []
-        if _predicts(label, folder, cv_ids, ending, "cross-validation"):
-            splits += [
-                (fold, f" · fold {fold}", split.val) for fold, split in enumerate(data.folds)
-            ]
-        if _predicts(label, folder, test_ids, ending, "held-out test"):
-            splits.append((-1, " · test", test_ids))
-        if not splits:
-            _refuse(label, folder, cv_ids, ending, "cross-validation")
-        for fold, suffix, case_ids in splits:
-            files = [folder / f"{c}{ending}" for c in case_ids]
-            stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-            key = job_key(
-                {
-                    "external": label,
-                    "folder": str(folder),
-                    "files": stamp,
-                    "data": data.key,
-                    "fold": fold,
-                    "evaluation": study.evaluation.model_dump(mode="json"),
-                }
-            )
-            jobs.append(
-                ExternalJob(
-                    key, f"{label} · external{suffix}", label, folder, fold, tuple(case_ids)
-                )
-            )
-    return jobs
-
-
-def _predicts(label: str, folder: Path, case_ids, ending: str, what: str) -> bool:
-    """True when the folder has a prediction for every case, False for none; refuses a part."""
-    present = sum((folder / f"{c}{ending}").is_file() for c in case_ids)
-    if 0 < present < len(case_ids):
-        _refuse(label, folder, case_ids, ending, what)
-    return bool(case_ids) and present == len(case_ids)
-
-
-def _refuse(label: str, folder: Path, case_ids, ending: str, what: str) -> None:
-    from ablate.errors import DataError
-
-    missing = [c for c in case_ids if not (folder / f"{c}{ending}").is_file()]
-    present = len(case_ids) - len(missing)
-    raise DataError(
-        f"external.{label}: {folder} predicts {present} of the {len(case_ids)} {what} "
-        f"cases ({missing[0]}{ending} is missing); add every case's label map, or "
-        "none of that set"
-    )
 
 
 def execute_external(

@@ -1,0 +1,70 @@
+"""`ablate status`: every job of a study (exactly those `ablate run` runs) with its state, the
+best result so far and the time left. Reads the tracking store; never preprocesses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ablate.data.dataset import Dataset
+from ablate.folds import Fold, make_folds, read_splits
+from ablate.run.driver import job_tracking, load_dataset, workdir_of
+from ablate.study import Study
+
+
+def planned_folds(study: Study, dataset: Dataset, data_key: str) -> list[Fold]:
+    """The folds `ablate run` uses, without preprocessing: the cache's splits.json once it is
+    built, else the rule `prepare` follows (a splits file, else seeded KFold)."""
+    stored = workdir_of(study) / "preprocessed" / data_key / "splits.json"
+    if stored.is_file():
+        return read_splits(stored)
+    custom = study.folds.splits_file or Path(dataset.root) / "splits_final.json"
+    if custom.is_file():
+        return read_splits(custom)
+    return make_folds([c.case_id for c in dataset.cases], study.folds.k, study.folds.seed)
+
+
+def study_status(study: Study) -> str:
+    """One line per job (done / running / failed / pending), the best metric so far, time left."""
+    from ablate.expand import expand_study
+    from ablate.preprocess import cache_key
+    from ablate.run.tracking import Tracker, default_tracking_uri
+
+    dataset, test_cases = load_dataset(study)
+    data_key = cache_key(dataset, study.plan, study.plan.intensity_samples)
+    folds = planned_folds(study, dataset, data_key) if study.external else []  # externals only
+    jobs = expand_study(study, data_key, folds, dataset.file_ending, test_cases).all()
+    workdir = workdir_of(study)
+    records = Tracker(
+        default_tracking_uri(study, workdir), study.name, workdir / "mlartifacts"
+    ).job_records()
+    lines, best, left = [], (None, float("-inf")), 0.0
+    for kind in ("train", "eval", "test"):
+        of_kind = [j for j in jobs if job_tracking(j)[0] == kind]
+        durations = [r["seconds"] for j in of_kind if (r := records.get(j.key)) and r["seconds"]]
+        typical = sum(durations) / len(durations) if durations else None
+        for job in of_kind:
+            record = records.get(job.key, {"state": "pending", "metrics": {}})
+            state = "failed" if record["state"] == "superseded" else record["state"]
+            dsc = {k: v for k, v in record["metrics"].items() if k.startswith("dsc_")}
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(dsc.items()))
+            lines.append(f"{state:8s} {kind:5s} {job.name}  {shown}".rstrip())
+            if dsc and (mean := sum(dsc.values()) / len(dsc)) > best[1]:
+                best = (job.name, mean)
+            if state != "done" and typical:
+                left += typical
+    counts = {
+        s: sum(line.startswith(s) for line in lines)
+        for s in ("done", "running", "failed", "pending")
+    }
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    if best[0]:
+        lines.append(f"best so far: {best[0]} (mean DSC over targets {best[1]:.4f})")
+    if counts["done"] == sum(counts.values()):
+        lines.append("nothing left to run")
+    else:
+        lines.append(
+            f"estimated time left: {left / 60:.1f} min"
+            if left
+            else "estimated time left: unknown until a job of each kind has finished"
+        )
+    return "\n".join(lines)
