@@ -1,12 +1,12 @@
 """Preprocess a dataset once into a shared, content-keyed cache (nnU-Net v2's default preprocessor).
 
-Per case: crop to nonzero -> normalise -> resample to the plan spacing. The cache lives in
-`<cache_root>/<key>/` (key = hash of the dataset files, the PlanConfig and PREPROCESS_VERSION)
-and holds plan.json, fingerprint.json, splits.json and per case `<id>_data.npy` (float32
-C,Z,Y,X), `<id>_seg.npy` (int8, int16 past label 127; Z,Y,X; -1 outside the nonzero mask),
-`<id>.json` (properties) and `<id>_locs.npz` (sampled voxel indices per foreground label). It
-is built in a temporary folder under an exclusive file lock and renamed into place, so
-concurrent callers build it once and never see half-written data.
+Per case: transpose (coarsest axis first) -> crop to nonzero -> normalise -> resample to the plan
+spacing. The cache lives in `<cache_root>/<key>/` (key = hash of the dataset files, the
+PlanConfig and PREPROCESS_VERSION) and holds plan.json, fingerprint.json, splits.json and per
+case `<id>_data.npy` (float32 C,Z,Y,X), `<id>_seg.npy` (int8, int16 past label 127; Z,Y,X; -1
+outside the nonzero mask), `<id>.json` (properties) and `<id>_locs.npz` (sampled voxel indices
+per foreground label). It is built in a temporary folder under an exclusive file lock and
+renamed into place, so concurrent callers build it once and never see half-written data.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from ablate.plan import (
     read_case_arrays,
 )
 
-PREPROCESS_VERSION = "2"  # 2: int16 labels past 127
+PREPROCESS_VERSION = "2"  # 2: transpose, int16 labels past 127, cubic resampling clipped
 LOCATIONS_PER_LABEL = 10000
 MIN_LOCATION_COVERAGE = 0.01
 
@@ -47,9 +47,10 @@ MIN_LOCATION_COVERAGE = 0.01
 @dataclass(frozen=True)
 class CaseProperties:
     case_id: str
-    geometry: Geometry  # original image geometry
-    original_shape: tuple[int, int, int]
-    crop_bbox: tuple[tuple[int, int], ...]  # (start, stop) per axis, in the original array
+    geometry: Geometry  # original image geometry, the image's (z, y, x) order
+    # the rest in the plan's (transposed) frame, as nnU-Net's properties
+    original_shape: tuple[int, int, int]  # before cropping
+    crop_bbox: tuple[tuple[int, int], ...]  # (start, stop) per axis
     shape_after_crop: tuple[int, int, int]
     shape_after_resample: tuple[int, int, int]
 
@@ -79,23 +80,36 @@ def _separate_axis(current_spacing, new_spacing) -> int | None:
     return None
 
 
-def _resize(array: np.ndarray, new_shape, order: int) -> np.ndarray:
-    """skimage.resize(mode='edge', anti_aliasing=False) equivalent: pixel-centre aligned."""
+def _resize(array: np.ndarray, new_shape, order: int, slice_axis: int | None = None) -> np.ndarray:
+    """skimage.resize(mode='edge', anti_aliasing=False, clip=True) equivalent: pixel-centre
+    aligned, and clipped to the input's range (per slice along `slice_axis`, which nnU-Net
+    resizes slice by slice), so cubic overshoot never leaves the range."""
     if tuple(array.shape) == tuple(new_shape):
         return array
     factors = [n / o for n, o in zip(new_shape, array.shape, strict=True)]
     out = zoom(array, factors, order=order, mode="nearest", grid_mode=True)
     assert out.shape == tuple(new_shape), (out.shape, new_shape)
+    if order > 1:  # linear and nearest interpolation cannot leave the input's range
+        if slice_axis is None:
+            np.clip(out, array.min(), array.max(), out=out)
+        else:
+            other = tuple(a for a in range(array.ndim) if a != slice_axis)
+            shape = [1] * array.ndim
+            shape[slice_axis] = array.shape[slice_axis]
+            low = array.min(axis=other).reshape(shape)
+            high = array.max(axis=other).reshape(shape)
+            np.clip(out, low, high, out=out)
     return out
 
 
 def _resize_separate(array, new_shape, order: int, order_z: int, axis: int | None):
-    """In-plane with `order`; the coarse axis (if any) afterwards with `order_z`."""
+    """In-plane with `order` (slice by slice); the coarse axis (if any) afterwards with
+    `order_z`."""
     if axis is None:
         return _resize(array, new_shape, order)
     in_plane = list(new_shape)
     in_plane[axis] = array.shape[axis]  # zoom factor 1 along the coarse axis = slice-wise
-    return _resize(_resize(array, in_plane, order), new_shape, order_z)
+    return _resize(_resize(array, in_plane, order, slice_axis=axis), new_shape, order_z)
 
 
 def resample_data(data: np.ndarray, new_shape, current_spacing, new_spacing,
@@ -107,18 +121,40 @@ def resample_data(data: np.ndarray, new_shape, current_spacing, new_spacing,
 
 
 def resample_seg(seg: np.ndarray, new_shape, current_spacing, new_spacing) -> np.ndarray:
-    """(Z, Y, X) labels: each label's one-hot resized linearly, kept where >= 0.5; the coarse
-    axis by nearest neighbour when anisotropic."""
+    """(Z, Y, X) labels: each label's indicator resized linearly, the per-voxel winner kept
+    (batchgenerators' resize_segmentation, which nnU-Net calls); the coarse axis by nearest
+    neighbour when anisotropic."""
     if tuple(seg.shape) == tuple(new_shape):
         return seg
     axis = _separate_axis(current_spacing, new_spacing)
     in_plane = list(new_shape)
     if axis is not None:
         in_plane[axis] = seg.shape[axis]
-    out = np.zeros(in_plane, dtype=seg.dtype)
-    for label in np.unique(seg):
-        out[_resize((seg == label).astype(np.float32), in_plane, 1) >= 0.5] = label
+    out = _resize_labels(seg, in_plane)
     return _resize(out, new_shape, 0) if axis is not None else out
+
+
+def _resize_labels(seg: np.ndarray, new_shape) -> np.ndarray:
+    """The label whose linearly resized indicator scores highest; an exact tie goes to the
+    nearest-neighbour label when it is among the tied, else to the lowest tied label
+    (batchgenerators 0.25.5's seg_tiebreak='nearest')."""
+    labels = np.unique(seg)
+    if len(labels) == 1 or tuple(seg.shape) == tuple(new_shape):
+        return np.full(new_shape, labels[0], dtype=seg.dtype) if len(labels) == 1 else seg
+    nearest = _resize(seg.astype(np.float64), new_shape, 0).astype(seg.dtype)
+    best = winner = nearest_score = None
+    for index, label in enumerate(labels):
+        score = _resize((seg == label).astype(np.float64), new_shape, 1)
+        if best is None:
+            best, winner, nearest_score = score, np.zeros(new_shape, np.int32), np.zeros(new_shape)
+        else:
+            better = score > best
+            winner[better] = index
+            np.maximum(best, score, out=best)
+        here = nearest == label
+        nearest_score[here] = score[here]
+    keep_nearest = (nearest_score == best) & (nearest_score > 0)
+    return np.where(keep_nearest, nearest, labels[winner]).astype(seg.dtype)
 
 
 def new_shape_for(shape, spacing, target_spacing) -> tuple[int, int, int]:
@@ -154,14 +190,25 @@ def normalize(data: np.ndarray, seg: np.ndarray, schemes: list[ChannelNormalizat
 
 # ---- one case --------------------------------------------------------------------------------
 
+def to_plan_frame(values, plan: Plan) -> tuple:
+    """Per-axis `values` of the image's (z, y, x) order in the plan's (transposed) order."""
+    return tuple(values[a] for a in plan.transpose_forward)
+
+
 def _transform(data, seg, geometry: Geometry, plan: Plan, case_id: str):
+    """nnU-Net's order: transpose -> crop -> normalise -> resample. The properties' shapes and
+    crop box are in the plan's (transposed) frame, as nnU-Net's; the geometry is the image's."""
+    data = data.transpose((0, *(a + 1 for a in plan.transpose_forward)))
+    if seg is not None:
+        seg = seg.transpose(plan.transpose_forward)
+    spacing_mm = to_plan_frame(geometry.spacing_mm, plan)
     original_shape = tuple(int(s) for s in data.shape[1:])
     data, seg, bbox = crop_to_nonzero(data, seg)
     shape_after_crop = tuple(int(s) for s in data.shape[1:])
-    new_shape = new_shape_for(shape_after_crop, geometry.spacing_mm, plan.target_spacing_mm)
+    new_shape = new_shape_for(shape_after_crop, spacing_mm, plan.target_spacing_mm)
     data = normalize(data, seg, plan.normalization)
-    data = resample_data(data, new_shape, geometry.spacing_mm, plan.target_spacing_mm)
-    seg = resample_seg(seg, new_shape, geometry.spacing_mm, plan.target_spacing_mm)
+    data = resample_data(data, new_shape, spacing_mm, plan.target_spacing_mm)
+    seg = resample_seg(seg, new_shape, spacing_mm, plan.target_spacing_mm)
     props = CaseProperties(case_id, geometry, original_shape, bbox, shape_after_crop, new_shape)
     return data, seg, props
 
@@ -212,15 +259,17 @@ def _preprocess_case(case, plan: Plan, labels: list[int], folder: Path) -> str:
 
 
 def restore_original(probabilities: np.ndarray, props: CaseProperties, plan: Plan) -> np.ndarray:
-    """(K, Z, Y, X) at plan spacing -> (K, *original_shape); background 1 outside the crop."""
-    axis = _separate_axis(plan.target_spacing_mm, props.geometry.spacing_mm)
+    """(K, Z, Y, X) at plan spacing -> (K, *image shape); background 1 outside the crop; the
+    plan's transpose undone last."""
+    spacing_mm = to_plan_frame(props.geometry.spacing_mm, plan)
+    axis = _separate_axis(plan.target_spacing_mm, spacing_mm)
     cropped = np.stack([_resize_separate(p.astype(np.float32, copy=False),
                                          props.shape_after_crop, 1, 0, axis)
                         for p in probabilities])  # (K, *shape_after_crop)
     out = np.zeros((probabilities.shape[0], *props.original_shape), dtype=np.float32)
     out[0] = 1.0
     out[(slice(None), *(slice(a, b) for a, b in props.crop_bbox))] = cropped
-    return out
+    return out.transpose((0, *(a + 1 for a in plan.transpose_backward)))
 
 
 @functools.lru_cache(maxsize=1024)
