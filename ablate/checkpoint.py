@@ -1,6 +1,11 @@
 """Checkpoints: written atomically every epoch (temporary file + os.replace), loaded with
 `torch.load(weights_only=True)`, holding the resolved config and plan so a model rebuilds from its
-checkpoint alone, and the RNG state so a resumed training continues bit for bit."""
+checkpoint alone, and the RNG state so a resumed training continues bit for bit.
+
+A training folder holds `checkpoint_latest.pt` (every epoch), `checkpoint_final.pt` (the end) and,
+as nnU-Net, `checkpoint_best.pt`: the weights of the epoch whose EMA pseudo Dice was the highest
+so far (`best_ema` in every checkpoint, so a resumed training keeps it). Inference loads the
+final one unless `infer.checkpoint` says best (`checkpoint_for`)."""
 
 from __future__ import annotations
 
@@ -13,11 +18,12 @@ import torch
 from torch import nn
 
 from ablate.config import TrainConfig
-from ablate.errors import ConfigError
+from ablate.errors import ConfigError, DataError
 from ablate.plan import Plan
 from ablate.regions import network_plan, regions_from_json, regions_to_json
 
-LATEST, FINAL = "checkpoint_latest.pt", "checkpoint_final.pt"
+LATEST, FINAL, BEST = "checkpoint_latest.pt", "checkpoint_final.pt", "checkpoint_best.pt"
+CHECKPOINTS = {"final": FINAL, "best": BEST}  # infer.checkpoint -> file name
 RESUME_IGNORED_FIELDS = ("device", "data_workers")  # may differ between a run and its resume
 
 
@@ -40,6 +46,7 @@ def save_checkpoint(
     seed: int,
     fold: int,
     regions: dict[str, tuple[int, ...]] | None = None,
+    best_ema: float | None = None,
 ) -> None:
     device = next(net.parameters()).device
     checkpoint = {
@@ -54,6 +61,7 @@ def save_checkpoint(
         "seed": seed,
         "fold": fold,
         "regions": regions_to_json(regions),
+        "best_ema": best_ema,  # the best EMA pseudo Dice so far (None: no epoch validated yet)
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(checkpoint, tmp)
@@ -62,10 +70,11 @@ def save_checkpoint(
 
 def resume(
     path: Path, cfg: TrainConfig, net, optimizer, scaler, device, regions=None
-) -> tuple[int, list[dict[str, float]]]:
-    """Restore state from `path` if present; returns (first epoch to run, history so far)."""
+) -> tuple[int, list[dict[str, float]], float | None]:
+    """Restore state from `path` if present; returns (first epoch to run, history so far, best
+    EMA pseudo Dice so far or None)."""
     if not path.exists():
-        return 0, []
+        return 0, [], None
     checkpoint = torch.load(path, map_location=device, weights_only=True)
     saved = TrainConfig.model_validate_json(checkpoint["config"]).model_dump(
         exclude=set(RESUME_IGNORED_FIELDS)
@@ -81,7 +90,8 @@ def resume(
     torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
     if device.type == "cuda" and "cuda" in checkpoint["rng"]:
         torch.cuda.set_rng_state(checkpoint["rng"]["cuda"].cpu(), device)
-    return int(checkpoint["epoch"]), list(checkpoint["history"])
+    best_ema = checkpoint.get("best_ema")
+    return int(checkpoint["epoch"]), list(checkpoint["history"]), best_ema
 
 
 def load_model(checkpoint: Path, device) -> tuple[nn.Module, TrainConfig, Plan]:
@@ -102,3 +112,19 @@ def checkpoint_regions(checkpoint: Path) -> dict[str, tuple[int, ...]] | None:
     """The regions a checkpoint was trained on (None: softmax over labels)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     return regions_from_json(state.get("regions", ""))
+
+
+def checkpoint_for(train_dir: Path, which: str = "final") -> Path:
+    """The checkpoint inference loads from a training's folder: `which` is `infer.checkpoint`,
+    "final" (nnU-Net's default) or "best" (the highest EMA pseudo Dice, nnU-Net's
+    checkpoint_best)."""
+    if which not in CHECKPOINTS:
+        raise ConfigError(f"infer.checkpoint: unknown {which!r}; valid: {', '.join(CHECKPOINTS)}")
+    path = Path(train_dir) / CHECKPOINTS[which]
+    if which == "best" and not path.exists() and (Path(train_dir) / FINAL).exists():
+        raise DataError(
+            f"{path}: missing; the training ran without validation (train.val_iterations 0 or "
+            "no validation cases), so no EMA pseudo Dice chose a best epoch; "
+            "use infer.checkpoint: final"
+        )
+    return path

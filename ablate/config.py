@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 
 class Frozen(BaseModel):
@@ -79,6 +79,18 @@ class InferConfig(Frozen):
     # class on all cross-validation folds of the variant, as nnU-Net's determine_postprocessing
     postprocess: Literal["none", "largest_component", "auto"] = "none"
     device: str = "auto"
+    # the weights inference loads: "final" (nnU-Net's default) or "best", the epoch with the
+    # highest EMA pseudo Dice (nnU-Net's checkpoint_best); see ablate.checkpoint.checkpoint_for
+    checkpoint: Literal["final", "best"] = "final"
+
+    @model_serializer(mode="wrap")
+    def _omit_default_checkpoint(self, handler):
+        # job keys hash the dumped config: the default is left out so that adding this field
+        # does not change the keys of studies run before it existed
+        dumped = handler(self)
+        if isinstance(dumped, dict) and dumped.get("checkpoint") == "final":
+            del dumped["checkpoint"]
+        return dumped
 
 
 class EvalConfig(Frozen):

@@ -3,8 +3,9 @@
 Randomness: the network initialisation uses torch's global generator inside `torch.random.fork_rng`
 seeded from the job's seed (the caller's state is restored afterwards); every batch is drawn from a
 numpy Generator seeded by (seed, epoch, split, batch index), so a resumed run sees the same batches.
-Checkpoints (`checkpoint_latest.pt` every epoch, `checkpoint_final.pt` at the end) are written
-atomically and load with `torch.load(weights_only=True)`.
+Checkpoints (`checkpoint_latest.pt` every epoch, `checkpoint_final.pt` at the end, and as nnU-Net
+`checkpoint_best.pt` whenever the EMA pseudo Dice improves) are written atomically and load with
+`torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from ablate.augment import augment_sample, sample_size_for
-from ablate.checkpoint import FINAL, LATEST, resume, save_checkpoint
+from ablate.checkpoint import BEST, FINAL, LATEST, resume, save_checkpoint
 from ablate.config import TrainConfig
 from ablate.device import peak_memory_mb, reset_peak_memory, select_device, synchronize
 from ablate.errors import ConfigError, DataError
@@ -46,9 +47,8 @@ class TrainResult:
     peak_memory_mb: dict[str, float]
     parameters: int
     flops: int
-    history: list[
-        dict[str, float]
-    ]  # per epoch: train_loss, val_loss, pseudo_dice, lr, epoch_seconds
+    # per epoch: train_loss, val_loss, pseudo_dice, ema_pseudo_dice, lr, epoch_seconds
+    history: list[dict[str, float]]
 
 
 def train(
@@ -90,7 +90,7 @@ def train(
             weight_decay=cfg.weight_decay,
         )
         scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-        start_epoch, history = resume(
+        start_epoch, history, best_ema = resume(
             out_dir / LATEST, cfg, net, optimizer, scaler, device, regions
         )
         loss_fn = training_loss(cfg, plan, regions)
@@ -100,14 +100,19 @@ def train(
             metrics = _run_epoch(
                 epoch, cfg, net, optimizer, scaler, loss_fn, loaders, device, regions
             )
+            previous = history[-1].get("ema_pseudo_dice") if history else None
+            metrics["ema_pseudo_dice"] = ema_pseudo_dice(previous, metrics["pseudo_dice"])
             history.append(metrics)
             state = (net, optimizer, scaler, epoch + 1, cfg, plan, history, seed, fold)
-            save_checkpoint(out_dir / LATEST, *state, regions=regions)
+            if loaders.validates and is_new_best(best_ema, metrics["ema_pseudo_dice"]):
+                best_ema = metrics["ema_pseudo_dice"]
+                save_checkpoint(out_dir / BEST, *state, regions=regions, best_ema=best_ema)
+            save_checkpoint(out_dir / LATEST, *state, regions=regions, best_ema=best_ema)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, dict(metrics))
         final = out_dir / FINAL
         state = (net, optimizer, scaler, cfg.epochs, cfg, plan, history, seed, fold)
-        save_checkpoint(final, *state, regions=regions)
+        save_checkpoint(final, *state, regions=regions, best_ema=best_ema)
     seconds = float(sum(h["epoch_seconds"] for h in history))
     return TrainResult(
         checkpoint=final,
@@ -119,6 +124,18 @@ def train(
         flops=flops,
         history=history,
     )
+
+
+def ema_pseudo_dice(previous: float | None, pseudo_dice: float) -> float:
+    """nnU-Net's moving average of the pseudo Dice (its logger's ema_fg_dice): the first epoch's
+    value, then 0.9 * previous + 0.1 * new. A NaN (no class in prediction or reference) stays."""
+    return pseudo_dice if previous is None else previous * 0.9 + 0.1 * pseudo_dice
+
+
+def is_new_best(best_ema: float | None, ema: float) -> bool:
+    """nnU-Net's on_epoch_end rule for checkpoint_best: the first epoch, then a strictly higher
+    EMA (so after a NaN first value no epoch is better, as in nnU-Net)."""
+    return best_ema is None or ema > best_ema
 
 
 def poly_lr(initial_lr: float, epoch: int, schedule_epochs: int, exponent: float = 0.9) -> float:
@@ -246,6 +263,8 @@ class _Loaders:
         )
         self.regions = regions  # forced crops sample per region, as nnU-Net's region training
         self.patch_size = tuple(data.plan.patch_size)
+        # no validation batches: no pseudo Dice, so no best checkpoint (nnU-Net always validates)
+        self.validates = bool(split.val) and cfg.val_iterations > 0
 
     def train(self, epoch: int):
         mode, patch = self.cfg.augmentation, self.patch_size

@@ -282,3 +282,15 @@ def test_case_ensemble_without_models_is_a_config_error():
 
     with pytest.raises(ConfigError, match="no models"):
         CaseEnsemble(None, tiny_plan()).labels()
+
+
+def test_infer_checkpoint_is_final_by_default_and_absent_from_job_keys():
+    """Job keys hash the dumped config: the default is left out so old studies keep their keys;
+    "best" is kept, so final and best evaluations are different jobs."""
+    assert InferConfig().checkpoint == "final"
+    assert "checkpoint" not in InferConfig().model_dump(mode="json")
+    best = InferConfig(checkpoint="best")
+    assert best.model_dump(mode="json")["checkpoint"] == "best"
+    assert InferConfig.model_validate_json(best.model_dump_json()) == best
+    with pytest.raises(ValueError, match="checkpoint"):
+        InferConfig(checkpoint="latest")

@@ -8,14 +8,16 @@ import torch
 from torch import nn
 
 import ablate
-from ablate.checkpoint import checkpoint_regions, load_model
+from ablate.checkpoint import checkpoint_for, checkpoint_regions, load_model
 from ablate.config import TrainConfig
-from ablate.errors import ConfigError
+from ablate.errors import ConfigError, DataError
 from ablate.losses import build_loss
 from ablate.plan import ChannelNormalization, Plan
 from ablate.regions import labels_to_regions
 from ablate.train import (
     confusion_counts,
+    ema_pseudo_dice,
+    is_new_best,
     poly_lr,
     pseudo_dice,
     region_confusion_counts,
@@ -142,9 +144,14 @@ def test_tiny_training_writes_loadable_checkpoints(tiny_nets, tmp_path):
         "train_loss",
         "val_loss",
         "pseudo_dice",
+        "ema_pseudo_dice",
         "lr",
         "epoch_seconds",
     }
+    assert all("ema_pseudo_dice" in m for _, m in seen)  # reaches tracking via the callback
+    best = torch.load(tmp_path / "checkpoint_best.pt", weights_only=True)
+    emas = [h["ema_pseudo_dice"] for h in result.history]
+    assert best["best_ema"] == max(emas) and best["epoch"] == emas.index(max(emas)) + 1
     assert result.history[1]["lr"] == pytest.approx(0.01 * 0.5**0.9)
     assert result.parameters == sum(p.numel() for p in TinyNet(1, 3).parameters())
     assert result.seconds_per_epoch > 0 and result.peak_memory_mb
@@ -166,7 +173,8 @@ def _interrupt_after_first_epoch(epoch, metrics):
 
 def test_interrupted_and_resumed_training_matches_uninterrupted(tiny_nets, tmp_path):
     data = TinyData()
-    whole = train(_cfg(epochs=3), data, 0, 5, tmp_path / "whole")
+    whole_dir, split = tmp_path / "whole", tmp_path / "split"
+    whole = train(_cfg(epochs=3), data, 0, 5, whole_dir)
     with pytest.raises(Interrupt):
         train(
             _cfg(epochs=3, data_workers=2),
@@ -183,6 +191,11 @@ def test_interrupted_and_resumed_training_matches_uninterrupted(tiny_nets, tmp_p
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert [h["train_loss"] for h in whole.history] == [h["train_loss"] for h in resumed.history]
+    for key in ("pseudo_dice", "ema_pseudo_dice"):  # the EMA continues across the resume
+        assert [h[key] for h in whole.history] == [h[key] for h in resumed.history]
+    best = [torch.load(d / "checkpoint_best.pt", weights_only=True) for d in (whole_dir, split)]
+    assert best[0]["epoch"] == best[1]["epoch"] and best[0]["best_ema"] == best[1]["best_ema"]
+    assert torch.load(resumed.checkpoint, weights_only=True)["best_ema"] == best[0]["best_ema"]
     other_seed = train(_cfg(epochs=1), data, 0, 6, tmp_path / "other")
     assert not torch.equal(
         torch.load(other_seed.checkpoint, weights_only=True)["model"]["full.weight"],
@@ -231,3 +244,47 @@ def test_tiny_region_training_outputs_one_channel_per_region(tiny_nets, tmp_path
     assert net(torch.zeros(1, 1, *PATCH)).shape == (1, 2, *PATCH)
     with pytest.raises(ConfigError, match="different training config"):
         train(cfg, TinyData(), 0, 1, tmp_path, regions={"kidney": (1, 2)})
+
+
+# --- pseudo-Dice EMA and checkpoint_best (nnU-Net's logger and on_epoch_end) -----------------
+
+DICE_SEQUENCE = [0.5, 0.2, 0.9, 0.6, 0.95, 0.1, float("nan"), 0.99]
+
+
+def test_ema_pseudo_dice_equals_nnunets_logger(tmp_path):
+    logging = pytest.importorskip("nnunetv2.training.logging.nnunet_logger")
+    logger = logging.MetaLogger(str(tmp_path), False)
+    ours, ema = [], None
+    for epoch, dice in enumerate(DICE_SEQUENCE):
+        logger.log("mean_fg_dice", dice, epoch)
+        ema = ema_pseudo_dice(ema, dice)
+        ours.append(ema)
+    np.testing.assert_array_equal(ours, logger.get_value("ema_fg_dice", None))  # bit for bit
+
+
+def test_best_checkpoint_epochs_follow_nnunets_rule():
+    """nnUNetTrainer.on_epoch_end: save when `_best_ema is None or ema > _best_ema`."""
+    ema, best, saved = None, None, []
+    for epoch, dice in enumerate([0.5, 0.2, 0.9, 0.6, 0.95, 0.1]):
+        ema = ema_pseudo_dice(ema, dice)
+        if is_new_best(best, ema):
+            best, saved = ema, [*saved, epoch]
+    assert saved == [0, 2, 3, 4]  # EMAs 0.5, 0.47, 0.513, 0.5217, 0.56453, 0.518077
+    assert not is_new_best(float("nan"), 0.9)  # a NaN best is never beaten, as in nnU-Net
+
+
+def test_no_validation_no_best_checkpoint(tiny_nets, tmp_path):
+    result = train(_cfg(val_iterations=0, epochs=1), TinyData(), 0, 1, tmp_path)
+    assert not (tmp_path / "checkpoint_best.pt").exists()
+    assert checkpoint_for(tmp_path, "final") == result.checkpoint
+    with pytest.raises(DataError, match="without validation.*infer.checkpoint: final"):
+        checkpoint_for(tmp_path, "best")
+    with pytest.raises(ConfigError, match="valid: final, best"):
+        checkpoint_for(tmp_path, "last")
+
+
+def test_checkpoint_for_best(tiny_nets, tmp_path):
+    train(_cfg(epochs=1), TinyData(), 0, 1, tmp_path)
+    assert checkpoint_for(tmp_path, "best") == tmp_path / "checkpoint_best.pt"
+    net, _, _ = load_model(checkpoint_for(tmp_path, "best"), torch.device("cpu"))
+    assert not net.training
