@@ -288,3 +288,26 @@ def test_checkpoint_for_best(tiny_nets, tmp_path):
     assert checkpoint_for(tmp_path, "best") == tmp_path / "checkpoint_best.pt"
     net, _, _ = load_model(checkpoint_for(tmp_path, "best"), torch.device("cpu"))
     assert not net.training
+
+
+def test_pseudo_dice_counts_equal_nnunets_validation_step():
+    """nnUNetTrainer.validation_step: argmax one-hot (or sigmoid > 0.5 per region), TP/FP/FN by
+    get_tp_fp_fn_tn over batch and space, background dropped; on_validation_epoch_end: nanmean."""
+    dice = pytest.importorskip("nnunetv2.training.loss.dice")
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn((2, 4, 3, 5, 6), generator=generator)  # (B, K, Z, Y, X)
+    target = torch.randint(0, 4, (2, 1, 3, 5, 6), generator=generator)
+    target[target == 3] = 0  # class 3 only predicted: Dice 0; nnU-Net keeps it in the mean
+    onehot = torch.zeros_like(logits).scatter_(1, logits.argmax(1, keepdim=True), 1)
+    tp, fp, fn, _ = dice.get_tp_fp_fn_tn(onehot, target, axes=[0, 2, 3, 4])
+    ours = confusion_counts(logits.argmax(1), target[:, 0], 4)
+    torch.testing.assert_close(ours, torch.stack([tp, fp, fn])[:, 1:].double())
+    expected = np.nanmean((2 * tp / (2 * tp + fp + fn))[1:].numpy())
+    assert pseudo_dice(ours) == pytest.approx(float(expected))
+    masks = labels_to_regions(target, KITS) > 0  # (B, R, Z, Y, X)
+    region_logits = logits[:, :2]
+    tp, fp, fn, _ = dice.get_tp_fp_fn_tn(
+        (torch.sigmoid(region_logits) > 0.5).long(), masks.long(), axes=[0, 2, 3, 4]
+    )
+    ours = region_confusion_counts(region_logits > 0, masks)
+    torch.testing.assert_close(ours, torch.stack([tp, fp, fn]).double())
