@@ -14,6 +14,13 @@ import types
 import numpy as np
 import pytest
 import torch
+from nnunetv2.inference import (  # the oracle is a test dependency: never skipped
+    export_prediction,
+    predict_from_raw_data,
+    sliding_window_prediction,
+)
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
 from ablate.config import InferConfig, TrainConfig
@@ -32,15 +39,6 @@ from ablate.nets import build_network
 from ablate.plan import ChannelNormalization, Plan
 from ablate.preprocess import CaseProperties
 from ablate.regions import default_region_order
-
-export_prediction = pytest.importorskip("nnunetv2.inference.export_prediction")
-predict_from_raw_data = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")
-sliding_window_prediction = pytest.importorskip("nnunetv2.inference.sliding_window_prediction")
-from nnunetv2.utilities.label_handling.label_handling import LabelManager  # noqa: E402
-from nnunetv2.utilities.plans_handling.plans_handler import (  # noqa: E402
-    ConfigurationManager,
-    PlansManager,
-)
 
 CPU = torch.device("cpu")
 IDENTITY = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)

@@ -10,20 +10,19 @@ import types
 import numpy as np
 import pytest
 import torch
+from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import (
+    DownsampleSegForDSTransform,
+)
+from batchgeneratorsv2.transforms.utils.seg_to_regions import (
+    ConvertSegmentationToRegionsTransform,
+)
+from nnunetv2.training.loss import compound_losses as compound  # the oracle: never skipped
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
 from ablate.config import TrainConfig
 from ablate.losses import build_loss, deep_supervision_loss, deep_supervision_weights
 from ablate.train import training_loss
-
-compound = pytest.importorskip("nnunetv2.training.loss.compound_losses")
-from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import (  # noqa: E402
-    DownsampleSegForDSTransform,
-)
-from batchgeneratorsv2.transforms.utils.seg_to_regions import (  # noqa: E402
-    ConvertSegmentationToRegionsTransform,
-)
-from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper  # noqa: E402
-from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss  # noqa: E402
 
 SHAPE = (2, 3, 6, 10, 12)  # (B, K, Z, Y, X)
 POOLS = [(1, 1, 1), (1, 2, 2), (2, 2, 2), (1, 2, 2)]

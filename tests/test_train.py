@@ -252,7 +252,8 @@ DICE_SEQUENCE = [0.5, 0.2, 0.9, 0.6, 0.95, 0.1, float("nan"), 0.99]
 
 
 def test_ema_pseudo_dice_equals_nnunets_logger(tmp_path):
-    logging = pytest.importorskip("nnunetv2.training.logging.nnunet_logger")
+    from nnunetv2.training.logging import nnunet_logger as logging
+
     logger = logging.MetaLogger(str(tmp_path), False)
     ours, ema = [], None
     for epoch, dice in enumerate(DICE_SEQUENCE):
@@ -293,7 +294,8 @@ def test_checkpoint_for_best(tiny_nets, tmp_path):
 def test_pseudo_dice_counts_equal_nnunets_validation_step():
     """nnUNetTrainer.validation_step: argmax one-hot (or sigmoid > 0.5 per region), TP/FP/FN by
     get_tp_fp_fn_tn over batch and space, background dropped; on_validation_epoch_end: nanmean."""
-    dice = pytest.importorskip("nnunetv2.training.loss.dice")
+    from nnunetv2.training.loss import dice
+
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn((2, 4, 3, 5, 6), generator=generator)  # (B, K, Z, Y, X)
     target = torch.randint(0, 4, (2, 1, 3, 5, 6), generator=generator)
