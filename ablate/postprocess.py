@@ -135,6 +135,17 @@ def decide_postprocessing(
     return PostprocessingDecision(tuple(steps), baseline, scores, tuple(trials))
 
 
+def training_targets(
+    labels: Mapping[str, object], regions: Mapping[str, Sequence[int]] | None
+) -> dict[str, tuple[int, ...]]:
+    """What nnU-Net decides postprocessing on: the training regions, in their order, when the
+    model is region-based, else each foreground label (the label manager's foreground)."""
+    if regions:
+        return {name: tuple(int(v) for v in values) for name, values in regions.items()}
+    values = sorted({int(v) for v in labels.values() if isinstance(v, int) and int(v) > 0})
+    return {next(n for n, v in labels.items() if v == value): (value,) for value in values}
+
+
 def _nanmeans(per_target: Mapping[str, list[float]]) -> dict[str, float]:
     means = {}
     for name, values in per_target.items():
