@@ -31,20 +31,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_study(study, text, progress=progress)
     finally:
         progress.close()
-    print(
-        f"trainings: {summary.trainings_run} run, {summary.trainings_skipped} already done; "
-        f"evaluations: {summary.evaluations_run} run, {summary.evaluations_skipped} already done"
-        + (
-            f"; ensembles: {summary.ensembles_run} run, {summary.ensembles_skipped} already done"
-            if summary.ensembles_run or summary.ensembles_skipped
-            else ""
-        )
-        + (
-            f"; test-set evaluations: {summary.tests_run} run, {summary.tests_skipped} already done"
-            if summary.tests_run or summary.tests_skipped
-            else ""
-        )
-    )
+    phases = [("trainings", summary.trainings), ("evaluations", summary.evaluations)]
+    for name, count in (("ensembles", summary.ensembles), ("test-set evaluations", summary.tests)):
+        if count.run or count.skipped:  # shown only for studies that have them
+            phases.append((name, count))
+    print("; ".join(f"{name}: {c.run} run, {c.skipped} already done" for name, c in phases))
     if summary.report:
         print(f"report: {summary.report}")
         _print_best(study)

@@ -67,7 +67,7 @@ def study_seconds(kind: str, workdir: Path) -> tuple[float, int]:
     summary = run_study(study, progress=PlainProgress(), make_report=False, executor=executor)
     if summary.failed:
         raise SystemExit(f"{kind}: failed jobs {summary.failed}")
-    return time.perf_counter() - start, summary.trainings_run + summary.evaluations_run
+    return time.perf_counter() - start, summary.trainings.run + summary.evaluations.run
 
 
 def main() -> None:

@@ -272,7 +272,7 @@ def test_two_local_workers_match_in_process_and_log_each_job_once(tmp_path: Path
         torch.set_num_threads(threads)
     summary, messages, uri, got = _run_tiny(tmp_path / "local", LocalExecutor(2))
     assert summary.failed == [] and serial.failed == []
-    assert (summary.trainings_run, summary.evaluations_run) == (4, 4)
+    assert (summary.trainings.run, summary.evaluations.run) == (4, 4)
     out, err = capfd.readouterr()
     assert not any("database is locked" in m for m in [*messages, out, err])
     client = mlflow.MlflowClient(uri)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from ablate.expand import expand
+from ablate.run.outcome import JobState
 from ablate.run.tracking import Tracker, default_tracking_uri, fetch_results
 from ablate.study import Study
 
@@ -146,7 +147,8 @@ def test_runs_of_jobs_the_study_no_longer_plans_stay_out_of_the_results(tmp_path
     assert tracker.finished(train_jobs[0].key)  # still there for a study that plans it again
 
 
-def test_test_runs_fill_the_held_out_tables(tmp_path):
+@pytest.mark.parametrize("fold_column", [True, False])  # False: written before the column
+def test_test_runs_fill_the_held_out_tables(tmp_path, fold_column):
     tracker = _tracker(tmp_path)
     tracker.start_study({}, {}, axes=["infer.tta"])
     run = tracker.start_job(
@@ -161,6 +163,8 @@ def test_test_runs_fill_the_held_out_tables(tmp_path):
             "value": [0.5, 0.7, 0.8],
         }
     )
+    if fold_column:  # the model's fold, as the test job writes it
+        rows.insert(1, "fold", [0, 1, -1])
     tracker.log_table(run, rows, "per_case")
     tracker.log_metrics(
         run,
@@ -191,7 +195,7 @@ def test_unfinished_run_is_superseded(tmp_path):
     # the runner's call style: axis values as params `axis.<name>`, no `variant`
     crashed = tracker.start_job("k1", "job one", "train", {"axis.infer.tta": 2, "fold": 0}, {})
     assert tracker.client.get_run(crashed).data.tags["ablate.variant"] == "tta=2"
-    assert tracker.job_states() == {"k1": "running"}
+    assert tracker.job_states() == {"k1": JobState.RUNNING}
     retry = tracker.start_job("k1", "job one", "train", {"fold": 0, "seed": 0}, {})
     old = tracker.client.get_run(crashed)
     assert (old.info.status, old.data.tags["ablate.state"]) == ("FAILED", "superseded")
@@ -199,7 +203,7 @@ def test_unfinished_run_is_superseded(tmp_path):
     failed = tracker.client.get_run(retry)
     assert failed.data.tags["ablate.state"] == "failed"
     assert len(failed.data.tags["ablate.error"]) == 5000
-    assert tracker.job_states() == {"k1": "failed"}
+    assert tracker.job_states() == {"k1": JobState.FAILED}
     assert not tracker.finished("k1")
     assert fetch_results(tracker.tracking_uri, "tiny").missing == ["train job one: failed"]
     tracker.log_study_artifact(tmp_path / "mlflow.db", "store")

@@ -24,23 +24,27 @@ from ablate.run.jobs import (
     execute_training,
     postprocess_groups,
 )
+from ablate.run.outcome import Outcome
 from ablate.run.progress import PlainProgress, Progress
 from ablate.study import Study
 
 
 @dataclass
+class PhaseCount:
+    """The jobs of one phase: run now, and skipped as already done."""
+
+    run: int = 0
+    skipped: int = 0
+
+
+@dataclass
 class RunSummary:
-    trainings_run: int = 0
-    trainings_skipped: int = 0
-    evaluations_run: int = 0
-    evaluations_skipped: int = 0
-    externals_run: int = 0
-    externals_skipped: int = 0
-    tests_run: int = 0
-    tests_skipped: int = 0
-    ensembles_run: int = 0
-    ensembles_skipped: int = 0
-    failed: list[str] = field(default_factory=list)
+    trainings: PhaseCount = field(default_factory=PhaseCount)
+    evaluations: PhaseCount = field(default_factory=PhaseCount)
+    ensembles: PhaseCount = field(default_factory=PhaseCount)
+    tests: PhaseCount = field(default_factory=PhaseCount)
+    externals: PhaseCount = field(default_factory=PhaseCount)
+    failed: list[str] = field(default_factory=list)  # names of the jobs that failed
     report: Path | None = None
 
 
@@ -128,49 +132,52 @@ def job_params(job: TrainJob | EvalJob | TestJob) -> dict:
     return {**{f"axis.{k}": v for k, v in job.variant.items()}, "fold": job.fold, "seed": job.seed}
 
 
-def record_outcome(tracker, run_id: str, kind: str, outcome: dict) -> None:
+def record_outcome(tracker, run_id: str, kind: str, outcome: Outcome) -> None:
+    """Log a job's outcome on its run; an eval or test run gets its rows as `per_case.csv`."""
     import pandas as pd
 
-    for epoch, metrics in enumerate(outcome.get("history", [])):
+    for epoch, metrics in enumerate(outcome.history):
         tracker.log_epoch(run_id, epoch, metrics)
     if kind in ("eval", "test"):
-        columns = ["model"] * (kind == "test") + ["case", "target", "metric", "value"]
-        table = pd.DataFrame(outcome["rows"], columns=columns)
+        model = ["model", "fold"] if kind == "test" else []  # which model predicted the case
+        table = pd.DataFrame(outcome.rows, columns=[*model, "case", "target", "metric", "value"])
         tracker.log_table(run_id, table, "per_case.csv")
-    if outcome.get("params"):
-        tracker.log_params(run_id, outcome["params"])
-    for path, folder in outcome.get("artifacts", []):  # folder None: the run's root
+    if outcome.params:
+        tracker.log_params(run_id, outcome.params)
+    for path, folder in outcome.artifacts:  # folder None: the run's root
         tracker.log_artifact(run_id, Path(path), folder)
-    tracker.log_metrics(run_id, outcome["metrics"])
+    tracker.log_metrics(run_id, outcome.metrics)
 
 
 def run_phase(
     jobs: list,
-    kind: str,
+    name: str,
     make_call: Callable,
     executor,
     tracker,
-    summary: RunSummary,
+    count: PhaseCount,
+    failed: list[str],
     progress: Progress,
 ) -> None:
     """Keep up to `executor.capacity` unfinished jobs in flight and record each outcome as it
-    arrives, so a kill loses at most the jobs in flight. A failure is recorded; the rest go on.
-    On Ctrl-C (or SIGTERM) the runs in flight are marked failed before the interrupt goes on."""
+    arrives, so a kill loses at most the jobs in flight. A failure is recorded (its name added to
+    `failed`); the rest go on. On Ctrl-C (or SIGTERM) the runs in flight are marked failed before
+    the interrupt goes on."""
     import concurrent.futures as cf
 
     in_flight: dict[cf.Future, tuple] = {}
     starting: list[str] = []
     if not jobs:
         return
-    done = {key for key, state in tracker.job_states().items() if state == "done"}
-    progress.phase(kind, total=sum(job.key not in done for job in jobs))
+    done = tracker.done_keys()
+    progress.phase(name, total=sum(job.key not in done for job in jobs))
     try:
         for job in jobs:
             if job.key in done:
-                setattr(summary, f"{kind}_skipped", getattr(summary, f"{kind}_skipped") + 1)
+                count.skipped += 1
                 continue
             while len(in_flight) >= executor.capacity:
-                _record_next(in_flight, kind, tracker, summary, progress)
+                _record_next(in_flight, name, tracker, count, failed, progress)
             tracked_as, tags = job_tracking(job)
             starting[:] = [tracker.start_job(job.key, job.name, tracked_as, job_params(job), tags)]
             verb = {"eval": "evaluate", "test": "test"}.get(tracked_as, "train")
@@ -179,7 +186,7 @@ def run_phase(
             future = executor.submit(fn, *args)  # in-process: runs the job here
             in_flight[future] = (job, starting.pop(), tracked_as)
         while in_flight:
-            _record_next(in_flight, kind, tracker, summary, progress)
+            _record_next(in_flight, name, tracker, count, failed, progress)
     except (KeyboardInterrupt, SystemExit):
         for run_id in [*starting, *(run_id for _, run_id, _ in in_flight.values())]:
             tracker.end_job(run_id, ok=False, error="interrupted; run the study again to resume")
@@ -188,7 +195,12 @@ def run_phase(
 
 
 def _record_next(
-    in_flight: dict, kind: str, tracker, summary: RunSummary, progress: Progress
+    in_flight: dict,
+    name: str,
+    tracker,
+    count: PhaseCount,
+    failed: list[str],
+    progress: Progress,
 ) -> None:
     import concurrent.futures as cf
 
@@ -199,13 +211,13 @@ def _record_next(
             record_outcome(tracker, run_id, tracked_as, future.result())
         except Exception as exc:  # noqa: BLE001 - recorded, and the study goes on
             tracker.end_job(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
-            summary.failed.append(job.name)
+            failed.append(job.name)
             trace = "".join(traceback.format_exception(exc, limit=-3))
             progress.message(f"FAILED {job.name}: {type(exc).__name__}: {exc}\n{trace}")
         else:
             tracker.end_job(run_id, ok=True)
-            setattr(summary, f"{kind}_run", getattr(summary, f"{kind}_run") + 1)
-        progress.advance(kind)
+            count.run += 1
+        progress.advance(name)
 
 
 def prepare_data(study: Study, dataset: Dataset, plan_cfg=None):
@@ -291,7 +303,8 @@ def run_study(
             ),
             executor,
             tracker,
-            summary,
+            summary.trainings,
+            summary.failed,
             progress,
         )
         run_phase(
@@ -312,7 +325,8 @@ def run_study(
             ),
             executor,
             tracker,
-            summary,
+            summary.evaluations,
+            summary.failed,
             progress,
         )
         run_phase(
@@ -332,7 +346,8 @@ def run_study(
             ),
             executor,
             tracker,
-            summary,
+            summary.ensembles,
+            summary.failed,
             progress,
         )
         run_phase(
@@ -353,7 +368,8 @@ def run_study(
             ),
             executor,
             tracker,
-            summary,
+            summary.tests,
+            summary.failed,
             progress,
         )
         labels = {c.case_id: c.label for c in (*dataset.cases, *test_cases)}
@@ -363,7 +379,8 @@ def run_study(
             lambda j: (execute_external, (j, labels, dataset.file_ending, targets, tolerance)),
             executor,
             tracker,
-            summary,
+            summary.externals,
+            summary.failed,
             progress,
         )
     finally:

@@ -1,6 +1,6 @@
 """The jobs: plain picklable functions an executor runs (maybe in another process or on another
-node). Each returns an outcome dict ({"metrics", "history" | "rows", "params", "artifacts"}) that
-the driver (ablate.run.driver) records; jobs never touch the tracking store."""
+node). Each returns an `Outcome` that the driver (ablate.run.driver) records; jobs never touch
+the tracking store."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import numpy as np
 from ablate.checkpoint import FINAL, checkpoint_regions, load_model
 from ablate.data.dataset import Case, Dataset
 from ablate.expand import EnsembleJob, EvalJob, ExternalJob, TestJob, TrainJob
+from ablate.run.outcome import Outcome, TestModel
 
 
-def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = False) -> dict:
+def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = False) -> Outcome:
     from ablate.device import headline_peak_mb
     from ablate.train import train
 
@@ -30,12 +31,12 @@ def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = 
         "peak_train_memory_mb": headline_peak_mb(result.peak_memory_mb),
         **{f"train_{k}": v for k, v in result.peak_memory_mb.items()},
     }
-    return {
-        "metrics": metrics,
-        "history": result.history,
-        "params": {"parameters": result.parameters, "flops_per_patch": result.flops},
-        "artifacts": [(result.checkpoint, "checkpoints")] if log_checkpoint else [],
-    }
+    return Outcome(
+        metrics,
+        history=result.history,
+        params={"parameters": result.parameters, "flops_per_patch": result.flops},
+        artifacts=[(result.checkpoint, "checkpoints")] if log_checkpoint else [],
+    )
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def execute_evaluation(
     tolerance_mm: dict[str, float],
     job_dir: Path,
     group: PostprocessGroup | None = None,
-) -> dict:
+) -> Outcome:
     """Predict the fold's validation cases with the trained model, postprocess, write, score.
 
     `auto` postprocessing first predicts every fold of its group (shared raw folder), decides on
@@ -154,7 +155,8 @@ def execute_evaluation(
     label_files = {c.case_id: c.label for c in dataset.cases}
     raw_dir = group.raw_dir if group else job_dir / "raw"
     steps: tuple[tuple[int, ...], ...] = ()
-    outcome: dict = {"params": {}, "artifacts": []}
+    params: dict[str, str] = {}
+    artifacts: list[tuple[Path, str | None]] = []
     if group is not None:
         for fold, fold_checkpoint in group.folds:
             predict_raw(fold_checkpoint, data.folds[fold].val, data, job.infer, raw_dir, ending)
@@ -163,8 +165,8 @@ def execute_evaluation(
         steps = decision.steps
         (job_dir / "postprocessing.json").parent.mkdir(parents=True, exist_ok=True)
         (job_dir / "postprocessing.json").write_text(json.dumps(decision.to_json(), indent=1))
-        outcome["params"]["postprocessing"] = json.dumps([list(s) for s in steps])
-        outcome["artifacts"].append((job_dir / "postprocessing.json", None))
+        params["postprocessing"] = json.dumps([list(s) for s in steps])
+        artifacts.append((job_dir / "postprocessing.json", None))
     else:
         predict_raw(checkpoint, data.folds[job.fold].val, data, job.infer, raw_dir, ending)
         if job.infer.postprocess == "largest_component":
@@ -174,7 +176,7 @@ def execute_evaluation(
         labels, geometry = read_image(raw_dir / f"{case_id}{ending}")
         cost = json.loads((raw_dir / f"{case_id}.json").read_text())
         scorer.add(case_id, labels, geometry, cost, label_files[case_id])
-    return {**outcome, "metrics": scorer.metrics(), "rows": scorer.rows}
+    return Outcome(scorer.metrics(), rows=scorer.rows, params=params, artifacts=artifacts)
 
 
 class _Scorer:
@@ -260,7 +262,7 @@ def execute_test(
     job_dir: Path,
     decision_file: Path,
     file_ending: str,
-) -> dict:
+) -> Outcome:
     """Predict the held-out test cases from their raw images with every fold model and, with
     `infer.ensemble_folds`, their ensemble, in one pass (each case is preprocessed once and each
     model runs once); postprocess, write and score every model's prediction. `auto`
@@ -280,18 +282,19 @@ def execute_test(
         model, _, plan = load_model(checkpoint, device)
         models.append(model)
     regions = checkpoint_regions(checkpoints[0])
-    single = [f"fold {f}" for f in job.folds]
-    names = single + (["ensemble"] if job.infer.ensemble_folds else [])
+    single = [TestModel(fold) for fold in job.folds]
+    ensemble_model = TestModel(None)
+    scored = single + ([ensemble_model] if job.infer.ensemble_folds else [])
     scorers = {
-        name: _Scorer(
+        model: _Scorer(
             steps,
             targets,
             tolerance_mm,
-            job_dir / name.replace(" ", "_"),
+            job_dir / model.folder,
             file_ending,
-            job_dir / name.replace(" ", "_") / "raw",
+            job_dir / model.folder / "raw",
         )
-        for name in names
+        for model in scored
     }
 
     for case in cases:
@@ -302,28 +305,29 @@ def execute_test(
         )
         ensemble = FoldEnsemble("sigmoid" if regions else "softmax", job.infer.ensemble_average)
         windows = []
-        for name, model in zip(single, models, strict=True):
+        for test_model, model in zip(single, models, strict=True):
             logits, window = _timed(
                 device, model_logits, model, np.array(data), plan, job.infer, device
             )
             labels, out = _timed(device, _labels, ensemble.add(logits), props, plan, regions)
             windows.append(window)
-            scorers[name].add(
+            scorers[test_model].add(
                 case.case_id, labels, geometry, _add_costs(prep, window, out), case.label
             )
         if job.infer.ensemble_folds:
             labels, out = _timed(device, _labels, ensemble.probabilities(), props, plan, regions)
-            scorers["ensemble"].add(
+            scorers[ensemble_model].add(
                 case.case_id, labels, geometry, _add_costs(prep, *windows, out), case.label
             )
     rows, metrics = [], {}
-    for name, scorer in scorers.items():
-        rows += [{"model": name, **row} for row in scorer.rows]
-        prefix = "ensemble_" if name == "ensemble" else f"fold{name.split()[-1]}_"
-        metrics.update({prefix + k: v for k, v in scorer.metrics().items()})
-    for key in {k.split("_", 1)[1] for k in metrics if k.startswith("fold")}:
-        metrics[key] = float(np.nanmean([metrics[f"fold{n.split()[-1]}_{key}"] for n in single]))
-    return {"metrics": metrics, "rows": rows, "params": {"models": len(models)}}
+    for test_model, scorer in scorers.items():
+        tag = {"model": test_model.name, "fold": test_model.tracked_fold}
+        rows += [{**tag, **row} for row in scorer.rows]
+        metrics.update({test_model.prefix + k: v for k, v in scorer.metrics().items()})
+    fold_metrics = {m.fold: scorers[m].metrics() for m in single}
+    for key in fold_metrics[single[0].fold]:  # unprefixed: the mean over the fold models
+        metrics[key] = float(np.nanmean([fold[key] for fold in fold_metrics.values()]))
+    return Outcome(metrics, rows=rows, params={"models": len(models)})
 
 
 def execute_ensemble(
@@ -334,7 +338,7 @@ def execute_ensemble(
     targets: dict[str, tuple[int, ...]],
     tolerance_mm: dict[str, float],
     job_dir: Path,
-) -> dict:
+) -> Outcome:
     """Predict one fold's validation cases with the average of its members' fold models (each
     with its own inference settings), write and score them. No postprocessing: nnU-Net decides
     it anew for an ensemble, which ablate does not yet do."""
@@ -365,11 +369,11 @@ def execute_ensemble(
         image, _, props = data.load_case(case_id)
         labels, cost = _timed(device, predict, np.array(image), props)
         scorer.add(case_id, labels, props.geometry, cost, label_files[case_id])
-    return {
-        "metrics": scorer.metrics(),
-        "rows": scorer.rows,
-        "params": {"members": json.dumps([m.name for m in job.members])},
-    }
+    return Outcome(
+        scorer.metrics(),
+        rows=scorer.rows,
+        params={"members": json.dumps([m.name for m in job.members])},
+    )
 
 
 def _add_costs(*parts: dict) -> dict:
@@ -389,7 +393,7 @@ def execute_external(
     file_ending: str,
     targets: dict[str, tuple[int, ...]],
     tolerance_mm: dict[str, float],
-) -> dict:
+) -> Outcome:
     """Score the job's cases of an external folder against `labels` (case id -> reference)."""
     from ablate.evaluate import evaluate_files
 
@@ -405,4 +409,5 @@ def execute_external(
     }
     if job.on_test_set:
         table.insert(0, "model", "external")
-    return {"metrics": metrics, "rows": table.to_dict("records")}
+        table.insert(1, "fold", -1)
+    return Outcome(metrics, rows=table.to_dict("records"))

@@ -8,7 +8,11 @@ from pathlib import Path
 from ablate.data.dataset import Dataset
 from ablate.folds import Fold, make_folds, read_splits
 from ablate.run.driver import job_tracking, load_dataset, workdir_of
+from ablate.run.outcome import JobState
 from ablate.study import Study
+
+# the states `ablate status` counts, in its order (a superseded run counts as failed)
+SHOWN = (JobState.DONE, JobState.RUNNING, JobState.FAILED, JobState.PENDING)
 
 
 def planned_folds(study: Study, dataset: Dataset, data_key: str) -> list[Fold]:
@@ -27,7 +31,7 @@ def study_status(study: Study) -> str:
     """One line per job (done / running / failed / pending), the best metric so far, time left."""
     from ablate.expand import expand_study
     from ablate.preprocess import cache_key
-    from ablate.run.tracking import Tracker, default_tracking_uri
+    from ablate.run.tracking import JobRecord, Tracker, default_tracking_uri
 
     dataset, test_cases = load_dataset(study)
     data_key = cache_key(dataset, study.plan, study.plan.intensity_samples)
@@ -38,28 +42,26 @@ def study_status(study: Study) -> str:
         default_tracking_uri(study, workdir), study.name, workdir / "mlartifacts"
     ).job_records()
     lines, best, left = [], (None, float("-inf")), 0.0
+    counts = dict.fromkeys(SHOWN, 0)
     for kind in ("train", "eval", "test"):
         of_kind = [j for j in jobs if job_tracking(j)[0] == kind]
-        durations = [r["seconds"] for j in of_kind if (r := records.get(j.key)) and r["seconds"]]
+        durations = [r.seconds for j in of_kind if (r := records.get(j.key)) and r.seconds]
         typical = sum(durations) / len(durations) if durations else None
         for job in of_kind:
-            record = records.get(job.key, {"state": "pending", "metrics": {}})
-            state = "failed" if record["state"] == "superseded" else record["state"]
-            dsc = {k: v for k, v in record["metrics"].items() if k.startswith("dsc_")}
+            record = records.get(job.key, JobRecord(JobState.PENDING, None, {}))
+            state = JobState.FAILED if record.state is JobState.SUPERSEDED else record.state
+            counts[state] += 1
+            dsc = {k: v for k, v in record.metrics.items() if k.startswith("dsc_")}
             shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(dsc.items()))
-            lines.append(f"{state:8s} {kind:5s} {job.name}  {shown}".rstrip())
+            lines.append(f"{state.value:8s} {kind:5s} {job.name}  {shown}".rstrip())
             if dsc and (mean := sum(dsc.values()) / len(dsc)) > best[1]:
                 best = (job.name, mean)
-            if state != "done" and typical:
+            if state is not JobState.DONE and typical:
                 left += typical
-    counts = {
-        s: sum(line.startswith(s) for line in lines)
-        for s in ("done", "running", "failed", "pending")
-    }
-    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    lines.append(", ".join(f"{n} {state.value}" for state, n in counts.items()))
     if best[0]:
         lines.append(f"best so far: {best[0]} (mean DSC over targets {best[1]:.4f})")
-    if counts["done"] == sum(counts.values()):
+    if counts[JobState.DONE] == len(jobs):
         lines.append("nothing left to run")
     else:
         lines.append(

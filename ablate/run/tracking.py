@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,8 @@ from mlflow.tracking import MlflowClient
 from ablate.errors import ConfigError
 from ablate.expand import EvalJob, TrainJob
 from ablate.report.collect import Results
+from ablate.run.outcome import JobState
 from ablate.study import Study, variant_label
-
-for _name in ("mlflow", "alembic", "alembic.runtime.migration"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
 
 TAG_VALUE_LIMIT = 5000  # MLflow allows 8000; keep error tags readable
 PARAM_VALUE_LIMIT = 6000
@@ -42,7 +41,28 @@ EVAL_COST = {
     "infer_seconds_per_case": ("infer_seconds_per_case",),
     "peak_infer_memory_mb": ("peak_infer_memory_mb", "peak_memory_mb"),
 }
-STATE_RANK = {"done": 0, "running": 1, "failed": 2, "superseded": 3}
+
+
+def _quiet_mlflow() -> None:
+    """MLflow's and alembic's info lines (store migrations, ...) are noise in a study's log."""
+    for name in ("mlflow", "alembic", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _state(run) -> JobState:
+    """A job run's state: done once FINISHED, else its `ablate.state` tag."""
+    if run.info.status == "FINISHED":
+        return JobState.DONE
+    return JobState(run.data.tags.get("ablate.state", JobState.RUNNING.value))
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What the store knows of a job: its best run's state, duration and metrics."""
+
+    state: JobState
+    seconds: float | None  # finished runs only
+    metrics: dict[str, float]
 
 
 def default_tracking_uri(study: Study, workdir: Path) -> str:
@@ -103,6 +123,7 @@ class Tracker:
     def __init__(self, tracking_uri: str, study_name: str, artifact_root: Path):
         self.tracking_uri = tracking_uri
         self.study_name = study_name
+        _quiet_mlflow()
         self.client = MlflowClient(tracking_uri)
         self.experiment_id = _get_or_create_experiment(self.client, study_name, Path(artifact_root))
         self.parent_run_id: str | None = None
@@ -183,7 +204,7 @@ class Tracker:
         of the same job is marked FAILED with `ablate.state = superseded`."""
         for run in self._runs_of(job_key):
             if run.info.status == "RUNNING":
-                self.client.set_tag(run.info.run_id, "ablate.state", "superseded")
+                self.client.set_tag(run.info.run_id, "ablate.state", JobState.SUPERSEDED.value)
                 self.client.set_terminated(run.info.run_id, "FAILED")
         if variant is None:  # the runner passes axis values as params `axis.<name>`
             variant = {k[len("axis.") :]: v for k, v in params.items() if k.startswith("axis.")}
@@ -194,7 +215,7 @@ class Tracker:
             "ablate.kind": kind,
             "ablate.job_key": job_key,
             "ablate.variant": variant_label(variant),
-            "ablate.state": "running",
+            "ablate.state": JobState.RUNNING.value,
             **axis_values,
             **tags,
         }
@@ -267,44 +288,35 @@ class Tracker:
             self.client.log_artifact(run_id, str(Path(tmp) / name))
 
     def end_job(self, run_id: str, ok: bool, error: str | None = None) -> None:
-        self.client.set_tag(run_id, "ablate.state", "done" if ok else "failed")
+        state = JobState.DONE if ok else JobState.FAILED
+        self.client.set_tag(run_id, "ablate.state", state.value)
         if error:
             self.client.set_tag(run_id, "ablate.error", error[:TAG_VALUE_LIMIT])
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
-    def job_records(self) -> dict[str, dict[str, Any]]:
-        """job_key -> {"state", "seconds" (finished runs), "metrics"} of its best run."""
-        records: dict[str, dict[str, Any]] = {}
+    def job_records(self) -> dict[str, JobRecord]:
+        """job_key -> its best run (done > running > failed > superseded)."""
+        records: dict[str, JobRecord] = {}
         for run in _search_all(self.client, self.experiment_id, "tags.`ablate.kind` != 'study'"):
             key = run.data.tags.get("ablate.job_key")
-            state = run.data.tags.get("ablate.state", "running")
-            if run.info.status == "FINISHED":
-                state = "done"
-            known = records.get(key, {}).get("state", "")
-            if key and STATE_RANK.get(state, 9) < STATE_RANK.get(known, 9):
+            state = _state(run)
+            known = records.get(key)
+            if key and state.better_than(known.state if known else None):
                 seconds = (
                     (run.info.end_time - run.info.start_time) / 1000
-                    if state == "done" and run.info.end_time
+                    if state is JobState.DONE and run.info.end_time
                     else None
                 )
-                records[key] = {
-                    "state": state,
-                    "seconds": seconds,
-                    "metrics": dict(run.data.metrics),
-                }
+                records[key] = JobRecord(state, seconds, dict(run.data.metrics))
         return records
 
-    def job_states(self) -> dict[str, str]:
+    def job_states(self) -> dict[str, JobState]:
         """job_key -> best state over its runs (done > running > failed > superseded)."""
-        states: dict[str, str] = {}
-        for run in _search_all(self.client, self.experiment_id, "tags.`ablate.kind` != 'study'"):
-            key = run.data.tags.get("ablate.job_key")
-            state = run.data.tags.get("ablate.state", "running")
-            if run.info.status == "FINISHED":
-                state = "done"
-            if key and STATE_RANK.get(state, 9) < STATE_RANK.get(states.get(key, ""), 9):
-                states[key] = state
-        return states
+        return {key: record.state for key, record in self.job_records().items()}
+
+    def done_keys(self) -> set[str]:
+        """The keys of the jobs with a FINISHED run: a rerun skips them."""
+        return {key for key, state in self.job_states().items() if state is JobState.DONE}
 
 
 # ---------------------------------------------------------------- reading results back
@@ -366,33 +378,29 @@ def _planned(client: MlflowClient, parent, tmp: str) -> list[dict] | None:
 def _missing(planned: list[dict] | None, runs: list) -> list[str]:
     """Readable labels ("train plain · fold 1: failed") of planned or started jobs that have no
     FINISHED run."""
-    states: dict[str, dict[str, str]] = {}
-    for job in planned or []:
-        states[job["job_key"]] = {**job, "state": "not started"}
+    jobs: dict[str, dict[str, str]] = {job["job_key"]: job for job in planned or []}
+    states: dict[str, JobState] = {key: JobState.PENDING for key in jobs}
     for run in runs:
         key = run.data.tags.get("ablate.job_key")
         if not key:
             continue
-        state = "done" if run.info.status == "FINISHED" else run.data.tags.get("ablate.state", "")
-        known = states.get(
-            key,
-            {
-                "job_key": key,
-                "name": run.info.run_name,
-                "kind": run.data.tags.get("ablate.kind", ""),
-                "state": state,
-            },
+        jobs.setdefault(
+            key, {"name": run.info.run_name, "kind": run.data.tags.get("ablate.kind", "")}
         )
-        if STATE_RANK.get(state, 9) <= STATE_RANK.get(known["state"], 9):
-            known = {**known, "state": state}
-        states[key] = known
+        state = _state(run)
+        if state.better_than(states.get(key)):
+            states[key] = state
+    shown = {JobState.PENDING: "not started"}
     return [
-        f"{s['kind']} {s['name']}: {s['state']}" for s in states.values() if s["state"] != "done"
+        f"{jobs[key]['kind']} {jobs[key]['name']}: {shown.get(state, state.value)}"
+        for key, state in states.items()
+        if state is not JobState.DONE
     ]
 
 
 def fetch_results(tracking_uri: str, study_name: str) -> Results:
     """Read every FINISHED train/eval run of a study back into tidy tables."""
+    _quiet_mlflow()
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(study_name)
     if experiment is None:
@@ -424,8 +432,7 @@ def fetch_results(tracking_uri: str, study_name: str) -> Results:
             if kind == "test":
                 table = _download_csv(client, run.info.run_id, "per_case.csv", tmp)
                 if table is not None:
-                    fold = table["model"].str.extract(r"fold (\d+)")[0].fillna(-1).astype(int)
-                    test.append(table.assign(**identity).assign(fold=fold))
+                    test.append(_test_table(table, identity))
                 test_cost += _test_costs(run.data.metrics, identity)
             if kind != "eval":
                 continue
@@ -470,6 +477,15 @@ def fetch_results(tracking_uri: str, study_name: str) -> Results:
     test_df = test_df.reindex(columns=[*test_ids, "case", "target", "metric", "value"])
     test_cost_df = pd.DataFrame(test_cost, columns=[*test_ids, *EVAL_COST])
     return Results(tidy_df, cost_df, curves_df, axes, missing, test_df, test_cost_df)
+
+
+def _test_table(table: pd.DataFrame, identity: dict[str, Any]) -> pd.DataFrame:
+    """A test run's per_case.csv with the run's identity; `fold` is the column the job wrote
+    (the model's fold, -1 for the ensemble and external folders), not the run's fold -1."""
+    if "fold" not in table:  # written before the column existed: "fold <n>" models only
+        fold = table["model"].str.removeprefix("fold ")
+        table = table.assign(fold=pd.to_numeric(fold, errors="coerce").fillna(-1).astype(int))
+    return table.assign(**{k: v for k, v in identity.items() if k != "fold"})
 
 
 def _test_costs(metrics: dict[str, float], identity: dict[str, Any]) -> list[dict[str, Any]]:
