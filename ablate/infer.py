@@ -348,38 +348,46 @@ def export_probabilities(logits, props, plan: Plan, regions=None) -> np.ndarray:
 class CaseEnsemble:
     """One case's prediction by one or several fold models, exported as nnU-Net does.
 
-    `average` "logits": the mean logits at the plan's spacing are exported (nnU-Net v2's
-    predictor given several folds). "probabilities": each model's logits are exported to
-    probabilities in the original geometry and those are averaged (nnUNetv2_ensemble, seed 004).
-    `add` returns each model's own exported label map, so one pass scores folds and ensemble.
+    `add` exports each model's logits to its own label map (so one pass scores every fold model)
+    and, unless `average` is None, accumulates the ensemble: "logits" exports the mean logits at
+    the plan's spacing (nnU-Net v2's predictor given several folds); "probabilities" averages each
+    model's exported probabilities in the original geometry (nnUNetv2_ensemble, seed 004).
     """
 
-    def __init__(self, props, plan: Plan, regions=None, average: str = "probabilities"):
-        self.props, self.plan, self.regions = props, plan, regions
-        self.on_probabilities = average == "probabilities"
+    def __init__(self, props, plan: Plan, regions=None, average: str | None = "probabilities"):
+        if average not in ("probabilities", "logits", None):
+            raise ConfigError(
+                f"infer.ensemble_average: unknown {average!r}; valid: probabilities, logits"
+            )
+        self.props, self.plan, self.regions, self.average = props, plan, regions, average
         self.total: np.ndarray | None = None
         self.count = 0
 
     def add(self, logits: torch.Tensor | np.ndarray) -> np.ndarray:
+        """One model's (K, Z, Y, X) logits at the plan's spacing -> its (Z, Y, X) label map."""
         resampled = resample_logits(logits, self.props, self.plan)  # (K, *shape_after_crop)
-        if self.on_probabilities:
+        if self.average == "probabilities":
             activation = ACTIVATIONS["sigmoid" if self.regions else "softmax"]
             probabilities = activation(torch.from_numpy(resampled)).numpy()
-            part = _uncrop_probabilities(probabilities, self.props, self.plan, self.regions)
-        else:
-            part = torch.as_tensor(logits).detach().float().cpu().numpy()  # (K, Z, Y, X)
+            self._accumulate(
+                _uncrop_probabilities(probabilities, self.props, self.plan, self.regions)
+            )
+        elif self.average == "logits":
+            self._accumulate(torch.as_tensor(logits).detach().float().cpu().numpy())
+        return _uncrop_labels(logits_to_labels(resampled, self.regions), self.props, self.plan)
+
+    def _accumulate(self, part: np.ndarray) -> None:
         if self.total is None:
             self.total = part.copy()
         else:
             self.total += part
         self.count += 1
-        return _uncrop_labels(logits_to_labels(resampled, self.regions), self.props, self.plan)
 
     def labels(self) -> np.ndarray:
         """The ensemble's (Z, Y, X) label map in the original geometry."""
         if self.total is None:
             raise ConfigError("infer: no models to predict with; train at least one fold")
-        if self.on_probabilities:
+        if self.average == "probabilities":
             return probabilities_to_labels(self.total / self.count, self.regions)
         return export_labels(self.total / self.count, self.props, self.plan, self.regions)
 
@@ -406,9 +414,9 @@ def predict_case(
     if not models:
         raise ConfigError("infer: no models to predict with; train at least one fold")
     data, props = preprocess_images(images, geometry, plan)
-    ensemble = CaseEnsemble(props, plan, regions, cfg.ensemble_average)
+    ensemble = CaseEnsemble(props, plan, regions, cfg.ensemble_average if models[1:] else None)
     for model in models:
         labels = ensemble.add(model_logits(model, data, plan, cfg, device))
-    labels = ensemble.labels() if len(models) > 1 else labels
+    labels = ensemble.labels() if models[1:] else labels
     write_image(labels, geometry, out_path)
     return labels

@@ -282,6 +282,8 @@ def test_case_ensemble_without_models_is_a_config_error():
 
     with pytest.raises(ConfigError, match="no models"):
         CaseEnsemble(None, tiny_plan()).labels()
+    with pytest.raises(ConfigError, match="valid: probabilities, logits"):
+        CaseEnsemble(None, tiny_plan(), average="median")
 
 
 def test_infer_checkpoint_is_final_by_default_and_absent_from_job_keys():

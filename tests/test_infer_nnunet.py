@@ -24,6 +24,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from ablate.config import InferConfig, TrainConfig
+from ablate.errors import ConfigError
 from ablate.imageio import Geometry
 from ablate.infer import (
     CaseEnsemble,
@@ -230,6 +231,12 @@ def test_case_ensemble_follows_nnunets_two_ensembles(average):
             (probabilities[0] + probabilities[1]) / 2
         )
     np.testing.assert_array_equal(ensemble.labels(), expected)
+    single = CaseEnsemble(props, plan, None, None)  # no ensemble: each model's export only
+    np.testing.assert_array_equal(
+        single.add(second), np.asarray(nnunet_export(second, plan, props))
+    )
+    with pytest.raises(ConfigError, match="no models"):
+        single.labels()
 
 
 # --- sliding window, Gaussian, steps and TTA against nnUNetPredictor ---------------------------
