@@ -1,4 +1,5 @@
 import pytest
+from nnunetv2.utilities.crossval_split import generate_crossval_split
 
 from ablate.errors import ConfigError
 from ablate.folds import Fold, make_folds, read_splits, write_splits
@@ -24,12 +25,15 @@ def test_uneven_fold_sizes_first_folds_larger():
         assert not set(f.train) & set(f.val)
 
 
-def test_matches_sklearn_when_available():
-    model_selection = pytest.importorskip("sklearn.model_selection")
-    ids = sorted(f"x{i}" for i in range(23))
-    kf = model_selection.KFold(n_splits=5, shuffle=True, random_state=12345)
-    expected = [(tuple(ids[i] for i in tr), tuple(ids[i] for i in va)) for tr, va in kf.split(ids)]
-    assert [(f.train, f.val) for f in make_folds(ids)] == expected
+@pytest.mark.parametrize("n, k, seed", [(23, 5, 12345), (7, 3, 12345), (40, 5, 1), (10, 10, 7)])
+def test_folds_equal_nnunets_generate_crossval_split(n, k, seed):
+    """nnU-Net sorts the case identifiers, then splits with sklearn's shuffled KFold."""
+    ids = [f"case_{i:03d}" for i in range(n)]
+    theirs = generate_crossval_split(sorted(ids), seed=seed, n_splits=k)
+    ours = make_folds(list(reversed(ids)), k=k, seed=seed)
+    assert [(f.train, f.val) for f in ours] == [
+        (tuple(sorted(s["train"])), tuple(sorted(s["val"]))) for s in theirs
+    ]
 
 
 def test_splits_roundtrip(tmp_path):
