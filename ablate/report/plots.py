@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
 
 DPI = 80
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize, layout=None, **kwargs):
+    """A figure and its axes without pyplot: figures are only written as PNG (Figure.savefig
+    renders with Agg), so no GUI backend is needed and none is chosen for the whole process."""
+    fig = Figure(figsize=figsize, layout=layout)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
     return buffer.getvalue()
 
 
@@ -32,7 +34,7 @@ def violin(values: pd.DataFrame, order: list[str], title: str, ylabel: str) -> b
 
     values: columns variant, value (one row per case and variant).
     """
-    fig, ax = plt.subplots(figsize=(_width(len(order)), 3.6))
+    fig, ax = _subplots(figsize=(_width(len(order)), 3.6))
     sns.violinplot(
         data=values,
         x="variant",
@@ -63,7 +65,7 @@ def paired_differences(table: pd.DataFrame, baseline: str) -> bytes:
     n_variants = table["variant"].nunique()
     cols = min(len(panels), 3)
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         rows,
         cols,
         figsize=(4.2 * cols, 0.3 * n_variants * rows + 1.5),
@@ -93,7 +95,7 @@ def significance_maps(maps: dict[tuple[str, str], pd.DataFrame]) -> bytes:
     side = max(3.0, 0.28 * k + 1.5)
     cols = min(n, 3)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         rows, cols, figsize=(side * cols, side * rows), squeeze=False, layout="constrained"
     )
     for ax, ((target, metric), table) in zip(axes.flat, maps.items(), strict=False):
@@ -111,7 +113,7 @@ def rank_stability(freqs: dict[str, pd.DataFrame], taus: dict[str, np.ndarray]) 
     """Blob plot (bootstrap rank frequency per variant) per target, plus Kendall's tau violins."""
     n = len(freqs)
     k = max(len(f) for f in freqs.values())
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         1,
         n + 1,
         figsize=(max(4.5, 0.3 * k + 3) * n + 3, 0.3 * k + 2),
@@ -137,7 +139,7 @@ def pareto(points: pd.DataFrame, xlabel: str, ylabel: str) -> bytes:
 
     points: variant, cost, accuracy, front (bool).
     """
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = _subplots(figsize=(6, 4.2))
     ax.scatter(points["cost"], points["accuracy"], c=np.where(points["front"], "#b30000", "#888"))
     front = points[points["front"]].sort_values("cost")
     ax.plot(front["cost"], front["accuracy"], color="#b30000", lw=1, label="Pareto front")
@@ -164,7 +166,7 @@ def cost_per_variant(cost: pd.DataFrame, order: list[str], memory_label: str) ->
     panels = [("seconds_per_epoch", "training s / epoch"),
               ("infer_seconds_per_case", "inference s / case"),
               ("peak_train_memory_mb", f"{memory_label}, training (MB)")]
-    fig, axes = plt.subplots(1, 3, figsize=(max(9.0, 3 * _width(len(order), 0.35, 3.0)), 3.6),
+    fig, axes = _subplots(1, 3, figsize=(max(9.0, 3 * _width(len(order), 0.35, 3.0)), 3.6),
                              layout="constrained")
     for ax, (column, label) in zip(axes, panels, strict=True):
         data = cost[["variant", column]].dropna()
@@ -185,7 +187,7 @@ def training_curves(curves: pd.DataFrame, order: list[str]) -> bytes:
     """
     metrics = list(pd.unique(curves["metric"]))
     mean = curves.groupby(["metric", "variant", "epoch"], sort=False)["value"].mean()
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False, layout="constrained"
     )
     colors = sns.color_palette("husl", len(order))
