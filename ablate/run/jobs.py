@@ -15,7 +15,7 @@ import numpy as np
 from ablate.checkpoint import FINAL, checkpoint_regions, load_model
 from ablate.data.dataset import Case, Dataset
 from ablate.expand import EnsembleJob, EvalJob, ExternalJob, TestJob, TrainJob
-from ablate.run.outcome import Outcome, TestModel
+from ablate.run.outcome import HeldOutModel, Outcome
 
 
 def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = False) -> Outcome:
@@ -282,8 +282,8 @@ def execute_test(
         model, _, plan = load_model(checkpoint, device)
         models.append(model)
     regions = checkpoint_regions(checkpoints[0])
-    single = [TestModel(fold) for fold in job.folds]
-    ensemble_model = TestModel(None)
+    single = [HeldOutModel(fold) for fold in job.folds]
+    ensemble_model = HeldOutModel(None)
     scored = single + ([ensemble_model] if job.infer.ensemble_folds else [])
     scorers = {
         model: _Scorer(

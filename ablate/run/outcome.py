@@ -16,7 +16,7 @@ class Outcome:
     metrics:   final metrics (step 0)
     history:   a training's per-epoch metrics (train_loss, val_loss, pseudo_dice, lr, ...)
     rows:      an evaluation's per-case scores {case, target, metric, value}; a test job's rows
-               also carry the model that made the prediction: {model, fold, ...} (`TestModel`)
+               also carry the model that made the prediction: {model, fold, ...} (`HeldOutModel`)
     params:    extra run params
     artifacts: (file, folder in the run; None: its root)
     """
@@ -29,7 +29,7 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class TestModel:
+class HeldOutModel:
     """A model scored on the held-out test set: fold `fold`'s model, or the ensemble of every
     fold model (`fold` None)."""
 
