@@ -119,7 +119,7 @@ def test_dummy_2d_spatial_transform_leaves_the_slice_axis_alone():
     data = np.broadcast_to(np.arange(6, dtype=np.float32)[:, None, None], size)[None].copy()
     seg = np.ones(size, dtype=np.int8)
     out, out_seg, params = spatial(data, seg, np.random.default_rng(0), patch, 1.0, 1.0)
-    assert params["angles_deg"][1:] == [0.0, 0.0] and params["angles_deg"][0] != 0.0
+    assert params["dummy_2d"] and len(params["angles_rad"]) == 1 and params["angles_rad"][0] != 0
     centre = out[0, :, 10:14, 10:14]  # inside the rotated field of view
     assert np.allclose(centre, np.arange(6)[:, None, None])
     assert out_seg.shape == patch
