@@ -59,8 +59,13 @@ class Fingerprint:
 class Plan:
     """Everything downstream needs; saved as plan.json in the cache and logged to MLflow.
 
-    All spatial tuples are (z, y, x). `pool_kernel_sizes[0]` is (1, 1, 1): stage 0 does not
-    downsample; stage s downsamples by pool_kernel_sizes[s].
+    All spatial tuples are in the plan's (transposed) frame, as nnU-Net's: axis a of the plan is
+    axis `transpose_forward[a]` of the image's (z, y, x) arrays, so the coarsest axis comes first.
+    Preprocessing moves a (C, Z, Y, X) array into that frame with
+    `array.transpose((0, *(a + 1 for a in transpose_forward)))` and export moves a plan-frame
+    (Z', Y', X') array back with `array.transpose(transpose_backward)`.
+    `pool_kernel_sizes[0]` is (1, 1, 1): stage 0 does not downsample; stage s downsamples by
+    pool_kernel_sizes[s].
     """
 
     target_spacing_mm: tuple[float, float, float]
@@ -72,10 +77,14 @@ class Plan:
     num_input_channels: int
     num_classes: int  # softmax outputs, background included
     normalization: list[ChannelNormalization]
-    median_shape: tuple[int, int, int]  # after resampling to target spacing
+    median_shape: tuple[int, int, int]  # after resampling to target spacing, rounded
     anisotropic: bool  # resample the coarse axis separately (order_z 0)
+    # nnU-Net would also plan a 3d_lowres stage (it survives the drop rule): cascade territory
     cascade_recommended: bool = False
     memory_budget_gb: float = 8.0
+    transpose_forward: tuple[int, int, int] = (0, 1, 2)
+    transpose_backward: tuple[int, int, int] = (0, 1, 2)
+    batch_dice: bool = False  # nnU-Net's 3d_fullres: True exactly when 3d_lowres survives
 
     @property
     def num_stages(self) -> int:
@@ -87,8 +96,15 @@ class Plan:
     @classmethod
     def from_json(cls, d: dict) -> Plan:
         d = dict(d)
-        for k in ("target_spacing_mm", "patch_size", "median_shape"):
-            d[k] = tuple(d[k])
+        for k in (
+            "target_spacing_mm",
+            "patch_size",
+            "median_shape",
+            "transpose_forward",
+            "transpose_backward",
+        ):
+            if k in d:
+                d[k] = tuple(d[k])
         d["pool_kernel_sizes"] = [tuple(p) for p in d["pool_kernel_sizes"]]
         d["conv_kernel_sizes"] = [tuple(p) for p in d["conv_kernel_sizes"]]
         d["normalization"] = [ChannelNormalization(**n) for n in d["normalization"]]
@@ -105,9 +121,15 @@ REFERENCE_FEATURE_MAP_SIZE_3D = 560e6  # nnU-Net's proxy budget for 8 GB at batc
 REFERENCE_BATCH_3D = 2
 MIN_BATCH = 2
 MAX_DATASET_COVERED = 0.05
-LOWRES_THRESHOLD = 0.25
-NORMALIZATION_BY_CHANNEL = {"ct": "ct", "nonorm": "noNorm", "zscore": "zscore",
-                            "rescale_to_0_1": "rescale_to_0_1", "rgb_to_0_1": "rgb_to_0_1"}
+LOWRES_THRESHOLD = 0.25  # a 3d_lowres stage is tried while the patch covers less
+LOWRES_SPACING_STEP = 1.03  # lowres spacing grows by 3 % per try
+NORMALIZATION_BY_CHANNEL = {
+    "ct": "ct",
+    "nonorm": "noNorm",
+    "zscore": "zscore",
+    "rescale_to_0_1": "rescale_to_0_1",
+    "rgb_to_0_1": "rgb_to_0_1",
+}
 
 
 def read_case_arrays(case) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
@@ -116,16 +138,20 @@ def read_case_arrays(case) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
     for path in case.images:
         array, geo = read_image(path)
         if geometry is not None and array.shape != arrays[0].shape:
-            raise DataError(f"{path}: shape {array.shape} differs from channel 0 "
-                            f"{arrays[0].shape}; all channels of a case must share one grid")
+            raise DataError(
+                f"{path}: shape {array.shape} differs from channel 0 "
+                f"{arrays[0].shape}; all channels of a case must share one grid"
+            )
         geometry = geometry or geo
         arrays.append(array.astype(np.float32, copy=False))
     seg = None
     if case.label is not None:
         seg, _ = read_image(case.label)
         if seg.shape != arrays[0].shape:
-            raise DataError(f"{case.label}: label shape {seg.shape} differs from image "
-                            f"{arrays[0].shape}; resample the label onto the image grid")
+            raise DataError(
+                f"{case.label}: label shape {seg.shape} differs from image "
+                f"{arrays[0].shape}; resample the label onto the image grid"
+            )
         seg = seg.astype(np.int16, copy=False)
     return np.stack(arrays), seg, geometry
 
@@ -159,13 +185,16 @@ def _analyze_case(case, num_samples: int) -> dict:
     samples = []
     for channel in cropped:
         pixels = channel[foreground]
-        samples.append(rs.choice(pixels, num_samples, replace=True) if pixels.size
-                       else np.zeros(0, np.float32))
-    return {"spacing": tuple(float(s) for s in geometry.spacing_mm),
-            "shape": tuple(int(s) for s in cropped.shape[1:]),
-            "samples": samples,
-            "counts": dict(zip(labels.tolist(), counts.tolist(), strict=True)),
-            "relative_size": float(np.prod(cropped.shape[1:]) / np.prod(images.shape[1:]))}
+        samples.append(
+            rs.choice(pixels, num_samples, replace=True) if pixels.size else np.zeros(0)
+        )  # nnU-Net's [] (float64 once pooled)
+    return {
+        "spacing": tuple(float(s) for s in geometry.spacing_mm),
+        "shape": tuple(int(s) for s in cropped.shape[1:]),
+        "samples": samples,
+        "counts": dict(zip(labels.tolist(), counts.tolist(), strict=True)),
+        "relative_size": float(np.prod(cropped.shape[1:]) / np.prod(images.shape[1:])),
+    }
 
 
 def _analyze_all(dataset, workers: int, total_samples: float) -> list[dict]:
@@ -180,39 +209,53 @@ def _analyze_all(dataset, workers: int, total_samples: float) -> list[dict]:
 
 def intensity_statistics(samples: np.ndarray) -> dict[str, float]:
     if samples.size == 0:
-        return {k: float("nan") for k in ("mean", "median", "std", "min", "max",
-                                          "percentile_00_5", "percentile_99_5")}
+        return {
+            k: float("nan")
+            for k in ("mean", "median", "std", "min", "max", "percentile_00_5", "percentile_99_5")
+        }
     p00_5, median, p99_5 = np.percentile(samples, (0.5, 50.0, 99.5))
-    return {"mean": float(np.mean(samples)), "median": float(median),
-            "std": float(np.std(samples)), "min": float(np.min(samples)),
-            "max": float(np.max(samples)), "percentile_00_5": float(p00_5),
-            "percentile_99_5": float(p99_5)}
+    return {
+        "mean": float(np.mean(samples)),
+        "median": float(median),
+        "std": float(np.std(samples)),
+        "min": float(np.min(samples)),
+        "max": float(np.max(samples)),
+        "percentile_00_5": float(p00_5),
+        "percentile_99_5": float(p99_5),
+    }
 
 
-def foreground_samples(dataset, workers: int = 2,
-                       total_samples: float = FOREGROUND_SAMPLES_TOTAL) -> list[np.ndarray]:
+def foreground_samples(
+    dataset, workers: int = 2, total_samples: float = FOREGROUND_SAMPLES_TOTAL
+) -> list[np.ndarray]:
     """The pooled foreground intensity samples per channel (nnU-Net's seeded sampling)."""
     results = _analyze_all(dataset, workers, total_samples)
-    return [np.concatenate([r["samples"][c] for r in results])
-            for c in range(len(dataset.channels))]
+    return [
+        np.concatenate([r["samples"][c] for r in results]) for c in range(len(dataset.channels))
+    ]
 
 
-def fingerprint(dataset, workers: int = 2,
-                total_samples: float = FOREGROUND_SAMPLES_TOTAL) -> Fingerprint:
+def fingerprint(
+    dataset, workers: int = 2, total_samples: float = FOREGROUND_SAMPLES_TOTAL
+) -> Fingerprint:
     """Spacings, shapes after crop, foreground intensity statistics, class voxel counts."""
     results = _analyze_all(dataset, workers, total_samples)
     counts: dict[int, int] = {}
     for r in results:
         for label, count in r["counts"].items():
             counts[int(label)] = counts.get(int(label), 0) + int(count)
-    stats = [intensity_statistics(np.concatenate([r["samples"][c] for r in results]))
-             for c in range(len(dataset.channels))]
+    stats = [
+        intensity_statistics(np.concatenate([r["samples"][c] for r in results]))
+        for c in range(len(dataset.channels))
+    ]
     return Fingerprint(
         spacings_mm=[r["spacing"] for r in results],
         shapes_after_crop=[r["shape"] for r in results],
-        intensity_properties=stats, class_voxel_counts=dict(sorted(counts.items())),
+        intensity_properties=stats,
+        class_voxel_counts=dict(sorted(counts.items())),
         median_relative_size_after_cropping=float(np.median([r["relative_size"] for r in results])),
-        case_ids=[c.case_id for c in dataset.cases])
+        case_ids=[c.case_id for c in dataset.cases],
+    )
 
 
 def target_spacing(fp: Fingerprint) -> tuple[float, float, float]:
@@ -259,30 +302,38 @@ def _normalizations(fp: Fingerprint, dataset, cfg, workers: int) -> list[Channel
             mean, std = float(np.mean(windowed)), float(np.std(windowed))
         elif cfg.clip_percentiles is not None:
             lower, upper = (float(v) for v in np.percentile(samples[c], cfg.clip_percentiles))
-        out.append(ChannelNormalization("ct", False, float(mean), float(std),
-                                        float(lower), float(upper)))
+        out.append(
+            ChannelNormalization("ct", False, float(mean), float(std), float(lower), float(upper))
+        )
     return out
 
 
-def _estimate(patch, topo: Topology, cfg, in_channels: int, num_classes: int) -> int:
+def _estimate(patch, topo: Topology, cfg, num_classes: int) -> int:
+    """nnU-Net's VRAM proxy: the planner builds its PlainConvUNet without deep supervision, so
+    only the top segmentation head counts; input channels do not enter (conv outputs only)."""
     feats = features_per_stage(len(topo.pool_kernel_sizes), cfg.base_features, cfg.max_features)
-    # input channels do not enter DNA's count (it sums conv outputs only)
-    del in_channels
-    return plain_unet_feature_map_size(patch, topo.pool_kernel_sizes, feats, num_classes)
+    return plain_unet_feature_map_size(
+        patch, topo.pool_kernel_sizes, feats, num_classes, deep_supervision=False
+    )
 
 
-def _initial_patch(spacing, median_shape) -> list[int]:
+def _initial_patch(spacing, median_shape) -> list[float]:
+    """The 256^3-volume patch with the spacing's aspect ratio, clipped to the (float) median
+    shape; nnU-Net keeps a fractional median (e.g. 136.5) here and pads it up later."""
     inv = 1 / np.array(spacing, dtype=float)
     patch = [round(v) for v in inv * (256**3 / np.prod(inv)) ** (1 / 3)]
-    return [int(min(p, m)) for p, m in zip(patch, median_shape, strict=True)]
+    return [min(p, m) for p, m in zip(patch, (float(m) for m in median_shape), strict=True)]
 
 
-def fit_patch(spacing, median_shape, reference: float, cfg, in_channels: int,
-              num_classes: int) -> tuple[Topology, int]:
+def fit_patch(
+    spacing, median_shape, reference: float, cfg, in_channels: int, num_classes: int
+) -> tuple[Topology, int]:
     """Start from the 256^3-volume patch clipped to the median shape; shrink the axis with the
-    largest patch/median ratio by one divisibility step until the proxy fits the budget."""
+    largest patch/median ratio by one divisibility step until the proxy fits the budget.
+    (`in_channels` is accepted for callers; nnU-Net's proxy does not use it.)"""
+    del in_channels
     topo = pool_and_conv_props(spacing, _initial_patch(spacing, median_shape))
-    estimate = _estimate(topo.patch_size, topo, cfg, in_channels, num_classes)
+    estimate = _estimate(topo.patch_size, topo, cfg, num_classes)
     while estimate / REFERENCE_BATCH_3D * 2 > reference:
         patch = list(topo.patch_size)
         ratios = [p / m for p, m in zip(patch, median_shape, strict=True)]
@@ -296,43 +347,98 @@ def fit_patch(spacing, median_shape, reference: float, cfg, in_channels: int,
         if patch[axis] < 1:
             break
         topo = pool_and_conv_props(spacing, patch)
-        estimate = _estimate(topo.patch_size, topo, cfg, in_channels, num_classes)
+        estimate = _estimate(topo.patch_size, topo, cfg, num_classes)
     return topo, estimate
 
 
+def determine_transpose(spacing) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """nnU-Net's transpose: the coarsest axis (first one on ties) first, the others in order.
+    Returns (forward, backward) with backward[a] = position of image axis a in the plan frame."""
+    coarse = int(np.argmax(np.asarray(spacing, dtype=float)))
+    forward = (coarse, *(a for a in range(3) if a != coarse))
+    backward = tuple(forward.index(a) for a in range(3))
+    return forward, backward
+
+
+def lowres_survives(
+    spacing, median_shape, fullres_patch, reference: float, cfg, num_classes: int
+) -> bool:
+    """Whether nnU-Net's planner keeps a 3d_lowres configuration (plan-frame inputs).
+
+    While the patch covers < 25 % of the median shape's voxels, lowres spacing grows by 3 %
+    (only the axes more than 2x finer than the coarsest, else all) and a patch is fitted to the
+    shrunken median. The lowres stage is kept only if it was created and the fullres median
+    has at least twice its voxels. nnU-Net's 3d_fullres uses batch Dice exactly then.
+    """
+    fullres_spacing = np.array(spacing, dtype=float)
+    median = np.array(median_shape, dtype=float)
+    median_voxels = np.prod(median, dtype=np.float64)
+    patch_voxels = np.prod(fullres_patch, dtype=np.float64)
+    lowres_spacing, created = fullres_spacing.copy(), False
+    while patch_voxels / median_voxels < LOWRES_THRESHOLD:
+        finer = lowres_spacing.max() / lowres_spacing > 2
+        if np.any(finer):
+            lowres_spacing[finer] *= LOWRES_SPACING_STEP
+        else:
+            lowres_spacing *= LOWRES_SPACING_STEP
+        lowres_median = fullres_spacing / lowres_spacing * median
+        median_voxels = np.prod(lowres_median, dtype=np.float64)
+        topo, _ = fit_patch(
+            lowres_spacing, [round(v) for v in lowres_median], reference, cfg, 0, num_classes
+        )
+        patch_voxels = np.prod(topo.patch_size, dtype=np.int64)
+        created = True
+    return bool(created and np.prod(median, dtype=np.float64) / median_voxels >= 2)
+
+
+def _batch_size(estimate: int, reference: float, patch, n_voxels_dataset: float) -> int:
+    """Budget headroom scales the batch; at most 5 % of the dataset per step; at least 2."""
+    batch = round(reference / estimate * REFERENCE_BATCH_3D)
+    cap = round(n_voxels_dataset * MAX_DATASET_COVERED / np.prod(patch, dtype=np.float64))
+    return int(max(min(batch, cap), MIN_BATCH))
+
+
 def make_plan(fp: Fingerprint, dataset, cfg, workers: int = 2) -> Plan:
-    """nnU-Net v2's 3d_fullres plan under cfg's memory budget and overrides."""
-    spacing = tuple(cfg.target_spacing_mm) if cfg.target_spacing_mm else target_spacing(fp)
-    new_shapes = [np.round(np.array(sp) / np.array(spacing) * np.array(sh))
-                  for sp, sh in zip(fp.spacings_mm, fp.shapes_after_crop, strict=True)]
-    median_shape = np.median(np.array(new_shapes), axis=0)
+    """nnU-Net v2's 3d_fullres plan under cfg's memory budget and overrides.
+
+    `cfg.target_spacing_mm` and `cfg.patch_size` are in the image's (z, y, x) order (nnU-Net's
+    overwrite_target_spacing is too); the plan holds them in its transposed frame.
+    """
+    spacing = np.array(cfg.target_spacing_mm or target_spacing(fp), dtype=float)
+    forward, backward = determine_transpose(spacing)
+    new_shapes = [
+        np.round(np.array(sp) / spacing * np.array(sh))
+        for sp, sh in zip(fp.spacings_mm, fp.shapes_after_crop, strict=True)
+    ]
+    median_shape = np.median(np.array(new_shapes), axis=0)[list(forward)]
+    spacing = spacing[list(forward)]
     n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * len(fp.spacings_mm))
-    in_channels, num_classes = len(dataset.channels), dataset.num_classes
+    num_classes = dataset.num_classes
     reference = REFERENCE_FEATURE_MAP_SIZE_3D * cfg.gpu_memory_gb / 8
     if cfg.patch_size is not None:
-        topo = pool_and_conv_props(spacing, cfg.patch_size)
-        estimate = _estimate(topo.patch_size, topo, cfg, in_channels, num_classes)
+        topo = pool_and_conv_props(spacing, [cfg.patch_size[a] for a in forward])
+        estimate = _estimate(topo.patch_size, topo, cfg, num_classes)
     else:
-        topo, estimate = fit_patch(spacing, median_shape, reference, cfg, in_channels,
-                                   num_classes)
-    batch = round(reference / estimate * REFERENCE_BATCH_3D)
-    cap = round(n_voxels_dataset * MAX_DATASET_COVERED / np.prod(topo.patch_size,
-                                                                  dtype=np.float64))
-    batch = int(max(min(batch, cap), MIN_BATCH))
+        topo, estimate = fit_patch(spacing, median_shape, reference, cfg, 0, num_classes)
+    lowres = lowres_survives(spacing, median_shape, topo.patch_size, reference, cfg, num_classes)
     median_spacing = np.median(np.array(fp.spacings_mm, dtype=float), axis=0)
-    coverage = np.prod(topo.patch_size, dtype=np.float64) / np.prod(median_shape,
-                                                                     dtype=np.float64)
     return Plan(
         target_spacing_mm=tuple(float(s) for s in spacing),
         patch_size=tuple(int(p) for p in topo.patch_size),
-        batch_size=batch,
+        batch_size=_batch_size(estimate, reference, topo.patch_size, n_voxels_dataset),
         pool_kernel_sizes=[tuple(int(v) for v in p) for p in topo.pool_kernel_sizes],
         conv_kernel_sizes=[tuple(int(v) for v in k) for k in topo.conv_kernel_sizes],
-        features_per_stage=features_per_stage(len(topo.pool_kernel_sizes), cfg.base_features,
-                                              cfg.max_features),
-        num_input_channels=in_channels, num_classes=num_classes,
+        features_per_stage=features_per_stage(
+            len(topo.pool_kernel_sizes), cfg.base_features, cfg.max_features
+        ),
+        num_input_channels=len(dataset.channels),
+        num_classes=num_classes,
         normalization=_normalizations(fp, dataset, cfg, workers),
         median_shape=tuple(int(round(m)) for m in median_shape),
         anisotropic=bool(is_anisotropic(spacing) or is_anisotropic(median_spacing)),
-        cascade_recommended=bool(coverage < LOWRES_THRESHOLD),
-        memory_budget_gb=float(cfg.gpu_memory_gb))
+        cascade_recommended=lowres,
+        batch_dice=lowres,
+        memory_budget_gb=float(cfg.gpu_memory_gb),
+        transpose_forward=forward,
+        transpose_backward=backward,
+    )

@@ -3,7 +3,9 @@
 Pure functions. `pool_and_conv_props` follows
 nnunetv2/experiment_planning/experiment_planners/network_topology.py::get_pool_and_conv_props;
 `plain_unet_feature_map_size` follows dynamic_network_architectures' PlainConvUNet
-`compute_conv_feature_map_size` (deep supervision on, as the planner instantiates it).
+`compute_conv_feature_map_size`. nnU-Net's planner builds that network through
+`get_network_from_plans` without a `deep_supervision` argument, so PlainConvUNet's default
+(False) applies and only the top segmentation head is counted: hence the default below.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ def pad_to_divisible(shape, divisible_by) -> tuple[int, ...]:
     return tuple(int(-(-s // d) * d) for s, d in zip(shape, divisible_by, strict=True))
 
 
-def pool_and_conv_props(spacing, patch_size, min_feature_map_size: int = 4,
-                        max_numpool: int = 999) -> Topology:
+def pool_and_conv_props(
+    spacing, patch_size, min_feature_map_size: int = 4, max_numpool: int = 999
+) -> Topology:
     """Pool every axis that stays >= 2 * min_feature_map_size voxels and whose spacing is within
     2x of the finest pooled-able axis; a lone pooling axis needs >= 3 * min_feature_map_size.
     An axis gets kernel 3 once its spacing is within 2x of the finest, else 1. The patch is
@@ -47,8 +50,10 @@ def pool_and_conv_props(spacing, patch_size, min_feature_map_size: int = 4,
         if not axes or (len(axes) == 1 and size_now[axes[0]] < 3 * min_feature_map_size):
             break
         # nnU-Net compares against the finest spacing over all axes here, not only the poolable
-        kernel = [3 if k == 3 or spacing_now[a] / min(spacing_now) < 2 else 1
-                  for a, k in enumerate(kernel)]
+        kernel = [
+            3 if k == 3 or spacing_now[a] / min(spacing_now) < 2 else 1
+            for a, k in enumerate(kernel)
+        ]
         step = [1] * dim
         for a in axes:
             step[a] = 2
@@ -59,12 +64,14 @@ def pool_and_conv_props(spacing, patch_size, min_feature_map_size: int = 4,
         convs.append(tuple(kernel))
     convs.append((3,) * dim)
     divisible_by = tuple(2**n for n in num_pool)
-    return Topology(tuple(num_pool), pools, convs,
-                    pad_to_divisible(patch_size, divisible_by), divisible_by)
+    return Topology(
+        tuple(num_pool), pools, convs, pad_to_divisible(patch_size, divisible_by), divisible_by
+    )
 
 
-def features_per_stage(num_stages: int, base_features: int = 32,
-                       max_features: int = 320) -> list[int]:
+def features_per_stage(
+    num_stages: int, base_features: int = 32, max_features: int = 320
+) -> list[int]:
     return [min(base_features * 2**s, max_features) for s in range(num_stages)]
 
 
@@ -75,18 +82,23 @@ def _prod(values) -> int:
     return out
 
 
-def plain_unet_feature_map_size(patch_size, pool_kernel_sizes, features: list[int],
-                                num_classes: int, convs_per_stage: int = 2,
-                                convs_per_decoder_stage: int = 2,
-                                deep_supervision: bool = True) -> int:
+def plain_unet_feature_map_size(
+    patch_size,
+    pool_kernel_sizes,
+    features: list[int],
+    num_classes: int,
+    convs_per_stage: int = 2,
+    convs_per_decoder_stage: int = 2,
+    deep_supervision: bool = False,
+) -> int:
     """Summed element count of every conv / transposed-conv / seg-head output of a PlainConvUNet
-    for one sample (nnU-Net's VRAM proxy; norms and nonlinearities are not counted)."""
+    for one sample (nnU-Net's VRAM proxy; norms and nonlinearities are not counted). With
+    `deep_supervision` every decoder stage's head counts, else only the full-resolution one."""
     sizes, size = [], list(patch_size)
     for stride in pool_kernel_sizes:  # encoder stage s outputs at size // prod(strides[:s+1])
         size = [z // s for z, s in zip(size, stride, strict=True)]
         sizes.append(size)
-    total = sum(convs_per_stage * f * _prod(sz)
-                for f, sz in zip(features, sizes, strict=True))
+    total = sum(convs_per_stage * f * _prod(sz) for f, sz in zip(features, sizes, strict=True))
     n = len(features)
     for level in range(n - 2, -1, -1):  # decoder stages, deepest first
         voxels = _prod(sizes[level])

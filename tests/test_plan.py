@@ -5,11 +5,26 @@ import numpy as np
 import pytest
 
 from ablate.config import CTWindow, PlanConfig
-from ablate.plan import Fingerprint, Plan, fingerprint, make_plan, target_spacing
-from ablate.topology import plain_unet_feature_map_size
+from ablate.plan import (
+    Fingerprint,
+    Plan,
+    determine_transpose,
+    fingerprint,
+    make_plan,
+    target_spacing,
+)
 
-CT = [dict(mean=50.0, median=50.0, std=20.0, min=0.0, max=100.0, percentile_00_5=1.0,
-           percentile_99_5=99.0)]
+CT = [
+    dict(
+        mean=50.0,
+        median=50.0,
+        std=20.0,
+        min=0.0,
+        max=100.0,
+        percentile_00_5=1.0,
+        percentile_99_5=99.0,
+    )
+]
 DS3 = SimpleNamespace(channels=("CT",), num_classes=3)
 
 
@@ -32,40 +47,24 @@ def test_coarse_axis_clamped_just_above_in_plane():
     assert target_spacing(fp)[0] == pytest.approx(0.78 + 1e-5)
 
 
-def test_kits_like_plan_pools_in_plane_first():
-    plan = make_plan(_kits_like(), DS3, PlanConfig())
-    # z/in-plane = 2.75/0.78 = 3.5: in-plane pools alone, kernel (1, 3, 3); after one pool
-    # 2.75/1.56 < 2 so z joins and its kernel becomes 3
-    assert plan.pool_kernel_sizes[:3] == [(1, 1, 1), (1, 2, 2), (2, 2, 2)]
-    assert plan.conv_kernel_sizes[:2] == [(1, 3, 3), (3, 3, 3)]
-    assert plan.conv_kernel_sizes[-1] == (3, 3, 3)
-    pools = np.array(plan.pool_kernel_sizes).prod(axis=0)
-    assert all(p % d == 0 for p, d in zip(plan.patch_size, pools, strict=True))
-    # median shape: round(z * 100 / 2.75) -> 91 109 127 145 164 182, median 136
-    assert plan.median_shape == (136, 512, 512) and plan.anisotropic
-    est = plain_unet_feature_map_size(plan.patch_size, plan.pool_kernel_sizes,
-                                      plan.features_per_stage, 3)
-    assert est <= 560e6 and plan.batch_size == 2
-    assert plan.cascade_recommended  # the patch is far below 25 % of 136 x 512 x 512
+def test_transpose_puts_the_coarsest_axis_first():
+    # sagittal: x is coarse -> plan axes (x, z, y); backward[a] = where image axis a went
+    assert determine_transpose((1.0, 1.0, 4.0)) == ((2, 0, 1), (1, 2, 0))
+    assert determine_transpose((0.8, 5.0, 0.8)) == ((1, 0, 2), (1, 0, 2))
+    assert determine_transpose((3.0, 0.8, 0.8)) == ((0, 1, 2), (0, 1, 2))
+    assert determine_transpose((1.0, 1.0, 1.0)) == ((0, 1, 2), (0, 1, 2))  # ties: first axis
 
 
-def test_isotropic_160_cube_shrinks_to_128_cube():
-    # 160^3 (886M) -> x to 128 (709M) -> y (567M) -> z (453.7M <= 560M): nnU-Net's order
-    plan = make_plan(_fp([(1.0, 1.0, 1.0)] * 100, [(160, 160, 160)] * 100), DS3, PlanConfig())
-    assert plan.target_spacing_mm == (1.0, 1.0, 1.0)
-    assert plan.patch_size == (128, 128, 128)
-    assert plan.pool_kernel_sizes == [(1, 1, 1)] + [(2, 2, 2)] * 5
-    assert plan.conv_kernel_sizes == [(3, 3, 3)] * 6
-    assert plan.features_per_stage == [32, 64, 128, 256, 320, 320]
-    assert plan.batch_size == 2  # round(560e6 / 453,694,976 * 2) = round(2.47)
-    assert not plan.cascade_recommended and not plan.anisotropic  # 0.512 of the median
-
-
-def test_tiny_budget_gives_small_plan_for_cpu_demo():
-    fp = _fp([(3.0, 1.0, 1.0)] * 8, [(30, 130, 130)] * 8)
-    plan = make_plan(fp, DS3, PlanConfig(gpu_memory_gb=0.05, base_features=8, max_features=64))
-    assert plan.patch_size == (14, 56, 56) and plan.num_stages == 4
-    assert plan.features_per_stage == [8, 16, 32, 64] and plan.batch_size == 2
+def test_sagittal_plan_is_in_the_transposed_frame_and_overrides_in_the_image_frame():
+    fp = _fp([(0.9, 0.9, 4.0)] * 4, [(60, 64, 14)] * 4)
+    plan = make_plan(fp, DS3, PlanConfig())
+    assert plan.transpose_forward == (2, 0, 1) and plan.transpose_backward == (1, 2, 0)
+    assert plan.target_spacing_mm == (4.0, 0.9, 0.9) and plan.median_shape == (14, 60, 64)
+    cfg = PlanConfig(target_spacing_mm=(1.0, 1.0, 2.0), patch_size=(32, 48, 16))
+    plan = make_plan(fp, DS3, cfg)
+    assert plan.target_spacing_mm == (2.0, 1.0, 1.0) and plan.patch_size == (16, 32, 48)
+    back = np.zeros(plan.patch_size).transpose(plan.transpose_backward)
+    assert back.shape == (32, 48, 16)  # export: plan frame -> image frame
 
 
 def test_overrides_and_json_roundtrip():
@@ -74,6 +73,14 @@ def test_overrides_and_json_roundtrip():
     assert plan.target_spacing_mm == (2.0, 1.0, 1.0)
     assert plan.patch_size == (20, 48, 48)  # 20 = 4 * 5: z pools twice
     assert Plan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+    # a plan.json written before the transpose/batch-Dice fields reads with nnU-Net's identity
+    old = {
+        k: v
+        for k, v in plan.to_json().items()
+        if k not in ("transpose_forward", "transpose_backward", "batch_dice")
+    }
+    old_plan = Plan.from_json(json.loads(json.dumps(old)))
+    assert old_plan.transpose_forward == (0, 1, 2) and old_plan.batch_dice is False
 
 
 def test_zscore_mask_rule_from_relative_size():

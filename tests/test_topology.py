@@ -1,3 +1,5 @@
+import pytest
+
 from ablate.topology import (
     features_per_stage,
     pad_to_divisible,
@@ -42,17 +44,64 @@ def test_pad_to_divisible():
     assert pad_to_divisible((56, 64, 65), (8, 32, 32)) == (56, 64, 96)
 
 
-def test_feature_map_size_matches_nnunet_128_cube_comment():
-    # nnU-Net's planner comment: a 6-stage 3D PlainConvUNet at 128^3 (1 channel, 3 classes)
-    # is ~455.6M; by hand: encoder 2*sum f*S^3 = 178,626,560; decoder 3*sum f*S^3 (levels 0-4)
-    # = 267,878,400; seg heads 3*(128^3+...+8^3) = 7,190,016 -> 453,694,976
+def test_feature_map_size_by_hand_128_cube():
+    # a 6-stage 3D PlainConvUNet at 128^3 (1 channel, 3 classes); by hand: encoder
+    # 2*sum f*S^3 = 178,626,560; decoder 3*sum f*S^3 (levels 0-4) = 267,878,400; the top head
+    # 3*128^3 = 6,291,456 -> 452,796,416 (nnU-Net's planner: no deep supervision); every head
+    # 3*(128^3+...+8^3) = 7,190,016 -> 453,694,976
     t = pool_and_conv_props((1.0, 1.0, 1.0), (128, 128, 128))
     feats = features_per_stage(6)
     assert feats == [32, 64, 128, 256, 320, 320]
-    assert plain_unet_feature_map_size((128,) * 3, t.pool_kernel_sizes, feats, 3) == 453_694_976
+    assert plain_unet_feature_map_size((128,) * 3, t.pool_kernel_sizes, feats, 3) == 452_796_416
+    assert (
+        plain_unet_feature_map_size(
+            (128,) * 3, t.pool_kernel_sizes, feats, 3, deep_supervision=True
+        )
+        == 453_694_976
+    )
 
 
-def test_feature_map_size_without_deep_supervision_counts_one_head():
-    pools = [(1, 1, 1), (2, 2, 2)]
-    # encoder 2*4*8 + 2*8*1 = 80; decoder level 0: 2*4*8 + 4*8 = 96; head 2*8 = 16
-    assert plain_unet_feature_map_size((2, 2, 2), pools, [4, 8], 2, deep_supervision=False) == 192
+def _dna_plain_unet(topo, features, in_channels, num_classes, deep_supervision):
+    import torch
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    with torch.device("meta"):  # shapes only: no weights allocated
+        return PlainConvUNet(
+            in_channels,
+            len(features),
+            features,
+            torch.nn.Conv3d,
+            topo.conv_kernel_sizes,
+            topo.pool_kernel_sizes,
+            2,
+            num_classes,
+            2,
+            conv_bias=True,
+            norm_op=torch.nn.InstanceNorm3d,
+            nonlin=torch.nn.LeakyReLU,
+            deep_supervision=deep_supervision,
+        )
+
+
+@pytest.mark.parametrize(
+    "spacing, patch, features, classes",
+    [
+        ((1.0, 1.0, 1.0), (128, 128, 128), [32, 64, 128, 256, 320, 320], 3),
+        ((2.75, 0.78, 0.78), (40, 224, 192), [32, 64, 128, 256, 320, 320, 320], 4),
+        ((3.0, 1.0, 1.0), (14, 64, 56), [8, 16, 32, 64], 2),
+    ],
+)
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_feature_map_size_equals_dynamic_network_architectures(
+    spacing, patch, features, classes, deep_supervision
+):
+    t = pool_and_conv_props(spacing, patch)
+    features = features[: len(t.pool_kernel_sizes)]
+    net = _dna_plain_unet(t, features, 2, classes, deep_supervision)
+    expected = int(net.compute_conv_feature_map_size(t.patch_size))
+    assert (
+        plain_unet_feature_map_size(
+            t.patch_size, t.pool_kernel_sizes, features, classes, deep_supervision=deep_supervision
+        )
+        == expected
+    )
