@@ -28,8 +28,10 @@ class PlanConfig(Frozen):
     gpu_memory_gb: float = Field(8.0, gt=0)
     base_features: int = Field(32, ge=1)
     max_features: int = Field(320, ge=1)
-    target_spacing_mm: tuple[float, float, float] | None = None  # (z, y, x); None = planned
-    patch_size: tuple[int, int, int] | None = None  # (z, y, x); None = planned
+    # both overrides in the image's (z, y, x) order, as nnU-Net's overwrite_target_spacing; the
+    # plan holds them in its transposed frame (coarsest axis first)
+    target_spacing_mm: tuple[float, float, float] | None = None  # None = planned
+    patch_size: tuple[int, int, int] | None = None  # None = planned
     ct_window: CTWindow | None = None
     clip_percentiles: tuple[float, float] | None = None  # None = nnU-Net's (0.5, 99.5)
     # nnU-Net samples 1e8 foreground voxels in all for its intensity statistics; fewer is faster

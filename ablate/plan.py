@@ -78,7 +78,9 @@ class Plan:
     num_classes: int  # softmax outputs, background included
     normalization: list[ChannelNormalization]
     median_shape: tuple[int, int, int]  # after resampling to target spacing, rounded
-    anisotropic: bool  # resample the coarse axis separately (order_z 0)
+    # spacing ratio > 3 at the target or median spacing (informational: preprocessing decides
+    # separate-z resampling per case, as nnU-Net's force_separate_z=None)
+    anisotropic: bool
     # nnU-Net would also plan a 3d_lowres stage (it survives the drop rule): cascade territory
     cascade_recommended: bool = False
     memory_budget_gb: float = 8.0
