@@ -558,3 +558,16 @@ def test_pipeline_keeps_label_minus_one(patch):
         seen |= set(np.unique(out_seg).tolist())
         assert [name for name, _ in record][0] == "spatial" and record[-1][0] == "mirror"
     assert -1 in seen and seen <= {-1, 0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("patch", [PATCH_3D, PATCH_FLAT])
+def test_pipeline_low_resolution_leaves_the_slice_axis_of_flat_patches_alone(patch):
+    data, seg = sample(enlarged_patch_size(patch), channels=1)
+    zooms = []
+    for seed in range(40):
+        _, _, record = augment_sample(data, seg, np.random.default_rng(seed), "nnunet", patch)
+        params = dict(record)["low_resolution"]
+        zooms += list(params["zoom"].values()) if params else []
+    assert len(zooms) >= 2
+    slice_axis_kept = [z[0] == 1.0 and z[1] < 1.0 for z in zooms]
+    assert all(slice_axis_kept) if is_dummy_2d(patch) else not any(slice_axis_kept)

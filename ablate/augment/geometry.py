@@ -11,6 +11,7 @@ image and maps -1 to 0 after augmentation, as nnU-Net does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,14 +81,20 @@ def affine_matrix(angles_rad: Sequence[float], scales: Sequence[float]) -> np.nd
     return _rotation_z(a[2]) @ _rotation_y(a[1]) @ _rotation_x(a[0]) @ np.diag(scales)
 
 
+@functools.lru_cache(maxsize=8)
+def _identity_grid(patch_size: tuple[int, ...]) -> torch.Tensor:
+    """(*patch, d) voxel offsets from the patch centre (bgv2's _create_centered_identity_grid2);
+    cached, never written to."""
+    space = [torch.linspace((1 - s) / 2, (s - 1) / 2, s) for s in patch_size]
+    return torch.stack(torch.meshgrid(space, indexing="ij"), -1).float().contiguous()
+
+
 def sampling_grid(
     patch_size: Sequence[int], in_shape: Sequence[int], affine: np.ndarray
 ) -> torch.Tensor:
     """grid_sample's grid (*patch, d), xyz-last: bgv2's centred identity grid, transformed by
     `affine` about the input's centre and normalised by the input's half edge lengths."""
-    space = [torch.linspace((1 - s) / 2, (s - 1) / 2, s) for s in patch_size]
-    grid = torch.stack(torch.meshgrid(space, indexing="ij"), -1).float()  # (*patch, d)
-    grid = torch.matmul(grid, torch.from_numpy(affine.T).float())
+    grid = torch.matmul(_identity_grid(tuple(patch_size)), torch.from_numpy(affine.T).float())
     for d, s in enumerate(in_shape):
         grid[..., d] /= s / 2
     return torch.flip(grid, (grid.ndim - 1,))
@@ -105,14 +112,22 @@ def resample_image(image: torch.Tensor, grid: torch.Tensor, mode: str = "bilinea
     return grid_sample(image[None], grid[None], mode, "zeros", align_corners=False)[0]
 
 
-def _label_score(channel: torch.Tensor, label, grid: torch.Tensor, padded: bool) -> torch.Tensor:
+def _label_score(channel: torch.Tensor, label, grid: torch.Tensor, padded: bool, buffer):
     """The label's one-hot x 1000, resampled, in float16; the padding label counts as present
-    outside the input when the kernel may reach there (`padded`)."""
-    onehot = (channel == label).float()  # (*in)
-    if padded and label == SEG_PADDING:
-        out = resample_image(((onehot - 1) * ONEHOT_SCALE)[None], grid)[0] + ONEHOT_SCALE
-        return out.to(torch.float16)
-    return resample_image((onehot * ONEHOT_SCALE)[None], grid)[0].to(torch.float16)
+    outside the input when the kernel may reach there (`padded`). `buffer`: a float tensor of
+    the channel's shape, overwritten."""
+    onehot = torch.eq(channel, label, out=buffer)  # (*in) 0. / 1.
+    if padded and label == SEG_PADDING:  # sample (onehot - 1) with zeros outside, add 1 back
+        out = resample_image(onehot.sub_(1).mul_(ONEHOT_SCALE)[None], grid)[0]
+        return out.add_(ONEHOT_SCALE).to(torch.float16)
+    return resample_image(onehot.mul_(ONEHOT_SCALE)[None], grid)[0].to(torch.float16)
+
+
+def _present_labels(channel: torch.Tensor) -> torch.Tensor:
+    """The sorted labels in `channel` (a bincount: much faster than a sort on a volume)."""
+    low = int(channel.min())
+    counts = torch.bincount(channel.reshape(-1).int() - low)
+    return (torch.nonzero(counts).flatten() + low).to(channel.dtype)
 
 
 def resample_labels(seg: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -125,15 +140,16 @@ def resample_labels(seg: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     nearest = (resample_image(seg.float() - SEG_PADDING, grid, "nearest") + SEG_PADDING).to(
         seg.dtype
     )  # (C, *patch), -1 outside
+    buffer = torch.empty(seg.shape[1:], dtype=torch.float32)
     for c in range(seg.shape[0]):
-        labels = torch.unique(seg[c])  # sorted
+        labels = _present_labels(seg[c])
         if padded:
             labels = torch.unique(torch.cat((labels, labels.new_tensor([SEG_PADDING]))))
         if len(labels) == 1:
             result[c] = labels[0].item()
             continue
         if len(labels) == 2:  # bgv2's shortcut: the two scores sum to 1000
-            high = _label_score(seg[c], labels[1], grid, padded)
+            high = _label_score(seg[c], labels[1], grid, padded, buffer)
             result[c] = labels[0].item()
             result[c][high > ONEHOT_SCALE / 2] = labels[1]
             tie = high == ONEHOT_SCALE / 2
@@ -141,7 +157,7 @@ def resample_labels(seg: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
             best = None
             nearest_score = torch.full(nearest.shape[1:], float("-inf"), dtype=torch.float16)
             for u in labels:
-                score = _label_score(seg[c], u, grid, padded)
+                score = _label_score(seg[c], u, grid, padded, buffer)
                 nearest_score = torch.where(nearest[c] == u, score, nearest_score)
                 if best is None:
                     best, result[c] = score, u.item()
