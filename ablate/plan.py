@@ -15,9 +15,12 @@ from scipy.ndimage import binary_fill_holes
 from ablate.errors import DataError
 from ablate.imageio import Geometry, read_image
 from ablate.topology import (
-    Topology,
+    REFERENCE_BATCH_3D,
+    determine_transpose,
     features_per_stage,
-    plain_unet_feature_map_size,
+    fit_patch,
+    lowres_survives,
+    planner_estimate,
     pool_and_conv_props,
 )
 
@@ -120,11 +123,8 @@ class Plan:
 ANISO_THRESHOLD = 3.0
 FOREGROUND_SAMPLES_TOTAL = 10e7  # nnU-Net samples 1e8 foreground voxels over the whole dataset
 REFERENCE_FEATURE_MAP_SIZE_3D = 560e6  # nnU-Net's proxy budget for 8 GB at batch 2
-REFERENCE_BATCH_3D = 2
 MIN_BATCH = 2
 MAX_DATASET_COVERED = 0.05
-LOWRES_THRESHOLD = 0.25  # a 3d_lowres stage is tried while the patch covers less
-LOWRES_SPACING_STEP = 1.03  # lowres spacing grows by 3 % per try
 NORMALIZATION_BY_CHANNEL = {
     "ct": "ct",
     "nonorm": "noNorm",
@@ -310,89 +310,6 @@ def _normalizations(fp: Fingerprint, dataset, cfg, workers: int) -> list[Channel
     return out
 
 
-def _estimate(patch, topo: Topology, cfg, num_classes: int) -> int:
-    """nnU-Net's VRAM proxy: the planner builds its PlainConvUNet without deep supervision, so
-    only the top segmentation head counts; input channels do not enter (conv outputs only)."""
-    feats = features_per_stage(len(topo.pool_kernel_sizes), cfg.base_features, cfg.max_features)
-    return plain_unet_feature_map_size(
-        patch, topo.pool_kernel_sizes, feats, num_classes, deep_supervision=False
-    )
-
-
-def _initial_patch(spacing, median_shape) -> list[float]:
-    """The 256^3-volume patch with the spacing's aspect ratio, clipped to the (float) median
-    shape; nnU-Net keeps a fractional median (e.g. 136.5) here and pads it up later."""
-    inv = 1 / np.array(spacing, dtype=float)
-    patch = [round(v) for v in inv * (256**3 / np.prod(inv)) ** (1 / 3)]
-    return [min(p, m) for p, m in zip(patch, (float(m) for m in median_shape), strict=True)]
-
-
-def fit_patch(
-    spacing, median_shape, reference: float, cfg, in_channels: int, num_classes: int
-) -> tuple[Topology, int]:
-    """Start from the 256^3-volume patch clipped to the median shape; shrink the axis with the
-    largest patch/median ratio by one divisibility step until the proxy fits the budget.
-    (`in_channels` is accepted for callers; nnU-Net's proxy does not use it.)"""
-    del in_channels
-    topo = pool_and_conv_props(spacing, _initial_patch(spacing, median_shape))
-    estimate = _estimate(topo.patch_size, topo, cfg, num_classes)
-    while estimate / REFERENCE_BATCH_3D * 2 > reference:
-        patch = list(topo.patch_size)
-        ratios = [p / m for p, m in zip(patch, median_shape, strict=True)]
-        axis = int(np.argsort(ratios)[-1])
-        probe = list(patch)
-        probe[axis] -= topo.divisible_by[axis]
-        if probe[axis] < 1:
-            break  # nothing left to shrink on the worst axis; keep the smallest valid patch
-        # re-derive the divisor for the smaller patch so no valid size is skipped (nnU-Net)
-        patch[axis] -= pool_and_conv_props(spacing, probe).divisible_by[axis]
-        if patch[axis] < 1:
-            break
-        topo = pool_and_conv_props(spacing, patch)
-        estimate = _estimate(topo.patch_size, topo, cfg, num_classes)
-    return topo, estimate
-
-
-def determine_transpose(spacing) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """nnU-Net's transpose: the coarsest axis (first one on ties) first, the others in order.
-    Returns (forward, backward) with backward[a] = position of image axis a in the plan frame."""
-    coarse = int(np.argmax(np.asarray(spacing, dtype=float)))
-    forward = (coarse, *(a for a in range(3) if a != coarse))
-    backward = tuple(forward.index(a) for a in range(3))
-    return forward, backward
-
-
-def lowres_survives(
-    spacing, median_shape, fullres_patch, reference: float, cfg, num_classes: int
-) -> bool:
-    """Whether nnU-Net's planner keeps a 3d_lowres configuration (plan-frame inputs).
-
-    While the patch covers < 25 % of the median shape's voxels, lowres spacing grows by 3 %
-    (only the axes more than 2x finer than the coarsest, else all) and a patch is fitted to the
-    shrunken median. The lowres stage is kept only if it was created and the fullres median
-    has at least twice its voxels. nnU-Net's 3d_fullres uses batch Dice exactly then.
-    """
-    fullres_spacing = np.array(spacing, dtype=float)
-    median = np.array(median_shape, dtype=float)
-    median_voxels = np.prod(median, dtype=np.float64)
-    patch_voxels = np.prod(fullres_patch, dtype=np.float64)
-    lowres_spacing, created = fullres_spacing.copy(), False
-    while patch_voxels / median_voxels < LOWRES_THRESHOLD:
-        finer = lowres_spacing.max() / lowres_spacing > 2
-        if np.any(finer):
-            lowres_spacing[finer] *= LOWRES_SPACING_STEP
-        else:
-            lowres_spacing *= LOWRES_SPACING_STEP
-        lowres_median = fullres_spacing / lowres_spacing * median
-        median_voxels = np.prod(lowres_median, dtype=np.float64)
-        topo, _ = fit_patch(
-            lowres_spacing, [round(v) for v in lowres_median], reference, cfg, 0, num_classes
-        )
-        patch_voxels = np.prod(topo.patch_size, dtype=np.int64)
-        created = True
-    return bool(created and np.prod(median, dtype=np.float64) / median_voxels >= 2)
-
-
 def _batch_size(estimate: int, reference: float, patch, n_voxels_dataset: float) -> int:
     """Budget headroom scales the batch; at most 5 % of the dataset per step; at least 2."""
     batch = round(reference / estimate * REFERENCE_BATCH_3D)
@@ -417,12 +334,15 @@ def make_plan(fp: Fingerprint, dataset, cfg, workers: int = 2) -> Plan:
     n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * len(fp.spacings_mm))
     num_classes = dataset.num_classes
     reference = REFERENCE_FEATURE_MAP_SIZE_3D * cfg.gpu_memory_gb / 8
+    widths = (cfg.base_features, cfg.max_features)
     if cfg.patch_size is not None:
         topo = pool_and_conv_props(spacing, [cfg.patch_size[a] for a in forward])
-        estimate = _estimate(topo.patch_size, topo, cfg, num_classes)
+        estimate = planner_estimate(topo, num_classes, *widths)
     else:
-        topo, estimate = fit_patch(spacing, median_shape, reference, cfg, 0, num_classes)
-    lowres = lowres_survives(spacing, median_shape, topo.patch_size, reference, cfg, num_classes)
+        topo, estimate = fit_patch(spacing, median_shape, reference, num_classes, *widths)
+    lowres = lowres_survives(
+        spacing, median_shape, topo.patch_size, reference, num_classes, *widths
+    )
     median_spacing = np.median(np.array(fp.spacings_mm, dtype=float), axis=0)
     return Plan(
         target_spacing_mm=tuple(float(s) for s in spacing),

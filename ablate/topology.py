@@ -1,4 +1,5 @@
-"""nnU-Net v2's network-topology rules and the plain U-Net feature-map-size memory proxy.
+"""nnU-Net v2's network-topology rules, the plain U-Net feature-map-size memory proxy, and the
+planner's patch fitting, transpose and 3d_lowres rule that build on them.
 
 Pure functions. `pool_and_conv_props` follows
 nnunetv2/experiment_planning/experiment_planners/network_topology.py::get_pool_and_conv_props;
@@ -11,6 +12,8 @@ nnunetv2/experiment_planning/experiment_planners/network_topology.py::get_pool_a
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -107,3 +110,117 @@ def plain_unet_feature_map_size(
         if deep_supervision or level == 0:
             total += num_classes * voxels  # segmentation head
     return total
+
+
+# ----------------------------------------------------------------------------------------------
+# nnU-Net's patch fitting, transpose and 3d_lowres rule (ExperimentPlanner, 3D)
+# ----------------------------------------------------------------------------------------------
+
+REFERENCE_BATCH_3D = 2  # the batch size nnU-Net's proxy budget was measured at
+LOWRES_THRESHOLD = 0.25  # a 3d_lowres stage is tried while the patch covers less
+LOWRES_SPACING_STEP = 1.03  # lowres spacing grows by 3 % per try
+
+
+def planner_estimate(
+    topo: Topology, num_classes: int, base_features: int = 32, max_features: int = 320
+) -> int:
+    """nnU-Net's VRAM proxy for a topology: the planner builds its PlainConvUNet without deep
+    supervision (only the top head counts); input channels do not enter (conv outputs only)."""
+    feats = features_per_stage(len(topo.pool_kernel_sizes), base_features, max_features)
+    return plain_unet_feature_map_size(
+        topo.patch_size, topo.pool_kernel_sizes, feats, num_classes, deep_supervision=False
+    )
+
+
+def _initial_patch(spacing, median_shape) -> list[float]:
+    """The 256^3-volume patch with the spacing's aspect ratio, clipped to the (float) median
+    shape; nnU-Net keeps a fractional median (e.g. 40.5) here and pads it up later."""
+    inv = 1 / np.array(spacing, dtype=float)
+    patch = [round(v) for v in inv * (256**3 / np.prod(inv)) ** (1 / 3)]
+    return [min(p, float(m)) for p, m in zip(patch, median_shape, strict=True)]
+
+
+def fit_patch(
+    spacing,
+    median_shape,
+    reference: float,
+    num_classes: int,
+    base_features: int = 32,
+    max_features: int = 320,
+) -> tuple[Topology, int]:
+    """Start from the 256^3-volume patch clipped to the median shape; shrink the axis with the
+    largest patch/median ratio (the last one on ties) by one divisibility step until the
+    proxy fits `reference`. Returns the topology and its proxy estimate."""
+
+    def estimate(t: Topology) -> int:
+        return planner_estimate(t, num_classes, base_features, max_features)
+
+    topo = pool_and_conv_props(spacing, _initial_patch(spacing, median_shape))
+    current = estimate(topo)
+    while current / REFERENCE_BATCH_3D * 2 > reference:
+        patch = list(topo.patch_size)
+        ratios = [p / float(m) for p, m in zip(patch, median_shape, strict=True)]
+        axis = int(np.argsort(ratios)[-1])
+        probe = list(patch)
+        probe[axis] -= topo.divisible_by[axis]
+        if probe[axis] < 1:
+            break  # nothing left to shrink on the worst axis; keep the smallest valid patch
+        # re-derive the divisor for the smaller patch so no valid size is skipped (nnU-Net)
+        patch[axis] -= pool_and_conv_props(spacing, probe).divisible_by[axis]
+        if patch[axis] < 1:
+            break
+        topo = pool_and_conv_props(spacing, patch)
+        current = estimate(topo)
+    return topo, current
+
+
+def determine_transpose(spacing) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """nnU-Net's transpose: the coarsest axis (the first on ties) first, the others in order.
+    Returns (forward, backward): plan axis a is image axis forward[a]; image axis a is plan
+    axis backward[a]."""
+    spacing = [float(s) for s in spacing]
+    coarse = spacing.index(max(spacing))
+    forward = (coarse, *(a for a in range(3) if a != coarse))
+    return forward, tuple(forward.index(a) for a in range(3))
+
+
+def lowres_survives(
+    spacing,
+    median_shape,
+    fullres_patch,
+    reference: float,
+    num_classes: int,
+    base_features: int = 32,
+    max_features: int = 320,
+) -> bool:
+    """Whether nnU-Net's planner keeps a 3d_lowres configuration (inputs in the plan's frame).
+
+    While the patch covers < 25 % of the median shape's voxels, the lowres spacing grows by 3 %
+    (only the axes more than 2x finer than the coarsest, else all) and a patch is fitted to the
+    shrunken median. The stage is kept only if it was created and the fullres median has at
+    least twice its voxels. nnU-Net's 3d_fullres uses batch Dice exactly then.
+    """
+    fullres_spacing = np.array(spacing, dtype=float)
+    median = np.array(median_shape, dtype=float)
+    median_voxels = np.prod(median, dtype=np.float64)
+    patch_voxels = np.prod(fullres_patch, dtype=np.float64)
+    lowres_spacing, created = fullres_spacing.copy(), False
+    while patch_voxels / median_voxels < LOWRES_THRESHOLD:
+        finer = lowres_spacing.max() / lowres_spacing > 2
+        if np.any(finer):
+            lowres_spacing[finer] *= LOWRES_SPACING_STEP
+        else:
+            lowres_spacing *= LOWRES_SPACING_STEP
+        lowres_median = fullres_spacing / lowres_spacing * median
+        median_voxels = np.prod(lowres_median, dtype=np.float64)
+        topo, _ = fit_patch(
+            lowres_spacing,
+            [round(v) for v in lowres_median],
+            reference,
+            num_classes,
+            base_features,
+            max_features,
+        )
+        patch_voxels = np.prod(topo.patch_size, dtype=np.int64)
+        created = True
+    return bool(created and np.prod(median, dtype=np.float64) / median_voxels >= 2)

@@ -8,7 +8,6 @@ from ablate.config import CTWindow, PlanConfig
 from ablate.plan import (
     Fingerprint,
     Plan,
-    determine_transpose,
     fingerprint,
     make_plan,
     target_spacing,
@@ -45,14 +44,6 @@ def test_kits_like_target_spacing_uses_10th_percentile_of_coarse_axis():
 def test_coarse_axis_clamped_just_above_in_plane():
     fp = _fp([(0.5, 0.78, 0.78)] * 2 + [(3.0, 0.78, 0.78)] * 8, [(100, 512, 512)] * 10)
     assert target_spacing(fp)[0] == pytest.approx(0.78 + 1e-5)
-
-
-def test_transpose_puts_the_coarsest_axis_first():
-    # sagittal: x is coarse -> plan axes (x, z, y); backward[a] = where image axis a went
-    assert determine_transpose((1.0, 1.0, 4.0)) == ((2, 0, 1), (1, 2, 0))
-    assert determine_transpose((0.8, 5.0, 0.8)) == ((1, 0, 2), (1, 0, 2))
-    assert determine_transpose((3.0, 0.8, 0.8)) == ((0, 1, 2), (0, 1, 2))
-    assert determine_transpose((1.0, 1.0, 1.0)) == ((0, 1, 2), (0, 1, 2))  # ties: first axis
 
 
 def test_sagittal_plan_is_in_the_transposed_frame_and_overrides_in_the_image_frame():

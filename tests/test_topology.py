@@ -1,6 +1,7 @@
 import pytest
 
 from ablate.topology import (
+    determine_transpose,
     features_per_stage,
     pad_to_divisible,
     plain_unet_feature_map_size,
@@ -105,3 +106,11 @@ def test_feature_map_size_equals_dynamic_network_architectures(
         )
         == expected
     )
+
+
+def test_transpose_puts_the_coarsest_axis_first():
+    # sagittal: x is coarse -> plan axes (x, z, y); backward[a] = where image axis a went
+    assert determine_transpose((1.0, 1.0, 4.0)) == ((2, 0, 1), (1, 2, 0))
+    assert determine_transpose((0.8, 5.0, 0.8)) == ((1, 0, 2), (1, 0, 2))
+    assert determine_transpose((3.0, 0.8, 0.8)) == ((0, 1, 2), (0, 1, 2))
+    assert determine_transpose((1.0, 1.0, 1.0)) == ((0, 1, 2), (0, 1, 2))  # ties: first axis
