@@ -282,8 +282,12 @@ def is_anisotropic(spacing) -> bool:
     return max(spacing) / min(spacing) > ANISO_THRESHOLD
 
 
+CT_CLIP_PERCENTILES = (0.5, 99.5)  # nnU-Net's CTNormalization bounds
+
+
 def _normalizations(fp: Fingerprint, dataset, cfg, workers: int) -> list[ChannelNormalization]:
-    """Scheme from the channel name (nnU-Net); CT clip bounds from percentiles or a window."""
+    """Scheme from the channel name (nnU-Net); CT clip bounds from percentiles, of the windowed
+    foreground when a window is set. Samples drawn here honour `cfg.intensity_samples`."""
     needs_samples = cfg.ct_window is not None or cfg.clip_percentiles is not None
     out, samples = [], None
     for c, name in enumerate(dataset.channels):
@@ -296,12 +300,15 @@ def _normalizations(fp: Fingerprint, dataset, cfg, workers: int) -> list[Channel
         lower, upper = props["percentile_00_5"], props["percentile_99_5"]
         mean, std = props["mean"], props["std"]
         if needs_samples and samples is None:
-            samples = foreground_samples(dataset, workers)
+            samples = foreground_samples(dataset, workers, cfg.intensity_samples)
         if cfg.ct_window is not None:
-            lower = cfg.ct_window.level - cfg.ct_window.width / 2
-            upper = cfg.ct_window.level + cfg.ct_window.width / 2
-            windowed = np.clip(samples[c], lower, upper)
+            # windowing first, then nnU-Net on the windowed images (seed 003): statistics and
+            # the 0.5 / 99.5 percentile clip of the windowed foreground
+            window_low = cfg.ct_window.level - cfg.ct_window.width / 2
+            window_high = cfg.ct_window.level + cfg.ct_window.width / 2
+            windowed = np.clip(samples[c], window_low, window_high)
             mean, std = float(np.mean(windowed)), float(np.std(windowed))
+            lower, upper = np.percentile(windowed, cfg.clip_percentiles or CT_CLIP_PERCENTILES)
         elif cfg.clip_percentiles is not None:
             lower, upper = (float(v) for v in np.percentile(samples[c], cfg.clip_percentiles))
         out.append(

@@ -324,11 +324,6 @@ def _fold_split(data, fold: int):
     return split
 
 
-def _batch_dice(plan: Plan) -> bool:
-    """nnU-Net: batch Dice for 3d_fullres only when a cascade (lowres) configuration exists."""
-    return bool(getattr(plan, "batch_dice", plan.cascade_recommended))
-
-
 def _count(net: nn.Module, plan: Plan) -> tuple[int, int]:
     import ablate.nets as nets
 
@@ -347,7 +342,7 @@ def _count(net: nn.Module, plan: Plan) -> tuple[int, int]:
 def training_loss(cfg: TrainConfig, plan: Plan, regions=None) -> Callable[..., torch.Tensor]:
     """cfg.loss with deep supervision; with regions, label targets become region masks first
     (at full resolution, before the per-output downsampling, as nnU-Net's transforms)."""
-    loss = deep_supervision_loss(build_loss(cfg.loss, _batch_dice(plan)), cfg.deep_supervision)
+    loss = deep_supervision_loss(build_loss(cfg.loss, plan.batch_dice), cfg.deep_supervision)
     if not regions:
         return loss
 

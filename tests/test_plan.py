@@ -95,6 +95,31 @@ def test_fingerprint_and_ct_window_on_files(tmp_path):
     assert Fingerprint.from_json(json.loads(json.dumps(fp.to_json()))) == fp
     cfg = PlanConfig(gpu_memory_gb=0.05, ct_window=CTWindow(level=40, width=100))
     norm = make_plan(fp, ds, cfg, workers=0).normalization[0]
-    # window [-10, 90]; every foreground sample is 100 -> windowed mean 90, sd 0
-    assert (norm.lower, norm.upper) == (-10.0, 90.0)
+    # window [-10, 90]; every foreground sample is 100 -> windowed 90: mean 90, sd 0, and the
+    # 0.5 / 99.5 percentile clip of the windowed foreground is [90, 90]
+    assert (norm.lower, norm.upper) == (90.0, 90.0)
     assert norm.mean == pytest.approx(90.0) and norm.std == pytest.approx(0.0, abs=1e-4)
+
+
+def test_ct_window_then_nnunets_percentile_clip_with_the_plans_sample_budget(monkeypatch):
+    """Seed 003 windows the CT, then runs nnU-Net: its statistics and 0.5 / 99.5 percentile
+    clip are those of the windowed foreground, sampled with plan.intensity_samples."""
+    import ablate.plan as plan_module
+
+    samples = np.random.default_rng(0).normal(96.0, 10.0, 20000)
+    budgets = []
+
+    def fake_samples(dataset, workers, total_samples):
+        budgets.append(total_samples)
+        return [samples]
+
+    monkeypatch.setattr(plan_module, "foreground_samples", fake_samples)
+    ct = SimpleNamespace(channels=["CT"])
+    fp = _fp([(1.0, 1.0, 1.0)] * 2, [(40, 40, 40)] * 2)
+    cfg = PlanConfig(ct_window=CTWindow(level=96, width=59), intensity_samples=5000)
+    norm = plan_module._normalizations(fp, ct, cfg, workers=0)[0]
+    windowed = np.clip(samples, 96 - 29.5, 96 + 29.5)
+    assert budgets == [5000]
+    assert (norm.lower, norm.upper) == tuple(np.percentile(windowed, (0.5, 99.5)))
+    assert 66.5 < norm.lower < norm.upper < 125.5  # inside the window: the clip still acts
+    assert (norm.mean, norm.std) == (pytest.approx(windowed.mean()), pytest.approx(windowed.std()))
