@@ -101,16 +101,49 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labels_arg(text: str | None) -> dict[str, int] | None:
+    """--labels background=0,liver=1 -> {"background": 0, "liver": 1}."""
+    from ablate.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        pairs = [item.split("=") for item in text.split(",")]
+        return {name.strip(): int(value) for name, value in pairs}
+    except ValueError as exc:
+        raise ConfigError(f"--labels {text!r}: give name=value pairs separated by commas, e.g. "
+                          "background=0,liver=1") from exc
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from ablate.data.formats import read_dataset
-    from ablate.data.verify import verify
+    from ablate.data.verify import usable_cases, verify
 
-    problems = verify(read_dataset(Path(args.dataset), args.format))
+    dataset = read_dataset(Path(args.dataset), args.format, _labels_arg(args.labels))
+    problems = verify(dataset)
     for problem in problems:
         print(problem)
     errors = sum(p.severity == "error" for p in problems)
-    print(f"{errors} error(s), {len(problems) - errors} warning(s)")
+    usable = usable_cases(dataset, problems)
+    print(f"{errors} error(s), {len(problems) - errors} warning(s); "
+          f"{usable} of {len(dataset.cases)} cases usable")
     return 2 if errors else 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ablate.data.convert import convert, predictions_to_source_grid
+    from ablate.data.formats import detect_format, read_dataset
+
+    if args.predictions:
+        fmt = args.format or detect_format(Path(args.dataset))
+        written = predictions_to_source_grid(Path(args.dataset), fmt, Path(args.predictions),
+                                             Path(args.out))
+        print(f"wrote {len(written)} predictions in the source grid to {args.out}")
+        return 0
+    dataset = read_dataset(Path(args.dataset), args.format, _labels_arg(args.labels))
+    out = convert(dataset, Path(args.out))
+    print(f"wrote {len(dataset.cases)} cases as an nnU-Net v2 raw dataset to {out}")
+    return 0
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
@@ -124,16 +157,19 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ablate.data.dataset import targets_from_dataset_json
+    from ablate.data.dataset import evaluation_spec
     from ablate.evaluate import evaluate_folder
 
     dataset_json = Path(args.dataset_json or Path(args.ref_dir).parent / "dataset.json")
-    targets = targets_from_dataset_json(dataset_json)
+    spec, file_ending = evaluation_spec(dataset_json)
+    targets = spec.targets
     table = evaluate_folder(
         Path(args.pred_dir),
         Path(args.ref_dir),
         targets,
         {t: args.nsd_tolerance_mm for t in targets},
+        file_ending=file_ending,
+        ignore_label=spec.ignore_label,
     )
     out = Path(args.out)
     table.to_csv(out, index=False)
@@ -165,7 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check a dataset's integrity")
     p.add_argument("dataset")
     p.add_argument("--format", default=None)
+    p.add_argument("--labels", default=None, help="name=value,... (needed by --format folder)")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("convert", help="write a dataset as an nnU-Net v2 raw dataset, or (with "
+                       "--predictions) predictions back in the dataset's own grid")
+    p.add_argument("dataset")
+    p.add_argument("out")
+    p.add_argument("--format", default=None)
+    p.add_argument("--labels", default=None, help="name=value,... (needed by --format folder)")
+    p.add_argument("--predictions", default=None, help="folder of predictions to write back")
+    p.set_defaults(func=cmd_convert)
     p = sub.add_parser("evaluate", help="score a folder of predicted label maps")
     p.add_argument("pred_dir")
     p.add_argument("ref_dir")

@@ -18,6 +18,10 @@ reference empty only -> dsc 0, nsd 0, hd95/assd NaN, rvd NaN; prediction empty o
 nsd 0, hd95/assd NaN, rvd -1. The `empty` row flags these cases so NaN distances can be told
 apart from failures. nnU-Net instead reports Dice NaN for both-empty and drops it from means.
 
+Ignore label (nnU-Net's `ignore`): voxels where the reference holds it are left out of both masks
+(as nnU-Net's compute_metrics counts TP/FP/FN only outside them), so nothing predicted there
+counts; `ignore` itself is never a target.
+
 Against MONAI (tests/test_evaluate.py): `compute_dice` equals dsc when neither mask is empty;
 `compute_surface_dice(use_subvoxels=True)` equals nsd. MONAI's default NSD (use_subvoxels=False)
 counts boundary voxels instead of surfel areas and therefore differs; MONAI returns NaN for
@@ -116,8 +120,7 @@ def mask_metrics(
     }
     if flag == 0:
         distances = surface_distances(mask_ref, mask_pred, spacing_mm)
-        values.update(nsd=nsd(distances, tolerance_mm), hd95=hd95(distances),
-                      assd=assd(distances))
+        values.update(nsd=nsd(distances, tolerance_mm), hd95=hd95(distances), assd=assd(distances))
     return values
 
 
@@ -135,13 +138,23 @@ def evaluate_case(
     spacing_mm,
     targets: dict[str, tuple[int, ...]],
     tolerance_mm: dict[str, float] | float,
+    ignore_label: int | None = None,
 ) -> list[dict]:
     """Rows {"target", "metric", "value"} for every target (a target is a union of labels).
 
-    pred and ref are (Z, Y, X) label maps on the same grid; spacing_mm is (z, y, x).
+    pred and ref are (Z, Y, X) label maps on the same grid; spacing_mm is (z, y, x). Voxels where
+    ref == ignore_label are scored in no target (see the module docstring).
     """
     if pred.shape != ref.shape:
         raise DataError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
+    if ignore_label is not None and any(ignore_label in labels for labels in targets.values()):
+        raise ConfigError(
+            f"evaluation.targets: the ignore label {ignore_label} is never scored; "
+            "remove it from the targets"
+        )
+    if ignore_label is not None:
+        ignored = ref == ignore_label
+        pred, ref = np.where(ignored, 0, pred), np.where(ignored, 0, ref)
     if all(0 not in labels for labels in targets.values()):
         # no target holds background: crop once to the joint foreground (big speed-up on CT)
         box = bounding_box((pred != 0) | (ref != 0))
@@ -155,21 +168,41 @@ def evaluate_case(
     return rows
 
 
-def _check_same_grid(pred_path: Path, ref_path: Path, pred: np.ndarray, ref: np.ndarray,
-                     pred_geo: Geometry, ref_geo: Geometry) -> None:
+def _check_same_grid(
+    pred_path: Path,
+    ref_path: Path,
+    pred: np.ndarray,
+    ref: np.ndarray,
+    pred_geo: Geometry,
+    ref_geo: Geometry,
+) -> None:
     checks = [
         ("shape", pred.shape, ref.shape, pred.shape == ref.shape),
-        ("spacing", pred_geo.spacing_mm, ref_geo.spacing_mm,
-         np.allclose(pred_geo.spacing_mm, ref_geo.spacing_mm, rtol=0, atol=1e-4)),
-        ("origin", pred_geo.origin, ref_geo.origin,
-         np.allclose(pred_geo.origin, ref_geo.origin, rtol=0, atol=1e-3)),
-        ("direction", pred_geo.direction, ref_geo.direction,
-         np.allclose(pred_geo.direction, ref_geo.direction, rtol=0, atol=1e-4)),
+        (
+            "spacing",
+            pred_geo.spacing_mm,
+            ref_geo.spacing_mm,
+            np.allclose(pred_geo.spacing_mm, ref_geo.spacing_mm, rtol=0, atol=1e-4),
+        ),
+        (
+            "origin",
+            pred_geo.origin,
+            ref_geo.origin,
+            np.allclose(pred_geo.origin, ref_geo.origin, rtol=0, atol=1e-3),
+        ),
+        (
+            "direction",
+            pred_geo.direction,
+            ref_geo.direction,
+            np.allclose(pred_geo.direction, ref_geo.direction, rtol=0, atol=1e-4),
+        ),
     ]
     for field, got, want, ok in checks:
         if not ok:
-            raise DataError(f"{pred_path}: {field} {got} differs from the reference {ref_path} "
-                            f"({want}); write predictions on the reference grid")
+            raise DataError(
+                f"{pred_path}: {field} {got} differs from the reference {ref_path} "
+                f"({want}); write predictions on the reference grid"
+            )
 
 
 def evaluate_folder(
@@ -178,29 +211,37 @@ def evaluate_folder(
     targets: dict[str, tuple[int, ...]],
     tolerance_mm: dict[str, float] | float,
     file_ending: str = ".nii.gz",
+    ignore_label: int | None = None,
 ) -> pd.DataFrame:
     """Evaluate every reference case in ref_dir against pred_dir -> columns case, target, metric,
-    value. Every reference needs a prediction with the same file name and geometry."""
+    value. Every reference needs a prediction with the same file name and geometry; hidden files
+    (macOS ``._*`` copies in MSD's tarballs) are no cases."""
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
-    ref_paths = sorted(ref_dir.glob(f"*{file_ending}"))
+    ref_paths = sorted(p for p in ref_dir.glob(f"*{file_ending}") if not p.name.startswith("."))
     if not ref_paths:
         raise DataError(f"{ref_dir}: no reference files ending in {file_ending}")
     missing = [p.name for p in ref_paths if not (pred_dir / p.name).is_file()]
     if missing:
-        raise DataError(f"{pred_dir / missing[0]}: prediction missing ({len(missing)} of "
-                        f"{len(ref_paths)} cases); predict every reference case first")
+        raise DataError(
+            f"{pred_dir / missing[0]}: prediction missing ({len(missing)} of "
+            f"{len(ref_paths)} cases); predict every reference case first"
+        )
     return evaluate_files(
         [(p.name[: -len(file_ending)], pred_dir / p.name, p) for p in ref_paths],
-        targets, tolerance_mm)
+        targets,
+        tolerance_mm,
+        ignore_label,
+    )
 
 
 def evaluate_files(
     pairs: list[tuple[str, Path, Path]],
     targets: dict[str, tuple[int, ...]],
     tolerance_mm: dict[str, float] | float,
+    ignore_label: int | None = None,
 ) -> pd.DataFrame:
     """Evaluate (case id, prediction file, reference file) pairs on the same grid -> columns
-    case, target, metric, value."""
+    case, target, metric, value (voxels of the reference's ignore label are not scored)."""
     rows = []
     for case, pred_path, ref_path in pairs:
         if not Path(pred_path).is_file():
@@ -208,6 +249,8 @@ def evaluate_files(
         ref, ref_geo = read_image(ref_path)
         pred, pred_geo = read_image(pred_path)
         _check_same_grid(pred_path, ref_path, pred, ref, pred_geo, ref_geo)
-        for row in evaluate_case(pred, ref, ref_geo.spacing_mm, targets, tolerance_mm):
+        for row in evaluate_case(
+            pred, ref, ref_geo.spacing_mm, targets, tolerance_mm, ignore_label
+        ):
             rows.append({"case": case, **row})
     return pd.DataFrame(rows, columns=["case", "target", "metric", "value"])

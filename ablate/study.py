@@ -58,7 +58,9 @@ class SyntheticSpec(Frozen):
     fov_mm: tuple[float, float, float] = (64.0, 64.0, 64.0)  # (z, y, x)
 
 
-FORMATS = Literal["nnunet", "msd", "kits19", "flare21", "folders", "auto"]
+# the readers of ablate.data.formats.READERS (tests/test_layouts.py keeps the two equal)
+FORMATS = Literal["nnunet", "nnunet_v1", "msd", "kits19", "kits21", "kits23", "flare21", "ct_ich",
+                  "folder", "auto"]
 
 
 class TestSetSpec(Frozen):
@@ -84,7 +86,7 @@ class DatasetSpec(Frozen):
 
     path: Path | None = None
     format: FORMATS = "auto"
-    labels: dict[str, int] | None = None  # for `folders`: name -> value, background included
+    labels: dict[str, int] | None = None  # for `folder`: name -> value, background included
     synthetic: SyntheticSpec | None = None
     test: TestSetSpec | None = None
 

@@ -28,10 +28,14 @@ from ablate.study import (
 
 DATASET_HINTS = {
     "kits19": "clone github.com/neheller/kits19 and run its get_imaging script",
+    "kits21": "clone github.com/neheller/kits21 and run its get_imaging script",
+    "kits23": "clone github.com/neheller/kits23 and run kits23_download_data",
     "flare21": "download FLARE21 from the FLARE21 challenge page (flare.grand-challenge.org)",
     "msd": "download the task from medicaldecathlon.com",
     "nnunet": "point dataset.path at an nnU-Net v2 raw folder (dataset.json, imagesTr/, labelsTr/)",
-    "folders": "point dataset.path at your image/label folders",
+    "nnunet_v1": "point dataset.path at an nnU-Net v1 TaskNNN_Name folder",
+    "ct_ich": "download physionet.org/content/ct-ich/1.3.1 (ct_scans/, masks/)",
+    "folder": "point dataset.path at your images/ and labels/ folders",
 }
 
 
@@ -241,8 +245,13 @@ def _check_cell(study: Study, variant: dict[str, Any], where: str) -> None:
 
 def guess_format(path: Path) -> str:
     name = path.name.lower()
+    for kits in ("kits21", "kits23"):
+        if kits in name:
+            return kits
     if "kits" in name:
         return "kits19"
+    if "ct-ich" in name or "ct_ich" in name:
+        return "ct_ich"
     if "flare" in name:
         return "flare21"
     if name.startswith("task0") or name.startswith("task1"):

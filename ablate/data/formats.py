@@ -1,42 +1,58 @@
-"""Read the common public dataset layouts into the one `Dataset` view.
+"""Read the common public dataset layouts, exactly as downloaded, into the one `Dataset` view.
 
-Formats (registry `READERS`): ``nnunet`` (nnU-Net v2 raw), ``msd`` (Medical Segmentation
-Decathlon), ``kits19``, ``flare21`` and ``folder`` (``images/`` + ``labels/`` with matching names).
+Formats (registry `READERS`): ``nnunet`` (nnU-Net v2 raw), ``nnunet_v1`` (nnU-Net v1
+``TaskNNN_Name``), ``msd`` (Medical Segmentation Decathlon), ``kits19``, ``kits21``, ``kits23``
+(ablate.data.kits), ``flare21``, ``ct_ich`` (PhysioNet CT-ICH) and ``folder`` (``images/`` +
+``labels/`` with matching names, ``.nii.gz`` or ``.nii``).
 
-Two layouts are rewritten once into a cache folder next to the dataset,
+Files a layout cannot be used as are rewritten once into a cache folder next to the dataset,
 ``<root>_ablate_converted/`` (rewritten only when a source file is newer than its copy):
 
-- MSD multi-modal images are 4D files; `Case.images` holds one 3D file per channel, so each 4D
-  file is split into ``<case>_0000.nii.gz, <case>_0001.nii.gz, ...``. 3D MSD tasks stay in place.
-- KiTS19 stores the axial slice axis as the first NIfTI axis (so SimpleITK's x is the slice axis
-  and numpy arrays come back (512, 512, slices)), with a permuting direction matrix. Each case is
-  reoriented losslessly (axis permutation and flips only; physical placement unchanged) to an
-  identity direction so arrays are (Z, Y, X) with slices first like every other dataset.
-  Cases without segmentation.nii.gz (the challenge test set) are left out.
+- MSD multi-modal images are 4D files; each is split into ``<case>_0000.nii.gz, ...``.
+- KiTS and nnU-Net datasets whose dataset.json names ``NibabelIOWithReorient`` are reoriented
+  losslessly (ablate.data.orient) so arrays are slices-first, as nnU-Net reads them.
+- CT-ICH masks are binarised (any nonzero voxel -> 1, uint8): label 1 is haemorrhage.
+
+A labelled case whose image is missing is kept (with the image path it should have) so that
+`verify` names it; nothing is dropped in silence.
 """
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from ablate.data.dataset import Case, Dataset, read_nnunet_raw
+from ablate.data.dataset import (
+    Case,
+    Dataset,
+    label_spec,
+    load_json,
+    read_nnunet_raw,
+)
+from ablate.data.orient import RAS, is_fresh, reorient_to_identity, reoriented_copy
 from ablate.errors import DataError
-from ablate.imageio import Geometry, read_image, write_image
+from ablate.imageio import read_image, write_image
+
+__all__ = ["READERS", "converted_root", "detect_format", "read_dataset", "reorient_to_identity"]
 
 ENDING = ".nii.gz"
-KITS19_LABELS = {"background": 0, "kidney": 1, "tumor": 2}
-KITS19_REGIONS = {"kidney": (1, 2), "tumor": (2,)}
+ENDINGS = (".nii.gz", ".nii")
 FLARE21_LABELS = {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
+CT_ICH_LABELS = {"background": 0, "hemorrhage": 1}
 
 HOW_TO_OBTAIN = {
-    "nnunet": "convert one with nnU-Net v2's dataset_conversion scripts, or run `ablate synth`",
+    "nnunet": "convert one with nnU-Net v2's dataset_conversion scripts or `ablate convert`, or "
+    "run `ablate synth`",
+    "nnunet_v1": "an nnU-Net v1 TaskNNN_Name folder (nnUNet_raw_data/TaskNNN_Name)",
     "msd": "download a Task*.tar from http://medicaldecathlon.com/ and extract it",
     "kits19": "git clone https://github.com/neheller/kits19; python -m starter_code.get_imaging",
+    "kits21": "git clone https://github.com/neheller/kits21; python kits21/data/get_imaging.py",
+    "kits23": "git clone https://github.com/neheller/kits23; kits23_download_data",
     "flare21": "register at https://flare.grand-challenge.org/ and download FLARE21 training data",
+    "ct_ich": "download https://physionet.org/content/ct-ich/1.3.1/ (ct_scans/, masks/)",
     "folder": "create images/ and labels/ folders holding files with matching names",
 }
 
@@ -50,40 +66,65 @@ def converted_root(root: Path) -> Path:
     return root.parent / f"{root.name}_ablate_converted"
 
 
-def _kits19_cases_dir(root: Path) -> Path:
-    # the kits19 repository keeps the cases under data/; accept the repo or data/ itself
-    return root / "data" if (root / "data").is_dir() else root
+def strip_ending(name: str) -> str:
+    for ending in ENDINGS:
+        if name.endswith(ending):
+            return name[: -len(ending)]
+    return Path(name).stem
+
+
+def visible(paths) -> list[Path]:
+    """Sorted paths without hidden files (macOS ``._*`` AppleDouble files in MSD tarballs)."""
+    return sorted(p for p in paths if not p.name.startswith("."))
+
+
+def _is_v1_task(root: Path, meta: dict) -> bool:
+    """nnU-Net v1 keeps the MSD-style dataset.json but splits images into <case>_0000.nii.gz."""
+    for entry in meta.get("training", [])[:1]:
+        image = root / os.path.normpath(entry.get("image", ""))
+        return not image.is_file() and _v1_image(root, image.name, 0).is_file()
+    return any(visible((root / "imagesTr").glob(f"*_0000{ENDING}")))
 
 
 def detect_format(path: str | Path) -> str:
     """Name the layout of the dataset at `path` (a key of `READERS`); DataError if none fits."""
+    from ablate.data.kits import detect_kits
+
     root = Path(path)
     if not root.exists():
         raise DataError(f"{root}: dataset folder not found; to obtain one: {_all_hints()}")
-    meta = root / "dataset.json"
-    if meta.is_file():
-        try:
-            keys = json.loads(meta.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{meta}: invalid JSON ({exc.msg} at line {exc.lineno})") from exc
-        if "training" in keys and "channel_names" not in keys:
-            return "msd"
+    meta_path = root / "dataset.json"
+    if meta_path.is_file():
+        meta = load_json(meta_path)
+        if "channel_names" in meta:
+            return "nnunet"
+        if "training" in meta or "modality" in meta:
+            return "nnunet_v1" if _is_v1_task(root, meta) else "msd"
         return "nnunet"
     if (root / "TrainingImg").is_dir():
         return "flare21"
-    if any(_kits19_cases_dir(root).glob("case_*/imaging.nii.gz")):
-        return "kits19"
+    if (root / "ct_scans").is_dir():
+        return "ct_ich"
+    kits = detect_kits(root)
+    if kits:
+        return kits
     if (root / "images").is_dir():
         return "folder"
-    raise DataError(f"{root}: unknown dataset layout; expected dataset.json (nnU-Net v2 or MSD), "
-                    "TrainingImg/ (FLARE21), case_*/imaging.nii.gz (KiTS19) or images/ + labels/; "
-                    "pass fmt= explicitly")
+    raise DataError(
+        f"{root}: unknown dataset layout; expected dataset.json (nnU-Net v2/v1 or "
+        "MSD), TrainingImg/ (FLARE21), ct_scans/ (CT-ICH), case_*/ (KiTS19/21/23) or "
+        "images/ + labels/; pass the format explicitly"
+    )
 
 
-def read_dataset(path: str | Path, fmt: str | None = None,
-                 labels: dict[str, int] | None = None) -> Dataset:
-    """Read a dataset in any known layout; `labels` (name -> value) overrides the format's map."""
-    root = Path(path)
+def read_dataset(
+    path: str | Path, fmt: str | None = None, labels: dict[str, int] | None = None
+) -> Dataset:
+    """Read a dataset in any known layout; `labels` (name -> value) overrides the format's map.
+
+    A relative path or one through a symlink is made absolute (not resolved), so every case path
+    and the conversion cache sit where the user pointed."""
+    root = Path(os.path.abspath(path))
     if fmt is not None and fmt not in READERS:
         raise DataError(f"unknown dataset format {fmt!r}; choose one of {sorted(READERS)}")
     if not root.exists():
@@ -95,31 +136,89 @@ def read_dataset(path: str | Path, fmt: str | None = None,
     return READERS[fmt](root, labels)
 
 
-def _read_nnunet(root: Path, labels: dict[str, int] | None) -> Dataset:
-    ds = read_nnunet_raw(root)
+def with_labels(ds: Dataset, labels: dict[str, int] | None) -> Dataset:
+    """The dataset with a user's labels map instead of its own (no regions then)."""
     if labels is None:
         return ds
-    return Dataset(root=ds.root, name=ds.name, channels=ds.channels, labels=dict(labels),
-                   cases=ds.cases, regions=ds.regions, file_ending=ds.file_ending)
+    import dataclasses
+
+    return dataclasses.replace(
+        ds,
+        labels=dict(labels),
+        regions={},
+        region_based=False,
+        regions_class_order=None,
+        ignore_label=None,
+    )
 
 
-def _strip(name: str) -> str:
-    return name[: -len(ENDING)] if name.endswith(ENDING) else Path(name).stem
+def _read_nnunet(root: Path, labels: dict[str, int] | None) -> Dataset:
+    import dataclasses
+
+    ds = read_nnunet_raw(root)
+    reader = load_json(root / "dataset.json").get("overwrite_image_reader_writer")
+    if reader == "NibabelIOWithReorient":  # nnU-Net turns every file to RAS before use
+        out = converted_root(root)
+        cases = tuple(_reoriented_case(case, out) for case in ds.cases)
+        ds = dataclasses.replace(ds, cases=cases)
+    elif reader not in (None, "None", "SimpleITKIO", "NibabelIO"):
+        raise DataError(
+            f"{root / 'dataset.json'}: overwrite_image_reader_writer {reader!r} is "
+            "not supported; ablate reads SimpleITKIO, NibabelIO and "
+            "NibabelIOWithReorient datasets"
+        )
+    return ds if labels is None else dataclasses.replace(ds, labels=dict(labels))
+
+
+def _reoriented_case(case: Case, out: Path) -> Case:
+    images = tuple(
+        reoriented_copy(p, out / "imagesTr" / p.name, RAS) if p.is_file() else p
+        for p in case.images
+    )
+    label = case.label
+    if label is not None:
+        label = reoriented_copy(label, out / "labelsTr" / label.name, RAS)
+    return Case(case.case_id, images, label)
 
 
 def _read_folder(root: Path, labels: dict[str, int] | None) -> Dataset:
     if labels is None:
-        raise DataError(f"{root}: a plain images/ + labels/ folder needs a labels map, e.g. "
-                        "labels={'background': 0, 'organ': 1}")
-    images_dir = root / "images"
+        raise DataError(
+            f"{root}: a plain images/ + labels/ folder needs a labels map: "
+            "dataset.labels in the study, --labels background=0,organ=1 on the "
+            "command line"
+        )
+    images_dir, labels_dir = root / "images", root / "labels"
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: not found; {HOW_TO_OBTAIN['folder']}")
+    images = {strip_ending(p.name): p for p in _nifti_files(images_dir)}
+    found = {strip_ending(p.name): p for p in _nifti_files(labels_dir)}
     cases = []
-    for image in sorted(images_dir.glob(f"*{ENDING}")):
-        label = root / "labels" / image.name
-        cases.append(Case(_strip(image.name), (image,), label if label.is_file() else None))
-    return Dataset(root=root, name=root.name, channels=("image",), labels=dict(labels),
-                   cases=tuple(cases))
+    for cid in sorted(images.keys() | found.keys()):
+        image = images.get(cid, images_dir / (found[cid].name if cid in found else cid))
+        cases.append(Case(cid, (image,), found.get(cid)))
+    endings = [_ending(p.name) for p in images.values()]
+    ending = max(set(endings), key=endings.count) if endings else ENDING
+    return Dataset(
+        root=root,
+        name=root.name,
+        channels=("image",),
+        labels=dict(labels),
+        cases=tuple(cases),
+        file_ending=ending,
+    )
+
+
+def _ending(name: str) -> str:
+    return next((e for e in ENDINGS if name.endswith(e)), Path(name).suffix)
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    return (
+        visible(p for p in folder.glob("*.nii*") if p.name.endswith(ENDINGS))
+        if folder.is_dir()
+        else []
+    )
 
 
 def _read_flare21(root: Path, labels: dict[str, int] | None) -> Dataset:
@@ -127,34 +226,122 @@ def _read_flare21(root: Path, labels: dict[str, int] | None) -> Dataset:
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: not found; {HOW_TO_OBTAIN['flare21']}")
     suffix = f"_0000{ENDING}"
+    ids = {p.name[: -len(suffix)] for p in visible(images_dir.glob(f"*{suffix}"))}
+    ids |= {strip_ending(p.name) for p in visible(masks_dir.glob(f"*{ENDING}"))}
     cases = []
-    for image in sorted(images_dir.glob(f"*{suffix}")):
-        cid = image.name[: -len(suffix)]
+    for cid in sorted(ids):
         label = masks_dir / f"{cid}{ENDING}"
-        cases.append(Case(cid, (image,), label if label.is_file() else None))
-    return Dataset(root=root, name="FLARE21", channels=("CT",),
-                   labels=dict(labels or FLARE21_LABELS), cases=tuple(cases))
+        cases.append(
+            Case(cid, (images_dir / f"{cid}{suffix}",), label if label.is_file() else None)
+        )
+    return Dataset(
+        root=root,
+        name="FLARE21",
+        channels=("CT",),
+        labels=dict(labels or FLARE21_LABELS),
+        cases=tuple(cases),
+    )
+
+
+def _read_ct_ich(root: Path, labels: dict[str, int] | None) -> Dataset:
+    """PhysioNet CT-ICH 1.3.1: ct_scans/NNN.nii and masks/NNN.nii (binary haemorrhage masks
+    whose foreground value is not 1 in every release); masks are binarised into the cache."""
+    scans, masks = root / "ct_scans", root / "masks"
+    if not scans.is_dir():
+        raise DataError(f"{scans}: not found; {HOW_TO_OBTAIN['ct_ich']}")
+    ids = {strip_ending(p.name) for p in _nifti_files(scans)}
+    ids |= {strip_ending(p.name) for p in _nifti_files(masks)}
+    out = converted_root(root) / "labelsTr"
+    cases = []
+    for cid in sorted(ids):
+        image = next(
+            (scans / f"{cid}{e}" for e in ENDINGS if (scans / f"{cid}{e}").is_file()),
+            scans / f"{cid}.nii",
+        )
+        mask = next((masks / f"{cid}{e}" for e in ENDINGS if (masks / f"{cid}{e}").is_file()), None)
+        label = _binarised(mask, out / f"{cid}{ENDING}") if mask is not None else None
+        cases.append(Case(cid, (image,), label))
+    return Dataset(
+        root=root,
+        name="CT-ICH",
+        channels=("CT",),
+        labels=dict(labels or CT_ICH_LABELS),
+        cases=tuple(cases),
+    )
+
+
+def _binarised(mask: Path, out: Path) -> Path:
+    if not is_fresh(out, mask):
+        array, geometry = read_image(mask)
+        partial = out.with_name(f".partial_{out.name}")
+        write_image((array != 0).astype(np.uint8), geometry, partial)
+        partial.replace(out)
+    return out
 
 
 def _read_msd(root: Path, labels: dict[str, int] | None) -> Dataset:
     meta_path = root / "dataset.json"
-    meta = json.loads(meta_path.read_text())
+    meta = load_json(meta_path)
     for key in ("training", "modality", "labels"):
         if key not in meta:
             raise DataError(f"{meta_path}: missing key {key!r} of a Decathlon dataset.json")
     channels = tuple(meta["modality"][k] for k in sorted(meta["modality"], key=int))
-    declared = {name: int(value) for value, name in meta["labels"].items()}
+    spec = label_spec(meta, meta_path)
     cases = []
     for entry in sorted(meta["training"], key=lambda e: e["image"]):
-        image = (root / entry["image"]).resolve()
-        label = (root / entry["label"]).resolve()
-        if not image.is_file():
-            raise DataError(f"{image}: listed in {meta_path} but missing; re-extract the task")
-        cid = _strip(image.name)
-        images = _msd_channels(image, cid, len(channels), converted_root(root) / "imagesTr")
+        image = root / os.path.normpath(entry["image"])
+        label = root / os.path.normpath(entry["label"])
+        cid = strip_ending(image.name)
+        images = (
+            _msd_channels(image, cid, len(channels), converted_root(root) / "imagesTr")
+            if image.is_file()
+            else (image,)
+        )  # missing: verify names it
         cases.append(Case(cid, images, label if label.is_file() else None))
-    return Dataset(root=root, name=meta.get("name", root.name), channels=channels,
-                   labels=dict(labels or declared), cases=tuple(cases))
+    ds = Dataset(
+        root=root,
+        name=meta.get("name", root.name),
+        channels=channels,
+        labels=spec.labels,
+        cases=tuple(cases),
+        ignore_label=spec.ignore_label,
+    )
+    return with_labels(ds, labels)
+
+
+def _v1_image(root: Path, name: str, channel: int) -> Path:
+    return root / "imagesTr" / f"{strip_ending(name)}_{channel:04d}{ENDING}"
+
+
+def _read_nnunet_v1(root: Path, labels: dict[str, int] | None) -> Dataset:
+    """nnU-Net v1 TaskNNN_Name: MSD's dataset.json, images already split per modality."""
+    meta_path = root / "dataset.json"
+    meta = load_json(meta_path)
+    for key in ("modality", "labels"):
+        if key not in meta:
+            raise DataError(f"{meta_path}: missing key {key!r} of an nnU-Net v1 dataset.json")
+    channels = tuple(meta["modality"][k] for k in sorted(meta["modality"], key=int))
+    spec = label_spec(meta, meta_path)
+    listed = [Path(os.path.normpath(e["image"])).name for e in meta.get("training", [])]
+    if not listed:  # v1 allows an empty list; the folder is the truth then
+        listed = [
+            p.name.replace(f"_0000{ENDING}", ENDING)
+            for p in visible((root / "imagesTr").glob(f"*_0000{ENDING}"))
+        ]
+    cases = []
+    for name in sorted(listed):
+        label = root / "labelsTr" / name
+        images = tuple(_v1_image(root, name, c) for c in range(len(channels)))
+        cases.append(Case(strip_ending(name), images, label if label.is_file() else None))
+    ds = Dataset(
+        root=root,
+        name=meta.get("name", root.name),
+        channels=channels,
+        labels=spec.labels,
+        cases=tuple(cases),
+        ignore_label=spec.ignore_label,
+    )
+    return with_labels(ds, labels)
 
 
 def _image_dimension_and_channels(path: Path) -> tuple[int, int]:
@@ -171,19 +358,17 @@ def _image_dimension_and_channels(path: Path) -> tuple[int, int]:
     return len(size), (size[3] if len(size) == 4 else 1)
 
 
-def _is_fresh(copy: Path, source: Path) -> bool:
-    return copy.is_file() and copy.stat().st_mtime_ns >= source.stat().st_mtime_ns
-
-
 def _msd_channels(image: Path, cid: str, n_channels: int, out_dir: Path) -> tuple[Path, ...]:
     dimension, found = _image_dimension_and_channels(image)
     if dimension == 3 and n_channels == 1:
         return (image,)
     if dimension != 4 or found != n_channels:
-        raise DataError(f"{image}: has {found} channel(s) in {dimension}D but dataset.json "
-                        f"declares {n_channels} modalities; fix 'modality' or the file")
+        raise DataError(
+            f"{image}: has {found} channel(s) in {dimension}D but dataset.json "
+            f"declares {n_channels} modalities; fix 'modality' or the file"
+        )
     outputs = tuple(out_dir / f"{cid}_{c:04d}{ENDING}" for c in range(n_channels))
-    if not all(_is_fresh(p, image) for p in outputs):
+    if not all(is_fresh(p, image) for p in outputs):
         _split_4d(image, outputs)
     return outputs
 
@@ -202,72 +387,23 @@ def _split_4d(image: Path, outputs: tuple[Path, ...]) -> None:
         partial.replace(out)  # atomic: an interrupted run never leaves a truncated channel
 
 
-def reorient_to_identity(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
-    """Permute and flip a (Z, Y, X) array so its direction becomes the identity.
+def _kits(name: str) -> Callable[[Path, dict[str, int] | None], Dataset]:
+    def read(root: Path, labels: dict[str, int] | None) -> Dataset:
+        from ablate.data.kits import read_kits
 
-    Only for axis-aligned directions (a signed permutation, as in KiTS19); the world position of
-    every voxel is unchanged. DataError for oblique directions.
-    """
-    direction = np.asarray(geometry.direction, dtype=float).reshape(3, 3)  # columns: sitk x, y, z
-    world_axis = np.abs(direction).argmax(axis=0)  # for each sitk index axis
-    unit = np.allclose(np.abs(direction).max(axis=0), 1.0, atol=1e-3)
-    if sorted(world_axis) != [0, 1, 2] or not unit:
-        raise DataError(f"direction {geometry.direction} is oblique; only axis-aligned images can "
-                        "be reoriented losslessly")
-    signs = direction[world_axis, [0, 1, 2]]
-    spacing_xyz = np.asarray(geometry.spacing_mm[::-1])
-    size_xyz = np.asarray(array.shape[::-1])
-    origin = np.asarray(geometry.origin, dtype=float)
-    data = array
-    for j in range(3):
-        if signs[j] < 0:  # flip so this axis runs along +world; the far corner becomes the origin
-            origin = origin + direction[:, j] * spacing_xyz[j] * (size_xyz[j] - 1)
-            data = np.flip(data, axis=2 - j)
-    # numpy axis (2 - j) holds sitk axis j; new sitk axis w is the old one pointing along world w
-    old_for_new = [int(np.where(world_axis == w)[0][0]) for w in range(3)]
-    data = np.ascontiguousarray(np.transpose(data, [2 - old_for_new[2 - a] for a in range(3)]))
-    new_spacing_xyz = [float(spacing_xyz[j]) for j in old_for_new]
-    identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-    return data, Geometry(tuple(new_spacing_xyz[::-1]), tuple(float(o) for o in origin), identity)
+        return with_labels(read_kits(root, name), labels)
 
-
-def _reoriented_copy(source: Path, out: Path) -> Path:
-    if not _is_fresh(out, source):
-        array, geometry = read_image(source)
-        array, geometry = reorient_to_identity(array, geometry)
-        partial = out.with_name(f".partial_{out.name}")
-        write_image(array, geometry, partial)
-        partial.replace(out)
-    return out
-
-
-def _read_kits19(root: Path, labels: dict[str, int] | None) -> Dataset:
-    cases_dir = _kits19_cases_dir(root)
-    out_dir = converted_root(root)
-    cases = []
-    for folder in sorted(p for p in cases_dir.glob("case_*") if p.is_dir()):
-        image = folder / "imaging.nii.gz"
-        if not image.is_file():
-            continue
-        seg = folder / "segmentation.nii.gz"
-        if not seg.is_file():  # the 90 challenge test cases ship without labels: not training data
-            continue
-        cid = folder.name
-        new_image = _reoriented_copy(image, out_dir / "imagesTr" / f"{cid}_0000{ENDING}")
-        new_label = _reoriented_copy(seg, out_dir / "labelsTr" / f"{cid}{ENDING}")
-        cases.append(Case(cid, (new_image,), new_label))
-    if not cases:
-        raise DataError(f"{cases_dir}: no case_*/ with imaging.nii.gz and segmentation.nii.gz; "
-                        f"{HOW_TO_OBTAIN['kits19']}")
-    regions = dict(KITS19_REGIONS) if labels is None else {}
-    return Dataset(root=root, name="KiTS19", channels=("CT",),
-                   labels=dict(labels or KITS19_LABELS), cases=tuple(cases), regions=regions)
+    return read
 
 
 READERS: dict[str, Callable[[Path, dict[str, int] | None], Dataset]] = {
     "nnunet": _read_nnunet,
+    "nnunet_v1": _read_nnunet_v1,
     "msd": _read_msd,
-    "kits19": _read_kits19,
+    "kits19": _kits("kits19"),
+    "kits21": _kits("kits21"),
+    "kits23": _kits("kits23"),
     "flare21": _read_flare21,
+    "ct_ich": _read_ct_ich,
     "folder": _read_folder,
 }

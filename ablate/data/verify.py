@@ -12,6 +12,7 @@ NIfTI files are also streamed to the end and their length compared with what the
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import zlib
 from collections import Counter
@@ -27,6 +28,7 @@ from ablate.imageio import Geometry, read_image
 
 RELATIVE_TOLERANCE = 1e-3
 NIFTI1_HEADER_BYTES = 348
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd", ".mhd")
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,38 @@ class Problem:
 
 
 def verify(dataset: Dataset) -> list[Problem]:
-    """Every problem found in the dataset's files, errors and warnings, in case order."""
-    problems = _duplicate_ids(dataset) + _labels_without_images(dataset)
-    declared = set(dataset.labels.values())
+    """Every problem found in the dataset's files, errors and warnings, in case order. An empty
+    dataset, a labelled case without its image, an image without its label, files in the case
+    folders that are hidden or carry another file ending each get one line."""
+    if not dataset.cases:
+        return [
+            Problem(
+                "error",
+                dataset.root,
+                "no cases found; check the folder and its format "
+                "(`ablate verify --format ...`), or download the data first",
+            )
+        ]
+    problems = _duplicate_ids(dataset) + _labels_without_images(dataset) + _stray_files(dataset)
+    declared = dataset.declared_values()
     for case in dataset.cases:
         problems += _check_case(case, declared)
     return problems
+
+
+def usable_cases(dataset: Dataset, problems: list[Problem]) -> int:
+    """How many cases have all their files and no error against any of them."""
+    bad = {_key(p.path) for p in problems if p.severity == "error"}
+    return sum(
+        case.label is not None and not any(_key(p) in bad for p in (*case.images, case.label))
+        for case in dataset.cases
+    )
+
+
+def _key(path: Path) -> Path:
+    """Paths compared by where they lead: a dataset read through a symlink or a relative path
+    names the same files as its resolved self."""
+    return Path(os.path.realpath(path))
 
 
 def raise_on_errors(problems: list[Problem]) -> None:
@@ -64,24 +92,79 @@ def _duplicate_ids(dataset: Dataset) -> list[Problem]:
     for case in dataset.cases:
         if counts[case.case_id] > 1 and case.case_id not in seen:
             seen.add(case.case_id)
-            problems.append(Problem("error", case.images[0] if case.images else dataset.root,
-                                    f"case id {case.case_id!r} appears {counts[case.case_id]} "
-                                    "times; rename or remove the duplicates"))
+            problems.append(
+                Problem(
+                    "error",
+                    case.images[0] if case.images else dataset.root,
+                    f"case id {case.case_id!r} appears {counts[case.case_id]} "
+                    "times; rename or remove the duplicates",
+                )
+            )
     return problems
 
 
 def _labels_without_images(dataset: Dataset) -> list[Problem]:
-    """Label files in the dataset's label folders that no case points to."""
-    used = {case.label for case in dataset.cases if case.label is not None}
-    folders = {label.parent for label in used}
-    if (dataset.root / "labelsTr").is_dir():
-        folders.add(dataset.root / "labelsTr")
+    """Label files in the folders of the cases' labels that no case points to (the readers
+    already turn a label without its image into a case whose image is missing)."""
+    used = {_key(case.label) for case in dataset.cases if case.label is not None}
+    folders = {_key(case.label.parent) for case in dataset.cases if case.label is not None}
     problems = []
     for folder in sorted(folders):
         for label in sorted(folder.glob(f"*{dataset.file_ending}")):
-            if label not in used and not label.name.startswith("."):
-                problems.append(Problem("error", label, "label has no matching image; add the "
-                                        "image or remove the label"))
+            if _key(label) not in used and not label.name.startswith("."):
+                problems.append(
+                    Problem(
+                        "error",
+                        label,
+                        "label has no matching image; add the image or remove the label",
+                    )
+                )
+    return problems
+
+
+def _ending(name: str) -> str | None:
+    return next((e for e in IMAGE_ENDINGS if name.lower().endswith(e)), None)
+
+
+def _stray_files(dataset: Dataset) -> list[Problem]:
+    """Hidden files (macOS ``._*`` AppleDouble copies, as MSD's tarballs ship them: a warning,
+    they are never read) and image files whose ending differs from the one their folder's cases
+    use (an error: they are not read, or the folder mixes endings)."""
+    by_folder: dict[Path, list[Path]] = {}
+    for case in dataset.cases:
+        for path in (*case.images, *([case.label] if case.label else [])):
+            by_folder.setdefault(_key(path.parent), []).append(path)
+    problems = []
+    for folder, paths in sorted(by_folder.items()):
+        if not folder.is_dir():
+            continue
+        endings = Counter(_ending(p.name) for p in paths)
+        main = endings.most_common(1)[0][0]
+        used = {_key(p) for p in paths}
+        for path in sorted(folder.iterdir()):
+            ending = _ending(path.name)
+            if ending is None or path.name.startswith(".partial_"):
+                continue
+            if path.name.startswith("."):
+                problems.append(
+                    Problem(
+                        "warning",
+                        path,
+                        "hidden file (macOS metadata, not an "
+                        "image) is ignored; delete it to silence this",
+                    )
+                )
+            elif ending != main:
+                read = "is read" if _key(path) in used else "is not read"
+                problems.append(
+                    Problem(
+                        "error",
+                        path,
+                        f"ending {ending} differs from {main} of "
+                        f"the other {endings[main]} files here and {read}; give "
+                        f"every file the ending {main}",
+                    )
+                )
     return problems
 
 
@@ -89,13 +172,29 @@ def _check_case(case: Case, declared: set[int]) -> list[Problem]:
     problems: list[Problem] = []
     images = []
     for path in case.images:
+        if not path.is_file() and case.label is not None:
+            problems.append(
+                Problem(
+                    "error",
+                    path,
+                    f"image of labelled case {case.case_id!r} is "
+                    "missing; finish the download or restore it, or remove the "
+                    "case's label",
+                )
+            )
+            continue
         loaded = _load(path, problems)
         if loaded is not None:
             images.append((path, *loaded))
     if case.label is None:
         where = case.images[0] if case.images else Path(case.case_id)
-        return problems + [Problem("error", where, f"case {case.case_id!r} has no label file; "
-                                   "add its label or remove the image")]
+        return problems + [
+            Problem(
+                "error",
+                where,
+                f"case {case.case_id!r} has no label file; add its label or remove the image",
+            )
+        ]
     label = _load(case.label, problems)
     if label is None:
         return problems
@@ -121,8 +220,14 @@ def _load(path: Path, problems: list[Problem]) -> tuple[np.ndarray, Geometry] | 
     if np.issubdtype(array.dtype, np.floating):
         non_finite = max(non_finite, int(array.size - np.count_nonzero(np.isfinite(array))))
     if non_finite:
-        problems.append(Problem("error", path, f"{non_finite} NaN/inf voxels; replace them with "
-                                "a finite value (e.g. the image minimum) and re-export"))
+        problems.append(
+            Problem(
+                "error",
+                path,
+                f"{non_finite} NaN/inf voxels; replace them with "
+                "a finite value (e.g. the image minimum) and re-export",
+            )
+        )
     return array, geometry
 
 
@@ -148,8 +253,10 @@ def _scan_nifti(path: Path) -> tuple[str | None, int]:
     except (OSError, EOFError, zlib.error) as exc:
         return f"file is truncated or corrupt ({exc}); re-download or re-export it", 0
     if layout is not None and total < layout[1]:
-        return (f"file is truncated: {total} bytes but its header needs {layout[1]}; "
-                "re-download or re-export it"), 0
+        return (
+            f"file is truncated: {total} bytes but its header needs {layout[1]}; "
+            "re-download or re-export it"
+        ), 0
     return None, non_finite
 
 
@@ -179,23 +286,41 @@ def _nifti1_layout(header: bytes) -> tuple[int, int, np.dtype | None] | None:
     return None
 
 
-def _geometry_mismatch(label_path: Path, label: np.ndarray, label_geometry: Geometry,
-                       image_path: Path, image: np.ndarray, geometry: Geometry) -> list[Problem]:
+def _geometry_mismatch(
+    label_path: Path,
+    label: np.ndarray,
+    label_geometry: Geometry,
+    image_path: Path,
+    image: np.ndarray,
+    geometry: Geometry,
+) -> list[Problem]:
     """Label vs one image channel: shape, spacing, origin, direction."""
     if label.shape != image.shape:
-        return [Problem("error", label_path, f"shape {label.shape} differs from {image.shape} "
-                        f"of image {image_path.name}; resample or re-export the label on the "
-                        "image grid")]
+        return [
+            Problem(
+                "error",
+                label_path,
+                f"shape {label.shape} differs from {image.shape} "
+                f"of image {image_path.name}; resample or re-export the label on the "
+                "image grid",
+            )
+        ]
     max_spacing = max(geometry.spacing_mm)
     checks = (
         ("spacing_mm", geometry.spacing_mm, label_geometry.spacing_mm, RELATIVE_TOLERANCE, 0.0),
         ("origin", geometry.origin, label_geometry.origin, 0.0, RELATIVE_TOLERANCE * max_spacing),
         ("direction", geometry.direction, label_geometry.direction, 0.0, RELATIVE_TOLERANCE),
     )
-    return [Problem("error", label_path, f"{name} {_fmt(found)} differs from {_fmt(expected)} "
-                    f"of image {image_path.name}; copy the image geometry onto the label")
-            for name, expected, found, rtol, atol in checks
-            if not np.allclose(found, expected, rtol=rtol, atol=atol)]
+    return [
+        Problem(
+            "error",
+            label_path,
+            f"{name} {_fmt(found)} differs from {_fmt(expected)} "
+            f"of image {image_path.name}; copy the image geometry onto the label",
+        )
+        for name, expected, found, rtol, atol in checks
+        if not np.allclose(found, expected, rtol=rtol, atol=atol)
+    ]
 
 
 def _fmt(values: tuple[float, ...]) -> str:
@@ -211,10 +336,21 @@ def _label_values(path: Path, label: np.ndarray, declared: set[int]) -> list[Pro
     problems = []
     unknown = [v for v in present if v not in declared]
     if unknown:
-        problems.append(Problem("error", path, f"label values {unknown} are not declared "
-                                f"(declared: {sorted(declared)}); fix the label file or declare "
-                                "them in the labels map"))
+        problems.append(
+            Problem(
+                "error",
+                path,
+                f"label values {unknown} are not declared "
+                f"(declared: {sorted(declared)}); fix the label file or declare "
+                "them in the labels map",
+            )
+        )
     if all(v == 0 for v in present):
-        problems.append(Problem("warning", path, "label has no foreground voxels; check the "
-                                "annotation or drop the case"))
+        problems.append(
+            Problem(
+                "warning",
+                path,
+                "label has no foreground voxels; check the annotation or drop the case",
+            )
+        )
     return problems
