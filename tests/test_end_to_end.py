@@ -199,5 +199,8 @@ def test_rerun_skips_finished_jobs(tiny_study: Path, capsys) -> None:
 def test_status_lists_every_job_done(tiny_study: Path, capsys) -> None:
     assert main(["status", str(tiny_study / "tiny.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "18 done, 0 running, 0 failed, 0 pending" in out  # the grid's jobs and ensembles
+    # the grid's 4 trainings, 8 evaluations and 4 test jobs, 2 ensemble folds, and the external
+    # folder's 2 folds and test set: every job `ablate run` ran
+    assert "21 done, 0 running, 0 failed, 0 pending" in out
+    assert "done     eval  oracle · external · fold 1" in out
     assert "best so far:" in out and "nothing left to run" in out
