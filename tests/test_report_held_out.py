@@ -28,13 +28,31 @@ def held_out_frames(variants=("plain", "residual"), ensemble=True, shift=0.05):
         for model, fold, values in models:
             for case, value in zip(CASES, values + v * shift, strict=True):
                 for metric in ("dsc", "nsd"):
-                    rows.append({"variant": variant, "arch": variant, "model": model,
-                                 "fold": fold, "seed": 0, "case": case, "target": "kidney",
-                                 "metric": metric, "value": value})
+                    rows.append(
+                        {
+                            "variant": variant,
+                            "arch": variant,
+                            "model": model,
+                            "fold": fold,
+                            "seed": 0,
+                            "case": case,
+                            "target": "kidney",
+                            "metric": metric,
+                            "value": value,
+                        }
+                    )
         for model in ("single", "ensemble") if ensemble else ("single",):
-            cost.append({"variant": variant, "arch": variant, "model": model, "fold": -1,
-                         "seed": 0, "infer_seconds_per_case": 3.0 if model == "ensemble" else 1.0,
-                         "peak_infer_memory_mb": 500.0})
+            cost.append(
+                {
+                    "variant": variant,
+                    "arch": variant,
+                    "model": model,
+                    "fold": -1,
+                    "seed": 0,
+                    "infer_seconds_per_case": 3.0 if model == "ensemble" else 1.0,
+                    "peak_infer_memory_mb": 500.0,
+                }
+            )
     return pd.DataFrame(rows), pd.DataFrame(cost)
 
 
@@ -50,7 +68,8 @@ def test_ensemble_vs_single_on_hand_made_values():
     diff = 0.02 + NOISE
     assert row["mean_diff"] == pytest.approx(diff.mean())
     assert row["ci_low"] <= diff.mean() <= row["ci_high"]
-    assert row["p"] == pytest.approx(sps.wilcoxon(diff).pvalue)
+    assert row["p"] == pytest.approx(sps.ttest_1samp(diff, 0.0).pvalue)  # same models: cases
+    assert row["wilcoxon_p"] == pytest.approx(sps.wilcoxon(diff).pvalue)
     assert row["p_holm"] == pytest.approx(min(1.0, 2 * max(table["p"])))  # equal p: Holm 2x
 
 
@@ -74,8 +93,9 @@ def test_variants_compared_on_the_ensemble_else_on_single_fold_means():
 
 
 def test_report_has_a_held_out_section(tmp_path):
-    results = synthetic_results({"arch": ["plain", "residual"]}, n_cases=10,
-                                targets=("kidney",), epochs=2)
+    results = synthetic_results(
+        {"arch": ["plain", "residual"]}, n_cases=10, targets=("kidney",), epochs=2
+    )
     test, cost = held_out_frames()
     results = Results(results.tidy, results.cost, results.curves, results.axes, [], test, cost)
     meta = {"name": "held", "baseline": "plain", "test_set": "Test set: 8 cases held out."}
@@ -89,14 +109,19 @@ def test_report_has_a_held_out_section(tmp_path):
     assert "Held-out test set (8 cases), kidney DSC: best ensemble residual" in summary
     exported = pd.read_csv(tmp_path / "test.csv")
     assert len(exported) == len(test) and set(exported["model"]) == {
-        "fold 0", "fold 1", "fold 2", "ensemble"}
+        "fold 0",
+        "fold 1",
+        "fold 2",
+        "ensemble",
+    }
     assert "Held-out test set" in (tmp_path / "tables.md").read_text()
 
 
 def test_an_external_folder_is_compared_on_its_own_predictions():
     test, cost = held_out_frames()
     external = test[(test["variant"] == "plain") & (test["model"] == "ensemble")].assign(
-        variant="nnunet", arch=None, model="external", value=lambda f: f["value"] - 0.01)
+        variant="nnunet", arch=None, model="external", value=lambda f: f["value"] - 0.01
+    )
     test = pd.concat([test, external], ignore_index=True)
     h = analyse_held_out(test, cost, ["dsc"], "plain", np.random.default_rng(0), n_seeds=1)
     assert set(h.ensemble_vs_single["variant"]) == {"plain", "residual"}  # no fold models

@@ -36,7 +36,9 @@ def report(tmp_path_factory):
 def test_summary_tables_and_sections(report):
     _, page = report
     summary = page.split("<h2>Summary</h2>")[1].split("</section>")[0]
-    assert "residual vs plain, kidney DSC:" in summary and "after Holm: significant" in summary
+    assert "residual vs plain, kidney DSC (training): mean paired difference +" in summary
+    assert "(configuration level, family H-DSC): significantly better" in summary
+    assert "Case level, these trained models: Wilcoxon" in summary
     for heading in (
         "kidney: accuracy per variant",
         "Each variant vs plain",

@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 
 from ablate.report import plots
-from ablate.report.collect import Table, _num, _p, _pct, compare_table
+from ablate.report.collect import Table, _num, _pct, compare_table, format_p
+from ablate.report.paired import paired_mean
 from ablate.report.stats import (
     ALPHA,
+    HIGHER_IS_BETTER,
     MIN_PAIRS,
     TOO_FEW,
-    bootstrap_ci,
     compare_to_baseline,
     holm,
     wilcoxon_p,
@@ -48,18 +49,21 @@ def per_case(test: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return sub.assign(kind=kind).groupby(keys, sort=False)["value"].mean().unstack("kind")
 
 
-def ensemble_vs_single(test: pd.DataFrame, metrics: list[str], rng: np.random.Generator,
-                       n_boot: int = 2000) -> pd.DataFrame:
+def ensemble_vs_single(
+    test: pd.DataFrame, metrics: list[str], rng: np.random.Generator, n_boot: int = 2000
+) -> pd.DataFrame:
     """Per target, metric, variant: single-fold mean and the range of the fold models' means, the
-    ensemble's mean, the mean paired difference (ensemble - single) with a bootstrap 95% CI, and a
-    two-sided paired Wilcoxon p with Holm over every row."""
+    ensemble's mean, the mean paired difference (ensemble - single) with a t 95% CI and the paired
+    t-test's two-sided p (Holm over every row; the same trained models, so cases are the unit),
+    and the case-level Wilcoxon p beside it."""
     cases = per_case(test, metrics)
     if "single" not in cases:
         return pd.DataFrame()
     cases = cases[cases["single"].notna()]  # external folders have no fold models
     singles = test[~test["model"].isin([ENSEMBLE, EXTERNAL]) & test["metric"].isin(metrics)]
     model_means = singles.groupby(["target", "metric", "variant", "model"], sort=False)[
-        "value"].mean()
+        "value"
+    ].mean()
     spreads = {key: part for key, part in model_means.groupby(level=[0, 1, 2], sort=False)}
     rows = []
     for (target, metric, variant), part in cases.groupby(level=[0, 1, 2], sort=False):
@@ -68,13 +72,33 @@ def ensemble_vs_single(test: pd.DataFrame, metrics: list[str], rng: np.random.Ge
         ensemble = part.get("ensemble", pd.Series(np.nan, index=part.index)).to_numpy(dtype=float)
         diff = ensemble - single
         diff = diff[~np.isnan(diff)]
-        lo, hi = bootstrap_ci(diff, rng, statistic=np.mean, n_boot=n_boot)
-        rows.append({"target": target, "metric": metric, "variant": variant, "n": diff.size,
-                     "single": np.nanmean(single), "fold_min": spread.min(),
-                     "fold_max": spread.max(), "ensemble": np.nanmean(ensemble) if diff.size
-                     else np.nan, "mean_diff": diff.mean() if diff.size else np.nan,
-                     "ci_low": lo, "ci_high": hi, "p": wilcoxon_p(diff)[0] if diff.size
-                     else np.nan})
+        res = (
+            paired_mean(diff, None)
+            if diff.size >= MIN_PAIRS
+            else {
+                "mean": diff.mean() if diff.size else np.nan,
+                "ci_low": np.nan,
+                "ci_high": np.nan,
+                "p": np.nan,
+            }
+        )
+        rows.append(
+            {
+                "target": target,
+                "metric": metric,
+                "variant": variant,
+                "n": diff.size,
+                "single": np.nanmean(single),
+                "fold_min": spread.min(),
+                "fold_max": spread.max(),
+                "ensemble": np.nanmean(ensemble) if diff.size else np.nan,
+                "mean_diff": res["mean"],
+                "ci_low": res["ci_low"],
+                "ci_high": res["ci_high"],
+                "p": res["p"],
+                "wilcoxon_p": wilcoxon_p(diff)[0] if diff.size else np.nan,
+            }
+        )
     out = pd.DataFrame(rows)
     if out.empty:
         return out
@@ -83,40 +107,68 @@ def ensemble_vs_single(test: pd.DataFrame, metrics: list[str], rng: np.random.Ge
     return out
 
 
-def analyse_held_out(test: pd.DataFrame, test_cost: pd.DataFrame, metrics: list[str],
-                     baseline: str, rng: np.random.Generator, n_seeds: int,
-                     n_boot: int = 2000) -> HeldOut | None:
+def analyse_held_out(
+    test: pd.DataFrame,
+    test_cost: pd.DataFrame,
+    metrics: list[str],
+    baseline: str,
+    rng: np.random.Generator,
+    n_seeds: int,
+    n_boot: int = 2000,
+) -> HeldOut | None:
     if test.empty:
         return None
     cases = per_case(test, metrics)
     scored = _shipped(cases).dropna()
-    matrices = {key: part.droplevel([0, 1]).unstack("variant")
-                for key, part in scored.groupby(level=[0, 1], sort=False)}
+    matrices = {
+        key: part.droplevel([0, 1]).unstack("variant")
+        for key, part in scored.groupby(level=[0, 1], sort=False)
+    }
     compare = pd.DataFrame()
     if len(test["variant"].unique()) > 1 and baseline in set(test["variant"]):
-        compare = compare_to_baseline(matrices, baseline, rng, n_seeds, n_boot)
+        compare = compare_to_baseline(matrices, baseline, None, None, n_seeds)
         if not compare.empty:
+            compare["kind"] = "test set, case level"
             shipped = "ensemble" if "ensemble" in cases else "single-fold mean"
             compare["pairs"] = compare["pairs"].str.replace(
-                "per-case", f"per-case test-set ({shipped})")
+                "per-case", f"per-case test-set ({shipped})"
+            )
     cost = test_cost.assign(kind=np.where(test_cost["model"] == ENSEMBLE, "ensemble", "single"))
     cost = cost[test_cost["model"] != EXTERNAL]
-    cost = cost.groupby(["variant", "kind"], sort=False)[
-        ["infer_seconds_per_case", "peak_infer_memory_mb"]].mean().reset_index()
+    cost = (
+        cost.groupby(["variant", "kind"], sort=False)[
+            ["infer_seconds_per_case", "peak_infer_memory_mb"]
+        ]
+        .mean()
+        .reset_index()
+    )
     singles = test[~test["model"].isin([ENSEMBLE, EXTERNAL])]
-    n_models = int(singles.groupby(["variant", "seed"])["model"].nunique().max()) if len(
-        singles) else 0
-    return HeldOut(int(test["case"].nunique()), n_models, cases,
-                   ensemble_vs_single(test, metrics, rng, n_boot), compare, cost)
+    n_models = (
+        int(singles.groupby(["variant", "seed"])["model"].nunique().max()) if len(singles) else 0
+    )
+    return HeldOut(
+        int(test["case"].nunique()),
+        n_models,
+        cases,
+        ensemble_vs_single(test, metrics, rng, n_boot),
+        compare,
+        cost,
+    )
 
 
 def _shipped(cases: pd.DataFrame) -> pd.Series:
-    """Per case what a variant would ship: its ensemble, else its fold models' mean, else the
-    external folder's prediction."""
+    """Per case what a variant would ship: its ensemble when the variant has any ensemble value,
+    else its fold models' mean, else the external folder's prediction. A case whose ensemble
+    value is missing stays missing (never the single-fold mean in its place)."""
     out = pd.Series(np.nan, index=cases.index)
+    decided = pd.Series(False, index=cases.index)
     for column in ("ensemble", "single", "external"):
-        if column in cases:
-            out = out.combine_first(cases[column])
+        if column not in cases:
+            continue
+        has = cases[column].notna().groupby(level=[0, 1, 2]).transform("any").to_numpy()
+        take = has & ~decided.to_numpy()
+        out[take] = cases.loc[take, column]
+        decided |= take
     return out
 
 
@@ -128,9 +180,10 @@ def held_out_tables(h: HeldOut, order: list[str], memory_label: str) -> dict[str
     if not h.ensemble_vs_single.empty:
         tables["ensemble"] = _ensemble_table(h, order)
     if not h.compare.empty:
-        table = compare_table(h.compare)
-        tables["compare"] = Table(f"Held-out test set: {table.title.lower()}", table.frame,
-                                  note=table.note)
+        table = compare_table(h.compare, family="T")
+        tables["compare"] = Table(
+            f"Held-out test set: {table.title.lower()}", table.frame, note=table.note
+        )
     if not h.cost.empty:
         tables["cost"] = _cost_table(h.cost, order, memory_label)
     return tables
@@ -139,28 +192,42 @@ def held_out_tables(h: HeldOut, order: list[str], memory_label: str) -> dict[str
 def _ensemble_table(h: HeldOut, order: list[str]) -> Table:
     e = h.ensemble_vs_single
     rank = {v: i for i, v in enumerate(order)}
-    e = e.assign(_rank=e["variant"].map(rank)).sort_values(["target", "metric", "_rank"],
-                                                             kind="stable")
-    verdict = np.where(e["n"] < MIN_PAIRS, TOO_FEW,
-                       np.where(e["significant"], "significant", "not significant"))
-    frame = pd.DataFrame({
-        "target": e["target"], "metric": e["metric"].str.upper(), "variant": e["variant"],
-        "single fold (%)": e["single"].map(_pct),
-        "fold models' range (%)": [f"{_pct(a)}–{_pct(b)}"
-                                   for a, b in zip(e["fold_min"], e["fold_max"], strict=True)],
-        "ensemble (%)": e["ensemble"].map(_pct),
-        "ensemble − single (points)": [
-            "n/a" if pd.isna(d) else f"{100 * d:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
-            for d, lo, hi in zip(e["mean_diff"], e["ci_low"], e["ci_high"], strict=True)],
-        "p (Holm)": e["p_holm"].map(_p),
-        "result": np.where(e["ensemble"].isna(), "no ensemble", verdict),
-    })
-    note = (f"{h.n_cases} test cases, {h.n_models} fold models per variant. Single fold: per case "
-            "the mean over the fold models (and seeds); range: the lowest and highest fold model's "
-            "mean. Difference: mean paired difference with a bootstrap 95% CI; two-sided paired "
-            "Wilcoxon signed-rank, Holm over the rows of this table.")
-    return Table("Held-out test set: fold ensemble vs single fold models", frame.reset_index(
-        drop=True), note=note)
+    e = e.assign(_rank=e["variant"].map(rank)).sort_values(
+        ["target", "metric", "_rank"], kind="stable"
+    )
+    verdict = np.where(
+        e["n"] < MIN_PAIRS, TOO_FEW, np.where(e["significant"], "significant", "not significant")
+    )
+    frame = pd.DataFrame(
+        {
+            "target": e["target"],
+            "metric": e["metric"].str.upper(),
+            "variant": e["variant"],
+            "single fold (%)": e["single"].map(_pct),
+            "fold models' range (%)": [
+                f"{_pct(a)}–{_pct(b)}" for a, b in zip(e["fold_min"], e["fold_max"], strict=True)
+            ],
+            "ensemble (%)": e["ensemble"].map(_pct),
+            "ensemble − single (points)": [
+                "n/a" if pd.isna(d) else f"{100 * d:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+                for d, lo, hi in zip(e["mean_diff"], e["ci_low"], e["ci_high"], strict=True)
+            ],
+            "p (Holm)": [format_p(p) for p in e["p_holm"]],
+            "result": np.where(e["ensemble"].isna(), "no ensemble", verdict),
+        }
+    )
+    note = (
+        f"{h.n_cases} test cases, {h.n_models} fold models per variant. Single fold: per case "
+        "the mean over the fold models (and seeds); range: the lowest and highest fold model's "
+        "mean. Difference: mean paired difference with its 95% t interval (unadjusted); paired "
+        "t-test, two-sided, on the cases (the same trained models, so cases are the unit). "
+        "Holm family T-ens: the rows of this table."
+    )
+    return Table(
+        "Held-out test set: fold ensemble vs single fold models",
+        frame.reset_index(drop=True),
+        note=note,
+    )
 
 
 def _cost_table(cost: pd.DataFrame, order: list[str], memory_label: str) -> Table:
@@ -169,13 +236,15 @@ def _cost_table(cost: pd.DataFrame, order: list[str], memory_label: str) -> Tabl
     for kind in ("single", "ensemble"):
         if ("infer_seconds_per_case", kind) in wide:
             frame[f"{kind}: s / case"] = wide[("infer_seconds_per_case", kind)].map(_num)
-            frame[f"{kind}: {memory_label} (MB)"] = wide[("peak_infer_memory_mb", kind)].map(
-                _num)
-    return Table("Held-out test set: inference cost per case", frame.reset_index(drop=True),
-                 note="From the raw image to the written label map, measured in one pass over "
-                      "the cases. Single: preprocessing, one fold model's sliding window, "
-                      "resampling back, export (mean over the fold models). Ensemble: the same "
-                      "with every fold model's sliding window.")
+            frame[f"{kind}: {memory_label} (MB)"] = wide[("peak_infer_memory_mb", kind)].map(_num)
+    return Table(
+        "Held-out test set: inference cost per case",
+        frame.reset_index(drop=True),
+        note="From the raw image to the written label map, measured in one pass over "
+        "the cases. Single: preprocessing, one fold model's sliding window, "
+        "resampling back, export (mean over the fold models). Ensemble: the same "
+        "with every fold model's sliding window.",
+    )
 
 
 def held_out_summary(h: HeldOut, metric: str) -> list[str]:
@@ -187,15 +256,24 @@ def held_out_summary(h: HeldOut, metric: str) -> list[str]:
     column = "single" if e["ensemble"].isna().all() else "ensemble"
     lines = []
     for target, part in e.groupby("target", sort=False):
-        best = part.loc[part[column].idxmax()]
-        text = (f"Held-out test set ({h.n_cases} cases), {target} {metric.upper()}: best "
-                f"{column.replace('single', 'single-fold mean')} {best['variant']} "
-                f"({100 * best[column]:.1f}%)")
+        values = part[column] if HIGHER_IS_BETTER.get(metric, True) else -part[column]
+        if values.isna().all():
+            continue
+        best = part.loc[values.idxmax()]
+        text = (
+            f"Held-out test set ({h.n_cases} cases), {target} {metric.upper()}: best "
+            f"{column.replace('single', 'single-fold mean')} {best['variant']} "
+            f"({100 * best[column]:.1f}%)"
+        )
         if column == "ensemble":
-            verdict = ("too few cases for a test" if best["n"] < MIN_PAIRS else
-                       f"p = {best['p_holm']:.2g} after Holm")
-            text += (f", {100 * best['mean_diff']:+.1f} points over its single fold models "
-                     f"({verdict})")
+            verdict = (
+                "too few cases for a test"
+                if best["n"] < MIN_PAIRS
+                else f"{format_p(best['p_holm'], prefix=True)} after Holm, paired t on the cases"
+            )
+            text += (
+                f", {100 * best['mean_diff']:+.1f} points over its single fold models ({verdict})"
+            )
         lines.append(text + ".")
     return lines
 
@@ -205,8 +283,16 @@ def held_out_figures(h: HeldOut, order: list[str]) -> list[tuple[str, bytes]]:
     kinds = ("single", "ensemble", "external")
     out = []
     for (target, metric), part in h.cases.groupby(level=[0, 1], sort=False):
-        long = part.reset_index().melt(id_vars=["variant"], value_vars=[
-            c for c in kinds if c in part], var_name="model", value_name="value").dropna()
+        long = (
+            part.reset_index()
+            .melt(
+                id_vars=["variant"],
+                value_vars=[c for c in kinds if c in part],
+                var_name="model",
+                value_name="value",
+            )
+            .dropna()
+        )
         long["value"] *= 100
         long["variant"] = long["variant"] + " · " + long["model"]
         shown = set(long["variant"])

@@ -19,12 +19,20 @@ from ablate.report.collect import (
     accuracy_table,
     compare_table,
     cost_table,
+    diff_text,
+    diff_unit,
+    format_p,
     generic_table,
     kits_table,
+    metric_label,
+    metric_unit,
+    noninferiority_table_display,
     table4,
+    value_text,
 )
 from ablate.report.held_out import held_out_figures, held_out_summary, held_out_tables
-from ablate.report.stats import MIN_PAIRS
+from ablate.report.paired import MIN_RUNS
+from ablate.report.stats import HIGHER_IS_BETTER, MIN_PAIRS
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -62,7 +70,7 @@ def build_tables(a: Analysis, memory_label: str = "GPU memory") -> dict[str, dic
     """Section -> {key: Table}, formatted for display. `memory_label` names what the peak
     memory column measured (GPU allocated with CUDA, resident memory on a CPU)."""
     targets = list(pd.unique(a.describe["target"]))
-    accuracy = {t: accuracy_table(a.describe, t, a.metrics, a.order) for t in targets}
+    accuracy = {t: accuracy_table(a.describe, t, a.metrics, a.order, a.common) for t in targets}
     kits = kits_table(a.describe, a.composite, a.order)
     accuracy["table4"] = table4(a.describe, a.cost, a.order, memory_label)
     if kits:
@@ -70,6 +78,8 @@ def build_tables(a: Analysis, memory_label: str = "GPU memory") -> dict[str, dic
     stats = {}
     if not a.compare.empty:
         stats["compare"] = compare_table(a.compare)
+    if not a.noninferiority.empty:
+        stats["noninferiority"] = noninferiority_table_display(a.noninferiority)
     if not a.friedman.empty:
         stats["friedman"] = generic_table(
             "Friedman test over all variants",
@@ -78,9 +88,13 @@ def build_tables(a: Analysis, memory_label: str = "GPU memory") -> dict[str, dic
         )
         sig = a.posthoc[a.posthoc["significant"]]
         stats["posthoc"] = generic_table(
-            f"Post-hoc: pairs that differ (two-sided paired Wilcoxon, Holm per target and metric; "
+            f"Post-hoc: pairs that differ (two-sided case-level Wilcoxon, these trained models; "
             f"{len(sig)} of {len(a.posthoc)} pairs)",
-            sig.head(60)[["target", "metric", "a", "b", "n", "p", "p_holm"]],
+            sig.head(60)[["target", "metric", "a", "b", "n", "p", "p_holm"]].assign(
+                family=lambda f: "P-" + f["target"] + "-" + f["metric"].str.upper()
+            ),
+            "Holm family P-<target>-<metric>: all unordered pairs of variants on that target and "
+            "metric; the same pair can be judged differently in another family.",
         )
     for target, ranking in a.ranking.items():
         frame = ranking.copy()
@@ -91,15 +105,22 @@ def build_tables(a: Analysis, memory_label: str = "GPU memory") -> dict[str, dic
                 for v, r in zip(frame["variant"], frame["rank"], strict=True)
             ]
         stats[f"rank_{target}"] = generic_table(
-            f"{target}: rank-then-aggregate ({a.metrics[0].upper()})",
+            f"{target}: rank-then-aggregate ({metric_label(a.metrics[0])})",
             frame,
-            "Rank per case (1 = best, ties share the lowest rank), mean over cases, re-ranked.",
+            "Rank per case (1 = best: "
+            + ("highest" if HIGHER_IS_BETTER[a.metrics[0]] else "lowest")
+            + " value; ties share the lowest rank; a missing value ranks last, as in challengeR),"
+            " mean over cases, re-ranked.",
         )
     if not a.main_effects.empty:
         stats["effects"] = generic_table(
-            "Main effect of each axis (level minus reference, mean over cases, in points)",
+            "Main effect of each axis (level minus reference, mean over cases; points, or mm for "
+            "distances)",
             _in_points(a.main_effects, ["mean_diff", "ci_low", "ci_high"]),
-            "Per case: paired difference averaged over the other axes' levels; bootstrap 95% CI.",
+            "Per case: paired difference averaged over the combinations of the other axes that "
+            "every case has at both levels ('combinations' used of all); t interval (95%, "
+            "unadjusted) and two-sided t-test with fold models as the error term for training "
+            "axes, cases for infer. axes. Holm family E: every row of this table.",
         )
     if not a.seed_spread.empty:
         stats["seeds"] = generic_table(
@@ -126,52 +147,45 @@ def build_tables(a: Analysis, memory_label: str = "GPU memory") -> dict[str, dic
 
 
 def _in_points(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Fractions (DSC, NSD in [0, 1]) as percentage points, two decimals."""
+    """Differences in display units (points for DSC, NSD, |RVD|; mm for distances), two
+    decimals; p-values formatted so that they agree with the verdict."""
     out = frame.copy()
     for col in columns:
-        out[col] = (100 * out[col]).map(lambda x: "n/a" if pd.isna(x) else f"{x:+.2f}")
+        out[col] = [diff_text(x, m) for x, m in zip(out[col], out["metric"], strict=True)]
+    for col in ("p", "p_holm"):
+        if col in out:
+            out[col] = out[col].map(format_p)
+    out["metric"] = out["metric"].map(metric_label)
     return out
 
 
 def summary_lines(a: Analysis, max_lines: int = 12) -> list[str]:
-    """Plain-words summary: study size, best variant per target, the tests against the baseline."""
+    """Plain-words summary: study size, best variant per target (on the cases every variant has),
+    the comparisons with the baseline (mean paired difference, its CI and the verdict of the same
+    test), non-inferiority of cheaper variants."""
     n_cases = max(len(m) for m in a.matrices.values())
     targets = list(pd.unique(a.describe["target"]))
+    runs = (
+        f"{a.n_folds} fold model(s) x {a.n_seeds} seed(s) = {a.n_folds * a.n_seeds} "
+        "training runs per trained variant"
+        if a.n_folds
+        else f"{a.n_seeds} seed(s)"
+    )
     lines = [
-        f"{len(a.order)} variants, {n_cases} cases, targets {', '.join(targets)}, "
-        f"{a.n_seeds} seed(s); baseline: {a.baseline}."
+        f"{len(a.order)} variants, {n_cases} cases, targets {', '.join(targets)}, {runs}; "
+        f"baseline: {a.baseline}."
     ]
-    first = a.describe[a.describe["metric"] == a.metrics[0]]
-    for target, part in first.groupby("target", sort=False):
-        best = part.loc[part["mean"].idxmax()]
-        lines.append(
-            f"Best mean {a.metrics[0].upper()} on {target}: {best['variant']} "
-            f"({100 * best['mean']:.1f}%)."
-        )
-    if not a.composite.empty:
-        best = a.composite.loc[a.composite["mean"].idxmax()]
-        lines.append(f"Best composite Dice: {best['variant']} ({100 * best['mean']:.1f}%).")
+    lines += _best_lines(a)
     rows = (
         a.compare.sort_values(["significant", "p_holm"], ascending=[False, True])
         if not a.compare.empty
         else a.compare
     )
     for r in rows.head(max_lines).itertuples(index=False):
-        if r.n < MIN_PAIRS:
-            lines.append(
-                f"{r.variant} vs {r.baseline}, {r.target} {r.metric.upper()}: only {r.n} "
-                "paired cases, too few for a test."
-            )
-            continue
-        verdict = "significant" if r.significant else "not significant"
-        p_text = "p < 0.001" if r.p_holm < 0.001 else f"p = {r.p_holm:.2g}"
-        lines.append(
-            f"{r.variant} vs {r.baseline}, {r.target} {r.metric.upper()}: "
-            f"{100 * r.median_diff:+.1f} points, 95% CI [{100 * r.ci_low:.1f}, "
-            f"{100 * r.ci_high:.1f}], {p_text} after Holm: {verdict}"
-        )
+        lines.append(_compare_line(r))
     if len(rows) > max_lines:
         lines.append(f"... and {len(rows) - max_lines} more comparisons under Statistics.")
+    lines += [_noninferiority_line(r) for r in a.noninferiority.itertuples(index=False)]
     if a.held_out is not None:
         lines += held_out_summary(a.held_out, a.metrics[0])
     if a.missing:
@@ -179,38 +193,168 @@ def summary_lines(a: Analysis, max_lines: int = 12) -> list[str]:
     return lines
 
 
-METHODS = (
-    "Unit of analysis: one case; each case lies in one validation fold, so variants are paired "
-    "by case, with a variant's value for a case averaged over its seeds. Pairs with a NaN are "
-    "dropped; with fewer than {min_pairs} pairs no test is run. Variant vs baseline: two-sided "
-    "paired Wilcoxon signed-rank (scipy), Holm over all comparisons of the report, median paired "
-    "difference with a percentile bootstrap 95% CI. All variants: Friedman test with pairwise "
-    "Wilcoxon-Holm post-hoc; significance maps as in challengeR (one-sided paired Wilcoxon for "
-    "every ordered pair, Holm per map, alpha 0.05); rank-then-aggregate ranking with 1000 case "
-    "bootstrap samples (Kendall's tau against the full ranking)."
-)
+def _best_lines(a: Analysis) -> list[str]:
+    metric = a.metrics[0]
+    lines = []
+    first = a.common[a.common["metric"] == metric]
+    for target, part in first.groupby("target", sort=False):
+        values = part["common_mean"] if HIGHER_IS_BETTER[metric] else -part["common_mean"]
+        if values.isna().all():
+            continue
+        best = part.loc[values.idxmax()]
+        absent = [f"{v} {n}" for v, n in zip(part["variant"], part["absent"], strict=True) if n]
+        text = (
+            f"Best mean {metric_label(metric)} on {target} over the {best['n_common']} cases "
+            f"every variant has: {best['variant']} "
+            f"({value_text(best['common_mean'], metric)}"
+            f"{'%' if metric_unit(metric) == '%' else ' mm'})"
+        )
+        if absent:
+            text += f"; absent cases: {', '.join(absent)}"
+        lines.append(text + ".")
+    if not a.composite.empty:
+        best = a.composite.loc[a.composite["mean"].idxmax()]
+        lines.append(
+            f"Best composite Dice (own cases): {best['variant']} ({100 * best['mean']:.1f}%)."
+        )
+    return lines
 
 
-def render_figures(a: Analysis, memory_label: str = "GPU memory"
-                   ) -> dict[str, list[tuple[str, bytes]]]:
+def _compare_line(r) -> str:
+    unit = diff_unit(r.metric)
+    head = f"{r.variant} vs {r.baseline}, {r.target} {metric_label(r.metric)} ({r.kind})"
+    if r.n < MIN_PAIRS:
+        return f"{head}: only {r.n} paired cases, too few for a test."
+    level = "configuration level" if r.unit == "fold models" else "case level"
+    text = f"{head}: mean paired difference {diff_text(r.mean_diff, r.metric, 1)} {unit}"
+    if r.note:
+        text += f"; {r.note}"
+    else:
+        verdict = (
+            ("significantly " + ("better" if r.better else "worse"))
+            if r.significant
+            else "not significant"
+        )
+        text += (
+            f", 95% CI [{diff_text(r.ci_low, r.metric, 1)}, "
+            f"{diff_text(r.ci_high, r.metric, 1)}] (unadjusted), "
+            f"{format_p(r.p_holm, prefix=True)} after Holm ({level}, family "
+            f"H-{r.metric.upper()}): {verdict}"
+        )
+    if not np.isnan(r.wilcoxon_p_holm):
+        differ = "differ" if r.wilcoxon_significant else "no difference shown"
+        text += (
+            f". Case level, these trained models: Wilcoxon "
+            f"{format_p(r.wilcoxon_p_holm, prefix=True)} after Holm ({differ}), median "
+            f"paired difference {diff_text(r.median_diff, r.metric, 1)} {unit}"
+        )
+    return text + "."
+
+
+def _noninferiority_line(r) -> str:
+    unit = diff_unit(r.metric)
+    margin = f"{diff_text(r.margin, r.metric, 1).lstrip('+')} {unit}"
+    saved = ""
+    sec = getattr(r, "infer_seconds_per_case_saved", np.nan)
+    ref = getattr(r, "infer_seconds_per_case_ref", np.nan)
+    if pd.notna(sec) and sec > 0 and pd.notna(ref) and ref > 0:
+        saved = f" (saves {sec:.2g} s of inference per case, {100 * sec / ref:.0f}%)"
+    params = getattr(r, "parameters_saved", np.nan)
+    if pd.notna(params) and params > 0:
+        saved += f" ({params / 1e6:.2f} M fewer parameters)"
+    head = (
+        f"Non-inferiority, {r.target} {metric_label(r.metric)}: {r.candidate}{saved} vs "
+        f"{r.reference}"
+    )
+    if r.note or np.isnan(r.p):
+        return f"{head}: no test ({r.note or 'too few pairs'})."
+    numbers = (
+        f"mean difference {diff_text(r.mean_diff, r.metric, 1)} {unit}, one-sided 95% "
+        f"bound {diff_text(r.bound, r.metric, 1)} {unit}, "
+        f"{format_p(r.p_holm, prefix=True)} after Holm"
+    )
+    if r.noninferior:
+        return f"{head}: non-inferior within {margin} ({numbers})."
+    return f"{head}: cannot claim non-inferiority within {margin} ({numbers})."
+
+
+def methods_text(a: Analysis) -> list[str]:
+    """The statistical methods in words; the Holm families follow as a list."""
+    runs = f"{a.n_folds} folds" if a.n_folds else "no fold information"
+    margins = (
+        ", ".join(
+            f"{metric_label(k)} {diff_text(v, k).lstrip('+')} {diff_unit(k)}"
+            for k, v in a.margins.items()
+        )
+        or "none declared"
+    )
+    return [
+        "Unit of analysis: one case; each case lies in one validation fold and a variant's value "
+        "for a case is the mean over its seeds. Variants are paired by case on the cases both "
+        "have; absent cases are counted per variant, and 'best' and bold use only the cases "
+        "every compared variant has.",
+        "Configuration level (the headline for variants that train their own models): fold "
+        "models and seeds are training runs, and every case a fold model predicts shares its "
+        "offset, so the mean paired difference is tested with a cluster-robust t-test whose "
+        f"clusters are the folds ({runs}; K - 1 degrees of freedom; with equal folds the paired "
+        "t-test on the fold means). Chosen by calibration against the case-level Wilcoxon, a "
+        "hierarchical bootstrap over folds and cases and Nadeau and Bengio's corrected t-test "
+        "(docs/STATISTICS.md); it does not model the overlap of the folds' training sets. With "
+        f"fewer than {MIN_RUNS} fold models there is no configuration-level verdict.",
+        "Inference-only variants (differing from the baseline only on infer. axes such as TTA "
+        "and postprocessing: the same trained models) and the held-out test set use the cases "
+        "as the unit: paired t-test on the mean difference.",
+        "Case level (these trained models differ): two-sided paired Wilcoxon signed-rank; zero "
+        f"differences dropped, at least {MIN_PAIRS} non-zero pairs, exact permutation p (ties "
+        "by midranks) up to 50 non-zero pairs, normal approximation above. The median paired "
+        "difference shown with it is labelled as a median.",
+        f"Non-inferiority (margins from the study's analysis.noninferiority_margin: {margins}): "
+        "one-sided t-test (Schuirmann) of the cheaper variant against the margin, with the "
+        "headline's error term; the equivalence p of both one-sided tests is exported.",
+        "Intervals beside verdicts are 95% t intervals, not adjusted for multiplicity (labelled "
+        "unadjusted); verdicts use Holm-adjusted p at alpha 0.05. p-values print with as many "
+        "digits as needed to sit on the same side of 0.05 as the verdict. Ranking: "
+        "rank-then-aggregate (challengeR) with missing values ranked last, 1000 case bootstrap "
+        "samples, Kendall's tau. Lower is better for HD95, ASSD and |RVD| in every ranking, "
+        "bold, 'best', Pareto front and significance map.",
+        "Holm families (each adjusts only within itself):",
+    ]
+
+
+def render_figures(
+    a: Analysis, memory_label: str = "GPU memory"
+) -> dict[str, list[tuple[str, bytes]]]:
     """Section name -> list of (caption, PNG bytes)."""
-    figs: dict[str, list[tuple[str, bytes]]] = {"violins": [], "stats": [], "cost": [],
-                                                 "held_out": []}
+    figs: dict[str, list[tuple[str, bytes]]] = {
+        "violins": [],
+        "stats": [],
+        "cost": [],
+        "held_out": [],
+    }
     for (target, metric), m in a.matrices.items():
         long = m[a.order].melt(var_name="variant", value_name="value").dropna()
-        long["value"] *= 100
-        title = f"{target} {metric.upper()} per case"
-        figs["violins"].append((title, plots.violin(long, a.order, title, f"{metric.upper()} (%)")))
+        if metric_unit(metric) == "%":
+            long["value"] *= 100
+        title = f"{target} {metric_label(metric)} per case"
+        ylabel = f"{metric_label(metric)} ({metric_unit(metric)})"
+        figs["violins"].append((title, plots.violin(long, a.order, title, ylabel)))
     if not a.compare.empty:
         table = a.compare.copy()
-        for col in ("median_diff", "ci_low", "ci_high"):
-            table[col] *= 100
+        scale = np.where(table["metric"].isin(["dsc", "nsd", "abs_rvd"]), 100.0, 1.0)
+        for col in ("mean_diff", "ci_low", "ci_high"):
+            table[col] = table[col] * scale
         caption = (
-            f"Median paired difference to {a.baseline} with bootstrap 95% CI (red: significant)"
+            f"Mean paired difference to {a.baseline} with its unadjusted 95% CI, configuration "
+            "level for training variants, case level for inference-only ones (points; mm for "
+            "distances; red: significant after Holm)"
         )
         figs["stats"].append((caption, plots.paired_differences(table, a.baseline)))
     if a.sig_maps:
-        caption = "Significance maps (one-sided paired Wilcoxon, Holm, alpha 0.05)"
+        caption = (
+            "Significance maps (one-sided case-level Wilcoxon: these trained models; Holm "
+            "per map, families S-<target>-<metric>; alpha 0.05; lower is better for "
+            "distances)"
+        )
         figs["stats"].append((caption, plots.significance_maps(a.sig_maps)))
     if a.stability:
         freqs = {t: f for t, (f, _) in a.stability.items()}
@@ -222,8 +366,12 @@ def render_figures(a: Analysis, memory_label: str = "GPU memory"
     if a.held_out is not None:
         figs["held_out"] += held_out_figures(a.held_out, a.order)
     if not a.cost.empty:
-        figs["cost"].append(("Runtime and peak memory per variant (bars: mean; points: runs)",
-                             plots.cost_per_variant(a.cost, a.order, memory_label)))
+        figs["cost"].append(
+            (
+                "Runtime and peak memory per variant (bars: mean; points: runs)",
+                plots.cost_per_variant(a.cost, a.order, memory_label),
+            )
+        )
     if a.pareto is not None:
         figs["cost"].append(
             (
@@ -337,7 +485,8 @@ def _methods(a: Analysis, tables: dict, meta: dict) -> str:
     parts = [
         f"<p>NSD tolerance per target: {esc(tol_text)}.</p>",
         f"<p>Empty-mask policy: {esc(str(policy))}</p>",
-        "<p>" + esc(METHODS.format(min_pairs=MIN_PAIRS)) + "</p>",
+        *("<p>" + esc(line) + "</p>" for line in methods_text(a)),
+        "<ul>" + "".join(f"<li>{esc(f.text())}</li>" for f in a.families) + "</ul>",
         table_html(tables["methods"]["empty"]),
     ]
     if a.missing:
@@ -372,8 +521,10 @@ def assemble(
 
     sections = [
         ("Summary", f'<ul class="summary">{summary}</ul>'),
-        ("Accuracy per target" + (" (cross-validation)" if tables["held_out"] else ""),
-         block("accuracy", "violins")),
+        (
+            "Accuracy per target" + (" (cross-validation)" if tables["held_out"] else ""),
+            block("accuracy", "violins"),
+        ),
     ]
     if tables["held_out"]:
         intro = f"<p>{esc(meta['test_set'])}</p>" if meta.get("test_set") else ""

@@ -57,9 +57,9 @@ def violin(values: pd.DataFrame, order: list[str], title: str, ylabel: str) -> b
 
 
 def paired_differences(table: pd.DataFrame, baseline: str) -> bytes:
-    """Median paired difference to the baseline with its 95% CI, one panel per target x metric.
+    """Mean paired difference to the baseline with its 95% CI, one panel per target x metric.
 
-    table: target, metric, variant, median_diff, ci_low, ci_high, significant (values in points).
+    table: target, metric, variant, mean_diff, ci_low, ci_high, significant (display units).
     """
     panels = list(table.groupby(["target", "metric"], sort=False))
     n_variants = table["variant"].nunique()
@@ -75,13 +75,16 @@ def paired_differences(table: pd.DataFrame, baseline: str) -> bytes:
     )
     for ax, ((target, metric), part) in zip(axes.flat, panels, strict=False):
         y = np.arange(len(part))
-        err = [part["median_diff"] - part["ci_low"], part["ci_high"] - part["median_diff"]]
+        mean = part["mean_diff"]
+        err = np.abs([mean - part["ci_low"], part["ci_high"] - mean]).astype(float)
+        err = np.nan_to_num(err)  # no interval (too few runs): the point alone
         colors = np.where(part["significant"], "#b30000", "#555555")
-        ax.errorbar(part["median_diff"], y, xerr=err, fmt="none", ecolor=colors, lw=1)
-        ax.scatter(part["median_diff"], y, c=colors, s=14, zorder=3)
+        ax.errorbar(mean, y, xerr=err, fmt="none", ecolor=colors, lw=1)
+        ax.scatter(mean, y, c=colors, s=14, zorder=3)
         ax.axvline(0, color="black", lw=0.6)
         ax.set_yticks(y, part["variant"])
-        ax.set(title=f"{target} {metric.upper()}", xlabel=f"difference to {baseline} (points)")
+        unit = "points" if metric in ("dsc", "nsd", "abs_rvd") else "mm"
+        ax.set(title=f"{target} {metric.upper()}", xlabel=f"difference to {baseline} ({unit})")
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     axes[0, 0].invert_yaxis()
@@ -163,18 +166,23 @@ def cost_per_variant(cost: pd.DataFrame, order: list[str], memory_label: str) ->
 
     cost: variant, seconds_per_epoch, infer_seconds_per_case, peak_train_memory_mb.
     """
-    panels = [("seconds_per_epoch", "training s / epoch"),
-              ("infer_seconds_per_case", "inference s / case"),
-              ("peak_train_memory_mb", f"{memory_label}, training (MB)")]
-    fig, axes = _subplots(1, 3, figsize=(max(9.0, 3 * _width(len(order), 0.35, 3.0)), 3.6),
-                             layout="constrained")
+    panels = [
+        ("seconds_per_epoch", "training s / epoch"),
+        ("infer_seconds_per_case", "inference s / case"),
+        ("peak_train_memory_mb", f"{memory_label}, training (MB)"),
+    ]
+    fig, axes = _subplots(
+        1, 3, figsize=(max(9.0, 3 * _width(len(order), 0.35, 3.0)), 3.6), layout="constrained"
+    )
     for ax, (column, label) in zip(axes, panels, strict=True):
         data = cost[["variant", column]].dropna()
         if not data.empty:
-            sns.barplot(data=data, x="variant", y=column, order=order, ax=ax, color="#9ecae1",
-                        errorbar=None)
-            sns.stripplot(data=data, x="variant", y=column, order=order, ax=ax, color="#08306b",
-                          size=3)
+            sns.barplot(
+                data=data, x="variant", y=column, order=order, ax=ax, color="#9ecae1", errorbar=None
+            )
+            sns.stripplot(
+                data=data, x="variant", y=column, order=order, ax=ax, color="#08306b", size=3
+            )
         ax.set(title=label, xlabel="", ylabel="")
         ax.tick_params(axis="x", rotation=60, labelsize=7)
     return _png(fig)

@@ -11,10 +11,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-HIGHER_IS_BETTER = {"dsc": True, "nsd": True, "hd95": False, "assd": False}
-MIN_PAIRS = 6
+from ablate.report.paired import MIN_RUNS, minimum_detectable, paired_mean
+
+HIGHER_IS_BETTER = {"dsc": True, "nsd": True, "hd95": False, "assd": False, "abs_rvd": False}
+MIN_PAIRS = 6  # non-zero paired differences a Wilcoxon test needs
+EXACT_MAX = 50  # non-zero pairs up to which the Wilcoxon p is exact
 ALPHA = 0.05
-TOO_FEW = f"fewer than {MIN_PAIRS} paired cases: no test"
+TOO_FEW = f"fewer than {MIN_PAIRS} non-zero paired differences: no test"
 
 
 def holm(p_values) -> np.ndarray:
@@ -60,24 +63,40 @@ def describe(tidy: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 def wilcoxon_p(diffs: np.ndarray, alternative: str = "two-sided") -> np.ndarray:
     """Paired Wilcoxon signed-rank p per row of `diffs` (m, n); NaNs dropped per row.
 
-    Rows with fewer than MIN_PAIRS pairs get NaN; rows whose differences are all zero get 1.
-    Rows are sent to scipy together when none has NaNs and all have > 50 pairs (then scipy uses
-    the normal approximation for every row, as it would one by one).
+    Zero differences carry no sign and are dropped (Wilcoxon's rule); a row needs MIN_PAIRS
+    non-zero differences, else NaN (all zero: 1). Up to EXACT_MAX non-zero pairs the p is exact:
+    the permutation distribution of the signed-rank sum given the rank ties (counted over all
+    2^n sign patterns); above it, scipy's normal approximation with the tie correction.
     """
     diffs = np.atleast_2d(np.asarray(diffs, dtype=float))
     out = np.full(diffs.shape[0], np.nan)
-    counts = (~np.isnan(diffs)).sum(axis=1)
-    nonzero = ((diffs != 0) & ~np.isnan(diffs)).sum(axis=1)
-    testable = (counts >= MIN_PAIRS) & (nonzero > 0)
-    out[(counts >= MIN_PAIRS) & (nonzero == 0)] = 1.0
-    rows = np.flatnonzero(testable)
-    if rows.size and not np.isnan(diffs[rows]).any() and diffs.shape[1] > 50:
-        out[rows] = sps.wilcoxon(diffs[rows], axis=1, alternative=alternative).pvalue
-        return out
-    for r in rows:
-        d = diffs[r][~np.isnan(diffs[r])]
-        out[r] = sps.wilcoxon(d, alternative=alternative).pvalue
+    valid = ~np.isnan(diffs)
+    nonzero = (valid & (diffs != 0)).sum(axis=1)
+    out[(valid.sum(axis=1) >= MIN_PAIRS) & (nonzero == 0)] = 1.0
+    for r in np.flatnonzero(nonzero >= MIN_PAIRS):
+        d = diffs[r][valid[r] & (diffs[r] != 0)]
+        if d.size <= EXACT_MAX:
+            out[r] = _exact_signed_rank_p(d, alternative)
+        else:
+            out[r] = sps.wilcoxon(d, alternative=alternative, method="approx").pvalue
     return out
+
+
+def _exact_signed_rank_p(d: np.ndarray, alternative: str) -> float:
+    """Exact p of the signed-rank sum of non-zero `d`, midranks for ties (all 2^n sign flips)."""
+    doubled = np.rint(2 * sps.rankdata(np.abs(d))).astype(int)  # midranks are multiples of 1/2
+    counts = np.zeros(doubled.sum() + 1)
+    counts[0] = 1.0
+    for r in doubled:  # distribution of the sum of a random subset of the ranks
+        counts[r:] = counts[r:] + counts[: counts.size - r].copy()
+    prob = counts / counts.sum()
+    t_plus = doubled[d > 0].sum()
+    greater, less = prob[t_plus:].sum(), prob[: t_plus + 1].sum()
+    if alternative == "greater":
+        return float(greater)
+    if alternative == "less":
+        return float(less)
+    return float(min(1.0, 2 * min(greater, less)))
 
 
 def bootstrap_ci(
@@ -100,41 +119,107 @@ def bootstrap_ci(
 
 
 def compare_to_baseline(
-    matrices: dict, baseline: str, rng: np.random.Generator, n_seeds: int = 1, n_boot: int = 2000
+    matrices: dict,
+    baseline: str,
+    case_folds: pd.Series | None = None,
+    inference_only: dict[str, bool] | None = None,
+    n_seeds: int = 1,
 ) -> pd.DataFrame:
-    """Each variant vs the baseline per (target, metric): two-sided paired Wilcoxon, Holm over all
-    rows of the table, median paired difference (variant - baseline) with a bootstrap 95% CI."""
+    """Each variant vs the baseline per (target, metric), on the cases both have.
+
+    Headline (columns mean_diff, ci_low, ci_high, p, p_holm, significant): the mean paired
+    difference (variant - baseline) with a t interval and test whose error term holds the training
+    runs (the cases of a fold share its fold model: `paired.paired_mean` with the folds of
+    `case_folds` as clusters). A variant marked in `inference_only` (same trained models as the
+    baseline) is compared case by case instead (paired t-test). Beside it, the case-level
+    two-sided Wilcoxon signed-rank test (these trained models differ) with the median paired
+    difference. Holm runs per metric over the rows of that metric (variants x targets), for the
+    headline p and for the Wilcoxon p separately; column `family` names it.
+    """
+    inference_only = inference_only or {}
     rows = []
     for (target, metric), m in matrices.items():
         if baseline not in m:
             continue
         for variant in [v for v in m.columns if v != baseline]:
-            d = (m[variant] - m[baseline]).to_numpy()
-            d = d[~np.isnan(d)]
-            lo, hi = bootstrap_ci(d, rng, n_boot=n_boot)
-            seeds = f" (mean over {n_seeds} seeds)" if n_seeds > 1 else ""
             rows.append(
-                {
-                    "target": target,
-                    "metric": metric,
-                    "variant": variant,
-                    "baseline": baseline,
-                    "n": d.size,
-                    "median_diff": float(np.median(d)) if d.size else np.nan,
-                    "ci_low": lo,
-                    "ci_high": hi,
-                    "p": wilcoxon_p(d)[0],
-                    "pairs": f"{d.size} cases: per-case {metric.upper()} of {variant} vs "
-                    f"{baseline}{seeds}",
-                }
+                _compare_row(
+                    m,
+                    variant,
+                    baseline,
+                    target,
+                    metric,
+                    case_folds,
+                    inference_only.get(variant, False),
+                    n_seeds,
+                )
             )
     out = pd.DataFrame(rows)
     if out.empty:
         return out
-    out["p_holm"] = holm(out["p"].to_numpy())
+    sizes = out.groupby("metric")["metric"].transform("size")
+    out["family"] = [
+        f"{metric.upper()} vs {baseline} ({k} rows: variants x targets)"
+        for metric, k in zip(out["metric"], sizes, strict=True)
+    ]
+    for col in ("p", "wilcoxon_p"):
+        out[f"{col}_holm"] = out.groupby("metric")[col].transform(lambda p: holm(p.to_numpy()))
     out["significant"] = out["p_holm"] < ALPHA
-    out["note"] = np.where(out["n"] < MIN_PAIRS, TOO_FEW, "")
+    out["wilcoxon_significant"] = out["wilcoxon_p_holm"] < ALPHA
+    hib = out["metric"].map(HIGHER_IS_BETTER).fillna(True).astype(bool)
+    out["better"] = (out["mean_diff"] > 0) == hib
     return out
+
+
+def _compare_row(m, variant, baseline, target, metric, case_folds, inference_only, n_seeds):
+    has_v, has_b = m[variant].notna(), m[baseline].notna()
+    both = has_v & has_b
+    d = (m.loc[both, variant] - m.loc[both, baseline]).to_numpy(dtype=float)
+    folds = None
+    if not inference_only and case_folds is not None:
+        folds = case_folds.reindex(m.index[both]).to_numpy()
+    head = (
+        paired_mean(d, None)
+        if inference_only or case_folds is None or d.size < MIN_PAIRS
+        else paired_mean(d, folds)
+    )
+    note = ""
+    if d.size < MIN_PAIRS:
+        head.update(p=np.nan, ci_low=np.nan, ci_high=np.nan)
+        note = f"only {d.size} paired cases: too few for a test"
+    elif not inference_only and head["clusters"] < MIN_RUNS:
+        note = (
+            f"only {head['clusters']} training run(s) (fold models) per variant: too few to "
+            "estimate the training variance, no configuration-level verdict; cross-validate "
+            f"with at least {MIN_RUNS} folds (5 recommended)"
+        )
+    wil = wilcoxon_p(d)[0] if d.size else np.nan
+    seeds = f", mean over {n_seeds} seeds" if n_seeds > 1 else ""
+    unit = "cases" if inference_only or folds is None else "fold models"
+    return {
+        "target": target,
+        "metric": metric,
+        "variant": variant,
+        "baseline": baseline,
+        "kind": "inference-only" if inference_only else "training",
+        "n": int(d.size),
+        "absent_variant": int((has_b & ~has_v).sum()),
+        "absent_baseline": int((has_v & ~has_b).sum()),
+        "mean_diff": head["mean"],
+        "se": head["se"],
+        "df": head["df"],
+        "clusters": head["clusters"],
+        "unit": unit,
+        "ci_low": head["ci_low"],
+        "ci_high": head["ci_high"],
+        "p": head["p"],
+        "mdd": minimum_detectable(head["se"], head["df"]),
+        "median_diff": float(np.median(d)) if d.size else np.nan,
+        "wilcoxon_p": wil,
+        "nonzero": int((d != 0).sum()),
+        "note": note,
+        "pairs": f"{d.size} cases: per-case {metric.upper()} of {variant} vs {baseline}{seeds}",
+    }
 
 
 def friedman(matrices: dict) -> pd.DataFrame:
@@ -207,9 +292,13 @@ def significance_map(m: pd.DataFrame, higher_is_better: bool = True) -> pd.DataF
 
 
 def case_ranks(m: pd.DataFrame, higher_is_better: bool = True) -> np.ndarray:
-    """Rank of each variant within each complete case, 1 = best, ties share the lowest rank."""
-    values = m.dropna().to_numpy(dtype=float)
+    """Rank of each variant within each case, 1 = best, ties share the lowest rank.
+
+    A missing value ranks last (challengeR ranks NA last); cases no variant has are dropped.
+    """
+    values = m.dropna(how="all").to_numpy(dtype=float)
     values = -values if higher_is_better else values
+    values = np.where(np.isnan(values), np.inf, values)
     return sps.rankdata(values, axis=1, method="min")  # (cases, variants)
 
 
@@ -256,42 +345,64 @@ def main_effects(
     axes: list[str],
     metrics: list[str],
     reference_levels: dict[str, str],
-    rng: np.random.Generator,
-    n_boot: int = 2000,
+    case_folds: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Factorial main effect of each axis: per case, the difference level - reference level,
-    averaged over the combinations of the other axes present for both, then the mean over cases
-    with a bootstrap 95% CI."""
+    averaged over the combinations of the other axes that every case has at both levels (a
+    combination missing anywhere is left out for all cases, so every case averages the same
+    contrasts; `combinations` says how many of how many), then the mean over cases with a t
+    interval and test: clusters are the folds for a training axis, the cases for an `infer.` axis
+    (the same trained models). A None level is a level ("None"); variants without any axis value
+    (ensembles, external predictions) are not part of the grid."""
     rows = []
-    # external variants (predictions made elsewhere) have no axis values: not part of the grid
-    sub = tidy[tidy["metric"].isin(metrics)].dropna(subset=axes)
+    sub = tidy[tidy["metric"].isin(metrics)]
+    sub = sub[sub[axes].notna().any(axis=1)].copy()
+    for axis in axes:
+        sub[axis] = sub[axis].map(lambda v: "None" if v is None or v != v else v)
     for axis in axes:
         levels = list(pd.unique(sub[axis]))
         if len(levels) < 2:
             continue
         ref = reference_levels.get(axis, levels[0])
+        ref = "None" if ref is None else ref
         others = [a for a in axes if a != axis]
-        keys = ["target", "metric", "case", *others]
-        wide = sub.groupby([*keys, axis], sort=False)["value"].mean().unstack(axis)
+        wide = (
+            sub.groupby(["target", "metric", "case", *others, axis], sort=False)["value"]
+            .mean()
+            .unstack(axis)
+        )
         for level in [lv for lv in levels if lv != ref]:
-            per_case = (wide[level] - wide[ref]).groupby(level=[0, 1, 2], sort=False).mean()
-            for (target, metric), d in per_case.groupby(level=[0, 1], sort=False):
-                d = d.dropna().to_numpy()
-                lo, hi = bootstrap_ci(d, rng, statistic=np.mean, n_boot=n_boot)
-                rows.append(
-                    {
-                        "axis": axis,
-                        "level": level,
-                        "reference": ref,
-                        "target": target,
-                        "metric": metric,
-                        "n": d.size,
-                        "mean_diff": float(d.mean()) if d.size else np.nan,
-                        "ci_low": lo,
-                        "ci_high": hi,
-                    }
-                )
+            diff = wide[level] - wide[ref]
+            for (target, metric), d in diff.groupby(level=[0, 1], sort=False):
+                rows.append(_effect_row(d, axis, level, ref, target, metric, others, case_folds))
     return pd.DataFrame(rows)
+
+
+def _effect_row(d, axis, level, ref, target, metric, others, case_folds) -> dict:
+    by_combo = d.droplevel([0, 1]).unstack(others) if others else d.droplevel([0, 1]).to_frame()
+    complete = by_combo.loc[:, by_combo.notna().all(axis=0)] if len(by_combo) else by_combo
+    per_case = complete.mean(axis=1) if complete.shape[1] else pd.Series(dtype=float)
+    training = not str(axis).startswith("infer.")
+    folds = (
+        case_folds.reindex(per_case.index).to_numpy()
+        if training and case_folds is not None
+        else None
+    )
+    res = paired_mean(per_case.to_numpy(dtype=float), folds)
+    return {
+        "axis": axis,
+        "level": level,
+        "reference": ref,
+        "target": target,
+        "metric": metric,
+        "n": res["n"],
+        "combinations": f"{complete.shape[1]} of {by_combo.shape[1]}",
+        "unit": "fold models" if folds is not None else "cases",
+        "mean_diff": res["mean"],
+        "ci_low": res["ci_low"],
+        "ci_high": res["ci_high"],
+        "p": res["p"],
+    }
 
 
 def seed_spread(tidy: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -315,10 +426,13 @@ def seed_spread(tidy: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     ).reset_index()
 
 
-def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
-    """Boolean mask of points no other point beats (lower or equal cost and higher or equal
-    accuracy, one strictly)."""
+def pareto_front(
+    cost: np.ndarray, accuracy: np.ndarray, higher_is_better: bool = True
+) -> np.ndarray:
+    """Boolean mask of points no other point beats (lower or equal cost and better or equal
+    accuracy, one strictly); `higher_is_better` False for distances (HD95, ASSD, |RVD|)."""
     cost, accuracy = np.asarray(cost, float), np.asarray(accuracy, float)
+    accuracy = accuracy if higher_is_better else -accuracy
     le = cost[None, :] <= cost[:, None]  # (i, j): j costs no more than i
     ge = accuracy[None, :] >= accuracy[:, None]
     strict = (cost[None, :] < cost[:, None]) | (accuracy[None, :] > accuracy[:, None])
