@@ -128,43 +128,35 @@ def _ending(name: str) -> str | None:
 
 def _stray_files(dataset: Dataset) -> list[Problem]:
     """Hidden files (macOS ``._*`` AppleDouble copies, as MSD's tarballs ship them: a warning,
-    they are never read) and image files whose ending differs from the one their folder's cases
-    use (an error: they are not read, or the folder mixes endings)."""
+    they are never read) in the case folders and the dataset's own image/label folders, and
+    image files whose ending differs from the one their folder's cases use (an error: they are
+    not read, or the folder mixes endings)."""
     by_folder: dict[Path, list[Path]] = {}
     for case in dataset.cases:
         for path in (*case.images, *([case.label] if case.label else [])):
-            by_folder.setdefault(_key(path.parent), []).append(path)
+            by_folder.setdefault(path.parent, []).append(path)
+    own = [dataset.root / name for name in ("imagesTr", "labelsTr", "images", "labels")]
+    folders = {_key(f): f for f in [*own, *by_folder] if f.is_dir()}
     problems = []
-    for folder, paths in sorted(by_folder.items()):
-        if not folder.is_dir():
-            continue
+    for folder in sorted(folders.values()):
+        paths = by_folder.get(folder, [])
         endings = Counter(_ending(p.name) for p in paths)
-        main = endings.most_common(1)[0][0]
+        main = endings.most_common(1)[0][0] if endings else None
         used = {_key(p) for p in paths}
         for path in sorted(folder.iterdir()):
             ending = _ending(path.name)
             if ending is None or path.name.startswith(".partial_"):
                 continue
             if path.name.startswith("."):
-                problems.append(
-                    Problem(
-                        "warning",
-                        path,
-                        "hidden file (macOS metadata, not an "
-                        "image) is ignored; delete it to silence this",
-                    )
-                )
-            elif ending != main:
+                message = "hidden file (macOS metadata, not an image) is ignored; delete it"
+                problems.append(Problem("warning", path, message))
+            elif main is not None and ending != main:
                 read = "is read" if _key(path) in used else "is not read"
-                problems.append(
-                    Problem(
-                        "error",
-                        path,
-                        f"ending {ending} differs from {main} of "
-                        f"the other {endings[main]} files here and {read}; give "
-                        f"every file the ending {main}",
-                    )
+                message = (
+                    f"ending {ending} differs from {main} of the other {endings[main]} "
+                    f"files here and {read}; give every file the ending {main}"
                 )
+                problems.append(Problem("error", path, message))
     return problems
 
 
