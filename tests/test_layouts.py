@@ -14,6 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from test_plan_nnunet import (  # nnunet_dirs: the fixture
+    SAMPLES,
+    _assert_fingerprints_equal,
+    _assert_plans_equal,
+    _nnunet_fingerprint_and_plans,
+    nnunet_dirs,  # noqa: F401
+)
 
 from ablate.cli import main
 from ablate.data.formats import READERS, detect_format, read_dataset
@@ -386,3 +393,20 @@ def test_convert_refuses_an_existing_folder_and_a_broken_dataset(built, tmp_path
     assert "image of labelled case 'case_001' is missing" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_converted_dataset_plans_as_ablate_plans_the_source(built, nnunet_dirs, name):  # noqa: F811
+    """Acceptance: nnU-Net's fingerprint and 3d_fullres plan of the converted dataset equal
+    ablate's of the dataset as downloaded."""
+    from ablate.config import PlanConfig
+    from ablate.plan import fingerprint, make_plan
+
+    out = nnunet_dirs.raw / "Dataset900_Converted"
+    assert main(["convert", str(built[name]), str(out)]) == 0
+    theirs_fp, theirs = _nnunet_fingerprint_and_plans(out.name, 8.0)
+    source = read_dataset(built[name])
+    ours_fp = fingerprint(source, workers=0, total_samples=SAMPLES)
+    _assert_fingerprints_equal(ours_fp, theirs_fp)
+    plan = make_plan(ours_fp, source, PlanConfig(gpu_memory_gb=8.0), workers=0)
+    _assert_plans_equal(plan, theirs)
