@@ -205,3 +205,45 @@ def test_friedman_says_why_when_every_case_ties():
     out = friedman({("tumor", "dsc"): tied})
     assert out.loc[0, "note"] == "every case ties across variants: no ranking to test"
     assert np.isnan(out.loc[0, "p"])
+
+
+def test_wilcoxon_zeros_dropped_exact_and_minimum_non_zero_pairs():
+    """Issue: 15 zeros + 5 positives gave p = 0.043 (normal approximation); exact is 0.0625, and
+    5 non-zero pairs are fewer than the minimum."""
+    assert np.isnan(stats.wilcoxon_p(np.array([0.0] * 15 + [1, 2, 3, 4, 5]))[0])
+    six = np.array([0.0] * 15 + [1, 2, 3, 4, 5, 6])
+    assert stats.wilcoxon_p(six)[0] == pytest.approx(0.03125)  # 2 / 2^6, exact
+    tied = np.array([1, 1, 2, 2, 3, -1, 4.0, 5])
+    permutation = sps.wilcoxon(tied, method=sps.PermutationMethod(n_resamples=np.inf)).pvalue
+    assert stats.wilcoxon_p(tied)[0] == pytest.approx(permutation)
+    rng = np.random.default_rng(0)
+    for n in (6, 13, 40):
+        d = rng.normal(0.3, 1, (3, n))
+        for alt in ("two-sided", "greater", "less"):
+            expected = [sps.wilcoxon(x, alternative=alt, method="exact").pvalue for x in d]
+            np.testing.assert_allclose(stats.wilcoxon_p(d, alt), expected)
+    rounded = np.round(rng.normal(0.1, 1, (4, 80)), 1)  # ties and zeros above the exact range
+    expected = [sps.wilcoxon(x[x != 0], method="approx").pvalue for x in rounded]
+    np.testing.assert_allclose(stats.wilcoxon_p(rounded), expected)
+
+
+def test_configuration_level_uses_fold_models_and_inference_only_uses_cases():
+    """A run offset per fold model (sd 3 points) with no real difference: the interval holds the
+    run variance (rates: test_report_calibration)."""
+    results = synthetic_results(ARCH, n_cases=100, run_sd=0.03, noise=0.01, rng_seed=4)
+    table = _compare(results, "plain")
+    assert (table["unit"] == "fold models").all() and (table["df"] == 4).all()
+    assert ((table["ci_high"] - table["ci_low"]) > 0.02).all()
+    same = stats.compare_to_baseline(
+        _matrices(results), "plain", case_folds(results.tidy), {"residual": True}
+    )
+    assert (same["unit"] == "cases").all() and (same["kind"] == "inference-only").all()
+    assert (same["df"] == 99).all()
+
+
+def test_too_few_fold_models_says_so():
+    results = synthetic_results(ARCH, n_cases=20, folds=2)
+    table = _compare(results, "plain")
+    assert table["p"].isna().all() and not table["significant"].any()
+    assert table["note"].str.contains("only 2 training run").all()
+    assert table["wilcoxon_p"].notna().all()  # the case-level test still speaks for the models

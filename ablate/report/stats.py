@@ -73,7 +73,12 @@ def wilcoxon_p(diffs: np.ndarray, alternative: str = "two-sided") -> np.ndarray:
     valid = ~np.isnan(diffs)
     nonzero = (valid & (diffs != 0)).sum(axis=1)
     out[(valid.sum(axis=1) >= MIN_PAIRS) & (nonzero == 0)] = 1.0
-    for r in np.flatnonzero(nonzero >= MIN_PAIRS):
+    large = (nonzero > EXACT_MAX) & valid.all(axis=1)
+    if large.any():  # one vectorised call; scipy drops the zeros of each row itself
+        out[large] = sps.wilcoxon(
+            diffs[large], axis=1, alternative=alternative, method="approx", zero_method="wilcox"
+        ).pvalue
+    for r in np.flatnonzero((nonzero >= MIN_PAIRS) & ~large):
         d = diffs[r][valid[r] & (diffs[r] != 0)]
         if d.size <= EXACT_MAX:
             out[r] = _exact_signed_rank_p(d, alternative)
