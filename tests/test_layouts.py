@@ -410,3 +410,31 @@ def test_converted_dataset_plans_as_ablate_plans_the_source(built, nnunet_dirs, 
     _assert_fingerprints_equal(ours_fp, theirs_fp)
     plan = make_plan(ours_fp, source, PlanConfig(gpu_memory_gb=8.0), workers=0)
     _assert_plans_equal(plan, theirs)
+
+
+STUDY_ON_KITS19 = """
+name: kits19-as-downloaded
+dataset: {path: kits19, format: kits19}
+plan: {gpu_memory_gb: 0.02, base_features: 4, max_features: 8}
+train: {epochs: 1, iterations_per_epoch: 1, val_iterations: 1, data_workers: 0}
+infer: {window_batch: 2}
+folds: {k: 2}
+workdir: work
+report_dir: report
+"""
+
+
+@pytest.mark.slow
+def test_a_short_run_on_kits19_as_downloaded_scores_kidney_and_tumor(tmp_path):
+    from ablate.run.driver import workdir_of
+    from ablate.run.tracking import default_tracking_uri, fetch_results
+    from ablate.study_load import load_study
+
+    layouts.kits(tmp_path / "kits19", n=4)
+    (tmp_path / "study.yaml").write_text(STUDY_ON_KITS19)
+    assert main(["run", str(tmp_path / "study.yaml")]) == 0
+    study = load_study(tmp_path / "study.yaml")
+    results = fetch_results(default_tracking_uri(study, workdir_of(study)), study.name)
+    dsc = results.tidy[results.tidy.metric == "dsc"]
+    assert set(dsc.target) == {"kidney", "tumor"}
+    assert sorted(dsc.case.unique()) == [f"case_{i:05d}" for i in range(4)]
