@@ -144,6 +144,23 @@ class ExecutorSpec(Frozen):
     ray: RaySpec = RaySpec()
 
 
+class AnalysisSpec(Frozen):
+    """What the report concludes beyond the tests it always runs."""
+
+    # per metric, the largest loss a cheaper variant may show and still be called non-inferior,
+    # in the metric's units (dsc, nsd, abs_rvd as fractions: 0.01 = 1 point; hd95, assd in mm)
+    noninferiority_margin: dict[
+        Literal["dsc", "nsd", "hd95", "assd", "abs_rvd"], float
+    ] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _positive_margins(self) -> AnalysisSpec:
+        bad = {k: v for k, v in self.noninferiority_margin.items() if not v > 0}
+        if bad:
+            raise ValueError(f"noninferiority_margin {bad}: margins must be positive")
+        return self
+
+
 class Study(Frozen):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     description: str = ""
@@ -171,6 +188,7 @@ class Study(Frozen):
     # fold, the members' fold models are averaged (infer.ensemble_average) on its validation cases
     ensembles: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     log_checkpoints: bool = False  # also store each final checkpoint as an MLflow artifact
+    analysis: AnalysisSpec = AnalysisSpec()  # report: non-inferiority margins
 
     def work_dir(self) -> Path:
         """The study's run folder: `workdir`, else runs/<name> under the current directory."""

@@ -165,3 +165,41 @@ def test_margins_read_from_the_study_yaml(yaml_text):
     assert noninferiority_margins({"analysis": {"noninferiority_margin": {"nsd": 0.01}}}) == {
         "nsd": 0.01
     }
+
+
+def test_study_margins_and_a_demo_like_report(tmp_path):
+    """studies/flare21.yaml and demo.yaml declare margins; a demo-shaped report (deep
+    supervision x TTA 1/2, 3 folds) prints a non-inferiority line for TTA 1 vs 2 and names
+    every Holm family in Methods."""
+    from pathlib import Path
+
+    from ablate.report import build_report
+    from ablate.study_load import load_study
+
+    root = Path(__file__).resolve().parents[1] / "studies"
+    for name in ("flare21.yaml", "demo.yaml"):
+        study = load_study(root / name, check_paths=False)
+        assert study.analysis.noninferiority_margin == {"dsc": 0.01, "nsd": 0.01}
+    results = synthetic_results(
+        {"train.deep_supervision": ["nnunet", "none"], "infer.tta": ["1", "2"]},
+        n_cases=12,
+        folds=3,
+        noise=0.005,
+    )
+    meta = {
+        "name": "demo",
+        "baseline": "nnunet / 1",
+        "config_yaml": (root / "demo.yaml").read_text(),
+    }
+    page = build_report(results, meta, tmp_path).read_text()
+    summary = page.split("<h2>Summary</h2>")[1].split("</section>")[0]
+    assert "Non-inferiority, kidney DSC: " in summary
+    tta = [
+        x for x in summary.split("<li>") if x.startswith("Non-inferiority") and "nnunet / 2" in x
+    ]
+    assert tta and all("nnunet / 1" in x for x in tta)
+    assert "(inference-only)" in summary and "(training)" in summary
+    methods = page.split("<h2>Methods</h2>")[1].split("</section>")[0]
+    for key in ("H-DSC", "W-DSC", "NI-DSC", "P-kidney-DSC", "S-kidney-DSC", "E"):
+        assert f"Holm family {key}:" in methods
+    assert "Non-inferiority of the cheaper variant" in page

@@ -28,6 +28,7 @@ from ablate.report.stats import (
     describe,
     friedman,
     holm,
+    inference_axis,
     main_effects,
     pairwise_wilcoxon,
     pareto_front,
@@ -175,7 +176,7 @@ def inference_only_variants(results: Results, baseline: str) -> dict[str, bool]:
     axes = variant_axes(results)
     if baseline not in axes.index or axes.empty:
         return {}
-    train_axes = [a for a in results.axes if not str(a).startswith("infer.")]
+    train_axes = [a for a in results.axes if not inference_axis(a)]
     base = axes.loc[baseline]
     out = {}
     for variant, row in axes.iterrows():

@@ -185,7 +185,14 @@ def summary_lines(a: Analysis, max_lines: int = 12) -> list[str]:
         lines.append(_compare_line(r))
     if len(rows) > max_lines:
         lines.append(f"... and {len(rows) - max_lines} more comparisons under Statistics.")
-    lines += [_noninferiority_line(r) for r in a.noninferiority.itertuples(index=False)]
+    ni = a.noninferiority
+    if not ni.empty:  # the first metric's lines; the rest under Statistics
+        shown = ni[ni["metric"] == a.metrics[0]].head(max_lines)
+        lines += [_noninferiority_line(r) for r in shown.itertuples(index=False)]
+        if len(ni) > len(shown):
+            lines.append(
+                f"... and {len(ni) - len(shown)} more non-inferiority tests under Statistics."
+            )
     if a.held_out is not None:
         lines += held_out_summary(a.held_out, a.metrics[0])
     if a.missing:
@@ -254,14 +261,18 @@ def _compare_line(r) -> str:
 def _noninferiority_line(r) -> str:
     unit = diff_unit(r.metric)
     margin = f"{diff_text(r.margin, r.metric, 1).lstrip('+')} {unit}"
-    saved = ""
+    parts = []
     sec = getattr(r, "infer_seconds_per_case_saved", np.nan)
     ref = getattr(r, "infer_seconds_per_case_ref", np.nan)
     if pd.notna(sec) and sec > 0 and pd.notna(ref) and ref > 0:
-        saved = f" (saves {sec:.2g} s of inference per case, {100 * sec / ref:.0f}%)"
+        parts.append(f"saves {sec:.2g} s of inference per case, {100 * sec / ref:.0f}%")
+    mem = getattr(r, "peak_infer_memory_mb_saved", np.nan)
+    if pd.notna(mem) and mem > 0:
+        parts.append(f"{mem:,.0f} MB less inference memory")
     params = getattr(r, "parameters_saved", np.nan)
     if pd.notna(params) and params > 0:
-        saved += f" ({params / 1e6:.2f} M fewer parameters)"
+        parts.append(f"{params / 1e6:.2f} M fewer parameters")
+    saved = f" ({'; '.join(parts)})" if parts else ""
     head = (
         f"Non-inferiority, {r.target} {metric_label(r.metric)}: {r.candidate}{saved} vs "
         f"{r.reference}"

@@ -12,12 +12,19 @@ import pandas as pd
 from scipy import stats as sps
 
 from ablate.report.paired import MIN_RUNS, minimum_detectable, paired_mean
+from ablate.study import axis_paths
 
 HIGHER_IS_BETTER = {"dsc": True, "nsd": True, "hd95": False, "assd": False, "abs_rvd": False}
 MIN_PAIRS = 6  # non-zero paired differences a Wilcoxon test needs
 EXACT_MAX = 50  # non-zero pairs up to which the Wilcoxon p is exact
 ALPHA = 0.05
 TOO_FEW = f"fewer than {MIN_PAIRS} non-zero paired differences: no test"
+
+
+def inference_axis(axis: str) -> bool:
+    """True when the axis only sets `infer.` paths (TTA, postprocessing): its levels share the
+    trained models. Unknown names count as training axes (the conservative error term)."""
+    return all(p.startswith("infer.") for p in axis_paths(str(axis)))
 
 
 def holm(p_values) -> np.ndarray:
@@ -387,7 +394,7 @@ def _effect_row(d, axis, level, ref, target, metric, others, case_folds) -> dict
     by_combo = d.droplevel([0, 1]).unstack(others) if others else d.droplevel([0, 1]).to_frame()
     complete = by_combo.loc[:, by_combo.notna().all(axis=0)] if len(by_combo) else by_combo
     per_case = complete.mean(axis=1) if complete.shape[1] else pd.Series(dtype=float)
-    training = not str(axis).startswith("infer.")
+    training = not inference_axis(axis)
     folds = (
         case_folds.reindex(per_case.index).to_numpy()
         if training and case_folds is not None
