@@ -1,7 +1,7 @@
 """Run a study end to end: data once, then every training and evaluation, tracked, then the report.
 
 The driver strings the stages together. Jobs run through an executor (`ablate.run.executors`) as
-plain picklable calls (`execute_training`, `execute_evaluation`) that return outcomes; only this
+plain picklable calls (`execute_training`, `execute_evaluation`, ...) that return an `Outcome`; only
 driver process writes to the tracking store, because sqlite allows a single writer.
 """
 
