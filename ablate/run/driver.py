@@ -2,7 +2,7 @@
 
 The driver strings the stages together. Jobs run through an executor (`ablate.run.executors`) as
 plain picklable calls (`execute_training`, `execute_evaluation`, ...) that return an `Outcome`; only
-driver process writes to the tracking store, because sqlite allows a single writer.
+this driver process writes to the tracking store, because sqlite allows a single writer.
 """
 
 from __future__ import annotations
