@@ -158,8 +158,16 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ablate.data.dataset import evaluation_spec
-    from ablate.evaluate import evaluate_folder
+    from ablate.evaluate import evaluate_dataset, evaluate_folder
 
+    if args.dataset_json is None and _is_dataset(Path(args.ref_dir)):  # e.g. data/kits19
+        from ablate.data.formats import read_dataset
+
+        dataset = read_dataset(Path(args.ref_dir))
+        table = evaluate_dataset(Path(args.pred_dir), dataset, args.nsd_tolerance_mm)
+        table.to_csv(Path(args.out), index=False)
+        print(f"wrote {len(table)} rows for {table.case.nunique()} cases to {args.out}")
+        return 0
     dataset_json = Path(args.dataset_json or Path(args.ref_dir).parent / "dataset.json")
     spec, file_ending = evaluation_spec(dataset_json)
     targets = spec.targets
@@ -175,6 +183,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     table.to_csv(out, index=False)
     print(f"wrote {len(table)} rows for {table.case.nunique()} cases to {out}")
     return 0
+
+
+def _is_dataset(path: Path) -> bool:
+    """REF_DIR is a dataset root in a layout ablate reads, not a folder of label files."""
+    from ablate.data.formats import detect_format
+
+    try:
+        detect_format(path)
+    except AblateError:
+        return False
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,7 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="name=value,... (needed by --format folder)")
     p.add_argument("--predictions", default=None, help="folder of predictions to write back")
     p.set_defaults(func=cmd_convert)
-    p = sub.add_parser("evaluate", help="score a folder of predicted label maps")
+    p = sub.add_parser(
+        "evaluate",
+        help="score a folder of predicted label maps against REF_DIR: a folder of labels, or a "
+        "dataset as downloaded (e.g. data/kits19)",
+    )
     p.add_argument("pred_dir")
     p.add_argument("ref_dir")
     p.add_argument(

@@ -234,23 +234,60 @@ def evaluate_folder(
     )
 
 
+def _common_grid(pred, pred_geo: Geometry, ref, ref_geo: Geometry):
+    """pred and ref as they are, or both reoriented losslessly to the identity direction when
+    they lie on two axis orders/flips of the same voxels (a KiTS19 submission in the native
+    slices-first grid against the reoriented reference, or the other way round)."""
+    from ablate.data.orient import reorient_to_identity
+
+    if pred.shape == ref.shape and np.allclose(pred_geo.direction, ref_geo.direction, atol=1e-4):
+        return pred, pred_geo, ref, ref_geo
+    try:
+        return (*reorient_to_identity(pred, pred_geo), *reorient_to_identity(ref, ref_geo))
+    except DataError:  # oblique: _check_same_grid names the difference
+        return pred, pred_geo, ref, ref_geo
+
+
 def evaluate_files(
     pairs: list[tuple[str, Path, Path]],
     targets: dict[str, tuple[int, ...]],
     tolerance_mm: dict[str, float] | float,
     ignore_label: int | None = None,
 ) -> pd.DataFrame:
-    """Evaluate (case id, prediction file, reference file) pairs on the same grid -> columns
-    case, target, metric, value (voxels of the reference's ignore label are not scored)."""
+    """Evaluate (case id, prediction file, reference file) pairs on the same grid (up to a
+    lossless reorientation) -> columns case, target, metric, value (voxels of the reference's
+    ignore label are not scored)."""
     rows = []
     for case, pred_path, ref_path in pairs:
         if not Path(pred_path).is_file():
             raise DataError(f"{pred_path}: prediction missing for case {case}; predict it first")
         ref, ref_geo = read_image(ref_path)
         pred, pred_geo = read_image(pred_path)
+        pred, pred_geo, ref, ref_geo = _common_grid(pred, pred_geo, ref, ref_geo)
         _check_same_grid(pred_path, ref_path, pred, ref, pred_geo, ref_geo)
         for row in evaluate_case(
             pred, ref, ref_geo.spacing_mm, targets, tolerance_mm, ignore_label
         ):
             rows.append({"case": case, **row})
     return pd.DataFrame(rows, columns=["case", "target", "metric", "value"])
+
+
+def evaluate_dataset(
+    pred_dir: str | Path, dataset, tolerance_mm: dict[str, float] | float
+) -> pd.DataFrame:
+    """Evaluate predictions of every labelled case of a `Dataset` read as downloaded (its
+    targets and ignore label): `<case><file ending>` or `<case>.nii.gz` in pred_dir, or KiTS19's
+    submission name `prediction_NNNNN.nii.gz`, on the grid ablate read or the native one."""
+    pred_dir = Path(pred_dir)
+    pairs = []
+    for case in (c for c in dataset.cases if c.label is not None):
+        names = (
+            f"{case.case_id}{dataset.file_ending}",
+            f"{case.case_id}.nii.gz",
+            f"prediction_{case.case_id.removeprefix('case_')}.nii.gz",
+        )
+        found = next((pred_dir / n for n in names if (pred_dir / n).is_file()), pred_dir / names[0])
+        pairs.append((case.case_id, found, case.label))
+    if not pairs:
+        raise DataError(f"{dataset.root}: no labelled cases to score against")
+    return evaluate_files(pairs, dataset.targets(), tolerance_mm, dataset.ignore_label)

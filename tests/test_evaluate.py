@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 import surface_distance
 
-from ablate.errors import DataError
-from ablate.evaluate import bounding_box, evaluate_case, evaluate_folder, mask_metrics
+from ablate.errors import ConfigError, DataError
+from ablate.evaluate import (
+    bounding_box,
+    evaluate_case,
+    evaluate_files,
+    evaluate_folder,
+    mask_metrics,
+)
 from ablate.imageio import Geometry, write_image
 
 SPACING = (2.0, 1.0, 0.5)  # (z, y, x): anisotropic so a transposed axis fails
@@ -127,6 +133,30 @@ def test_evaluate_case_regions_and_rows():
     assert as_dict(rows, "whole")["dsc"] == 1.0
     two = as_dict(rows, "two")
     assert two["dsc"] == 0.0 and two["empty"] == 2 and two["rvd"] == -1.0
+
+
+def test_ignore_label_voxels_are_in_no_mask():
+    ref = cube().astype(np.uint8)  # 4 x 5 x 5 = 100 voxels of label 1
+    ref[2:4, 3:8, 4:9] = 3  # half of it unannotated: nnU-Net's ignore label 3
+    pred = cube().astype(np.uint8) + cube(z=(8, 10)).astype(np.uint8)  # + 50 voxels elsewhere
+    rows = evaluate_case(pred, ref, SPACING, {"one": (1,)}, 1.0, ignore_label=3)
+    # ref 50 voxels; pred 150 minus the 50 under ignore = 100, 50 of them overlapping
+    assert as_dict(rows, "one")["dsc"] == pytest.approx(2 * 50 / (50 + 100))
+    assert as_dict(rows, "one")["vol_ref_ml"] == pytest.approx(50 * 1.0 / 1000)
+    with pytest.raises(ConfigError, match=r"the ignore label 3 is never scored"):
+        evaluate_case(pred, ref, SPACING, {"three": (3,)}, 1.0, ignore_label=3)
+
+
+def test_a_prediction_on_a_reoriented_grid_is_scored_against_the_reference(tmp_path):
+    kits = Geometry((0.8, 0.8, 3.0), (10.0, -5.0, 40.0), (0, 0, -1, 0, 1, 0, -1, 0, 0))
+    ref = cube(shape=(6, 7, 5), z=(1, 4), y=(2, 5), x=(1, 3)).astype(np.uint8)
+    write_image(ref, kits, tmp_path / "ref.nii.gz")
+    from ablate.data.orient import reorient_to_identity
+
+    write_image(*reorient_to_identity(ref, kits), tmp_path / "pred.nii.gz")
+    table = evaluate_files([("a", tmp_path / "pred.nii.gz", tmp_path / "ref.nii.gz")],
+                           {"one": (1,)}, 1.0)
+    assert table[table.metric == "dsc"].value.item() == 1.0
 
 
 def test_bounding_box_margin_is_clipped():

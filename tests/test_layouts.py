@@ -195,6 +195,15 @@ def test_rows4_5_msd_evaluate_with_its_dataset_json_and_appledouble_files(built,
     assert len(hidden) == 4 and all(p.severity == "warning" for p in hidden)
 
 
+def test_row4_msd_listed_image_missing_is_named(tmp_path, capsys):
+    root = layouts.msd(tmp_path / "Task09_Spleen")
+    (root / "imagesTr" / "spleen_11.nii.gz").unlink()  # an interrupted extraction
+    assert main(["verify", str(root)]) == 2
+    out = capsys.readouterr().out
+    assert "spleen_11.nii.gz: image of labelled case 'spleen_11' is missing" in out
+    assert "1 of 2 cases usable" in out
+
+
 # --- row 6: PhysioNet CT-ICH ----------------------------------------------------------------------
 
 
@@ -300,7 +309,7 @@ def test_row11_v1_task_is_read_not_refused(built):
 # --- row 12: predictions back in KiTS19's grid ----------------------------------------------------
 
 
-def test_row12_predictions_go_back_to_kits19s_native_grid(built, tmp_path, capsys):
+def test_row12_predictions_go_back_to_kits19s_native_grid_and_score_there(built, tmp_path):
     root = built["kits19"]
     ds = read_dataset(root)
     pred = tmp_path / "pred"
@@ -315,6 +324,27 @@ def test_row12_predictions_go_back_to_kits19s_native_grid(built, tmp_path, capsy
         ref = nib.load(str(native))
         assert np.allclose(sub.affine, ref.affine, atol=1e-4)
         assert np.array_equal(np.asarray(sub.dataobj), np.asarray(ref.dataobj))
+    # the submission, in the native slices-first grid, is scored against the dataset as is
+    csv = tmp_path / "metrics.csv"
+    assert main(["evaluate", str(out), str(root), "--out", str(csv)]) == 0
+    table = pd.read_csv(csv)
+    assert set(table.target) == {"kidney", "tumor"} and table.case.nunique() == 2
+    assert (table[table.metric == "dsc"].value == 1.0).all()
+
+
+def test_row12_reorient_reader_predictions_go_back_to_the_files_grid(built, tmp_path):
+    from ablate.data.convert import predictions_to_source_grid
+
+    root = built["Dataset220_KiTS2023"]
+    ds = read_dataset(root)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    shutil.copy(ds.cases[0].label, pred / "case_000.nii.gz")
+    (written,) = predictions_to_source_grid(root, "nnunet", pred, tmp_path / "out")
+    original = nib.load(str(root / "labelsTr" / "case_000.nii.gz"))
+    back = nib.load(str(written))
+    assert np.allclose(back.affine, original.affine, atol=1e-4)
+    assert np.array_equal(np.asarray(back.dataobj), np.asarray(original.dataobj))
 
 
 # --- row 13: KiTS21 and KiTS23 --------------------------------------------------------------------
