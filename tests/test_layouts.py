@@ -25,6 +25,7 @@ from test_plan_nnunet import (  # nnunet_dirs: the fixture
 from ablate.cli import main
 from ablate.data.formats import READERS, detect_format, read_dataset
 from ablate.data.verify import usable_cases, verify
+from ablate.errors import DataError
 from ablate.imageio import read_image
 
 # layout -> (format detected, case count, labels, targets)
@@ -414,6 +415,18 @@ def test_convert_gives_a_dataset_nnunet_accepts(built, tmp_path, integrity_check
         assert read_image(a.label)[1] == read_image(b.label)[1]
 
 
+def test_convert_a_folder_dataset_with_labels_from_the_command_line(built, tmp_path, capsys):
+    out = tmp_path / "Dataset901_Plain"
+    assert main(["convert", str(built["plain"]), str(out), "--labels", "background=0,liver=1"]) == 0
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["labels"] == PLAIN_LABELS and meta["file_ending"] == ".nii.gz"
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == [
+        "liver_0_0000.nii.gz",
+        "liver_1_0000.nii.gz",
+    ]
+    assert "wrote 2 cases" in capsys.readouterr().out
+
+
 def test_convert_refuses_an_existing_folder_and_a_broken_dataset(built, tmp_path, capsys):
     assert main(["convert", str(built["kits19"]), str(tmp_path)]) == 2
     assert "already exists; choose a new folder" in capsys.readouterr().err
@@ -468,3 +481,64 @@ def test_a_short_run_on_kits19_as_downloaded_scores_kidney_and_tumor(tmp_path):
     dsc = results.tidy[results.tidy.metric == "dsc"]
     assert set(dsc.target) == {"kidney", "tumor"}
     assert sorted(dsc.case.unique()) == [f"case_{i:05d}" for i in range(4)]
+
+
+def test_nibabelio_reader_choice_reads_files_as_they_are(tmp_path):
+    from nnunetv2.imageio.nibabel_reader_writer import NibabelIO
+
+    root = layouts.nnunet_v2(
+        tmp_path / "Dataset004_NibabelIO",
+        n=1,
+        extra={"overwrite_image_reader_writer": "NibabelIO"},
+        affine=layouts.KITS_AFFINE,
+        shape=layouts.KITS_SHAPE,
+        sform=2,
+        qform=0,
+    )
+    ds = read_dataset(root)
+    assert ds.cases[0].label == root / "labelsTr" / "case_000.nii.gz"  # read in place
+    theirs, props = NibabelIO().read_seg(str(ds.cases[0].label))
+    ours, geometry = read_image(ds.cases[0].label)
+    assert np.array_equal(ours, theirs[0]) and list(geometry.spacing_mm) == props["spacing"]
+    bad = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**bad, "overwrite_image_reader_writer": "X"}))
+    with pytest.raises(DataError, match=r"overwrite_image_reader_writer 'X' is not supported"):
+        read_dataset(root)
+
+
+def test_nnunet_dataset_key_lists_files_and_a_missing_channel_is_named(
+    tmp_path, capsys, monkeypatch
+):
+    root = layouts.nnunet_v2(tmp_path / "Dataset005_Listed", n=2)
+    meta = json.loads((root / "dataset.json").read_text())
+    listed = {
+        f"case_{i:03d}": {
+            "images": [f"imagesTr/case_{i:03d}_0000.nii.gz"],
+            "label": f"labelsTr/case_{i:03d}.nii.gz",
+        }
+        for i in range(2)
+    }
+    (root / "dataset.json").write_text(json.dumps({**meta, "dataset": listed}))
+    shutil.move(root / "imagesTr", root / "elsewhere")
+    listed["case_001"]["images"] = ["$LAYOUT_DATA/case_001_0000.nii.gz"]
+    listed["case_000"]["images"] = ["elsewhere/case_000_0000.nii.gz"]
+    (root / "dataset.json").write_text(json.dumps({**meta, "dataset": listed}))
+    monkeypatch.setenv("LAYOUT_DATA", str(root / "elsewhere"))
+    ds = read_dataset(root)
+    assert [c.images[0].parent for c in ds.cases] == [root / "elsewhere"] * 2
+    assert not [p for p in verify(ds) if p.severity == "error"]
+    two = layouts.nnunet_v2(tmp_path / "Dataset006_Two", n=2)
+    meta = json.loads((two / "dataset.json").read_text())
+    (two / "dataset.json").write_text(
+        json.dumps({**meta, "channel_names": {"0": "CT", "1": "PET"}})
+    )
+    for i in range(2):
+        shutil.copy(
+            two / "imagesTr" / f"case_00{i}_0000.nii.gz",
+            two / "imagesTr" / f"case_00{i}_0001.nii.gz",
+        )
+    (two / "imagesTr" / "case_001_0000.nii.gz").unlink()  # only its second channel is there
+    assert main(["verify", str(two)]) == 2
+    assert "case_001_0000.nii.gz: image of labelled case 'case_001' is missing" in (
+        capsys.readouterr().out
+    )

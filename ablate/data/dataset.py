@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,36 +208,61 @@ def read_nnunet_raw(root: str | Path) -> Dataset:
     spec = label_spec(meta, meta_path)
     regions = spec.targets if spec.region_based or "ablate_regions" in meta else {}
     ending = meta.get("file_ending", ".nii.gz")
-    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
-    if not images_dir.is_dir():
-        raise DataError(
-            f"{images_dir}: not found; put the training images there as <case>_0000{ending}"
-        )
-    suffix = f"_0000{ending}"
-    ids = {
-        p.name[: -len(suffix)] for p in images_dir.glob(f"*{suffix}") if not p.name.startswith(".")
-    }  # macOS AppleDouble files: see verify
-    # a label without its image is a case whose image is missing: verify names it
-    ids |= {
-        p.name[: -len(ending)] for p in labels_dir.glob(f"*{ending}") if not p.name.startswith(".")
-    }
-    cases = []
-    for cid in sorted(ids):
-        images = tuple(images_dir / f"{cid}_{c:04d}{ending}" for c in range(len(channels)))
-        label = labels_dir / f"{cid}{ending}"
-        cases.append(Case(cid, images, label if label.is_file() else None))
+    if "dataset" in meta:  # nnU-Net v2's explicit file lists instead of imagesTr/labelsTr
+        cases = _listed_cases(root, meta["dataset"], meta_path)
+    else:
+        cases = _folder_cases(root, len(channels), ending)
     return Dataset(
         root=root,
         name=meta.get("name", root.name),
         channels=channels,
         labels=spec.labels,
-        cases=tuple(cases),
+        cases=cases,
         regions=regions,
         file_ending=ending,
         ignore_label=spec.ignore_label,
         region_based=spec.region_based,
         regions_class_order=spec.regions_class_order,
     )
+
+
+def _folder_cases(root: Path, n_channels: int, ending: str) -> tuple[Case, ...]:
+    """imagesTr/<case>_XXXX<ending> and labelsTr/<case><ending>. Every case named by any channel
+    file or label is kept, so a missing channel or image is named by `verify`; hidden files
+    (macOS AppleDouble copies) are no cases."""
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    if not images_dir.is_dir():
+        raise DataError(
+            f"{images_dir}: not found; put the training images there as <case>_0000{ending}"
+        )
+    channel_file = re.compile(r"(.+)_\d{4}" + re.escape(ending))
+    ids = {m.group(1) for p in images_dir.iterdir() if (m := channel_file.fullmatch(p.name))}
+    ids |= {p.name[: -len(ending)] for p in labels_dir.glob(f"*{ending}")}
+    cases = []
+    for cid in sorted(i for i in ids if not i.startswith(".")):
+        images = tuple(images_dir / f"{cid}_{c:04d}{ending}" for c in range(n_channels))
+        label = labels_dir / f"{cid}{ending}"
+        cases.append(Case(cid, images, label if label.is_file() else None))
+    return tuple(cases)
+
+
+def _listed_cases(root: Path, listed, where: Path) -> tuple[Case, ...]:
+    """dataset.json's "dataset": {case: {"images": [...], "label": ...}}, paths relative to the
+    dataset folder (environment variables expanded, as nnU-Net does)."""
+
+    def path(text: str) -> Path:
+        expanded = Path(os.path.expandvars(text))
+        return expanded if expanded.is_absolute() else root / expanded
+
+    try:
+        return tuple(
+            Case(cid, tuple(path(i) for i in entry["images"]), path(entry["label"]))
+            for cid, entry in sorted(listed.items())
+        )
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise DataError(
+            f'{where}: \'dataset\' must map each case to {{"images": [...], "label": ...}}'
+        ) from exc
 
 
 def evaluation_spec(path: str | Path) -> tuple[LabelSpec, str]:
