@@ -97,13 +97,13 @@ def analyse(results: Results, meta: dict, seed: int = 0, n_boot: int = 2000) -> 
     ranked = {t: m for (t, metric), m in matrices.items() if metric == metrics[0]}
     hib = HIGHER_IS_BETTER[metrics[0]]
     many = len(labels) >= 3
+    margins = noninferiority_margins(meta)
     compare = compare_to_baseline(
-        matrices, baseline, folds, inference_only_variants(results, baseline), n_seeds
+        matrices, baseline, folds, inference_only_variants(results, baseline), n_seeds, margins
     )
     effects = main_effects(tidy, results.axes, metrics, _reference_levels(results, baseline), folds)
     if not effects.empty:
         effects["p_holm"] = holm(effects["p"].to_numpy())
-    margins = noninferiority_margins(meta)
     ni = noninferiority_table(compare, results.cost, margins)
     posthoc = _posthoc(matrices) if many else pd.DataFrame()
     sig_maps = {k: significance_map(m, HIGHER_IS_BETTER[k[1]]) for k, m in matrices.items()}

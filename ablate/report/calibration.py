@@ -199,25 +199,30 @@ def tables(reps: int = 2000, seed: int = 0) -> str:
     lines += [
         "",
         "| cases | case bootstrap of the mean (before) | hierarchical bootstrap | "
-        "cluster t (after) | case t (inference-only) |",
-        "|---|---|---|---|---|",
+        "cluster t (after) | no run term: case bootstrap (before) | no run term: case t "
+        "(after) |",
+        "|---|---|---|---|---|---|",
     ]
     for n in (6, 20, 100):
         cov = [
             coverage(m, rng, reps, n_cases=n, run_sd=0.005)
             for m in ("case_bootstrap", "hierarchical_bootstrap", "cluster_t")
         ]
-        cov.append(coverage("case_t", rng, reps, n_cases=n, run_sd=0.0))
+        cov += [coverage(m, rng, reps, n_cases=n, run_sd=0.0) for m in ("case_bootstrap", "case_t")]
         lines.append(f"| {n} | " + " | ".join(f"{100 * c:.1f}%" for c in cov) + " |")
     lines += [
         "",
-        "| shift (pts) | cases | simulated power, cluster t | analytic (noncentral t) |",
-        "|---|---|---|---|",
+        "| shift (pts) | cases | seeds | cluster t, simulated | cluster t, analytic (noncentral "
+        "t) | Wilcoxon, simulated (before; not calibrated) |",
+        "|---|---|---|---|---|---|",
     ]
-    for shift, n in ((0.01, 40), (0.02, 40), (0.02, 100)):
-        sim = power("cluster_t", rng, shift, reps, n_cases=n)
+    for shift, n, seeds in ((0.01, 40, 1), (0.02, 40, 1), (0.02, 40, 3), (0.02, 100, 1)):
+        kw = dict(n_cases=n, seeds=seeds)
+        sim = power("cluster_t", rng, shift, reps, **kw)
+        wil = power("wilcoxon", rng, shift, reps, **kw)
         lines.append(
-            f"| {100 * shift:g} | {n} | {100 * sim:.1f}% | {100 * analytic_power(shift, n):.1f}% |"
+            f"| {100 * shift:g} | {n} | {seeds} | {100 * sim:.1f}% | "
+            f"{100 * analytic_power(shift, n, seeds=seeds):.1f}% | {100 * wil:.1f}% |"
         )
     fw_before = familywise_rate("wilcoxon", rng, reps // 2, n_cases=40)
     fw_after = familywise_rate("cluster_t", rng, reps // 2, n_cases=40)

@@ -486,6 +486,9 @@ def compare_table(compare: pd.DataFrame, title: str | None = None, family: str =
                 diff_text(x, m).lstrip("+")
                 for x, m in zip(compare["mdd"], compare["metric"], strict=True)
             ],
+            "seeds / cases to detect the margin (80%)": [
+                _needed(r) for r in compare.itertuples(index=False)
+            ],
             "median diff (case level)": [
                 diff_text(x, m)
                 for x, m in zip(compare["median_diff"], compare["metric"], strict=True)
@@ -502,13 +505,26 @@ def compare_table(compare: pd.DataFrame, title: str | None = None, family: str =
         "configuration level) and the cases for inference-only variants (the same trained "
         "models). 95% CI unadjusted; p (Holm) and verdict: Holm family {family}-<metric> = the "
         "rows of this table with that metric. MDD: the difference this test detects with 80% "
-        "power at the measured standard error. Right: two-sided case-level Wilcoxon "
+        "power at the measured standard error; seeds / cases: what the same test needs to detect "
+        "the study's non-inferiority margin with 80% power (variance components of this study; "
+        "only the run share shrinks with seeds; -: no number up to 20 seeds or 10000 cases). "
+        "Right: two-sided case-level Wilcoxon "
         "signed-rank (exact up to 50 non-zero pairs; zero differences dropped), Holm family "
         "W-<metric>: whether these trained models differ; the median paired difference is "
         "labelled as such."
     ).replace("{family}", family)
     baseline = compare["baseline"].iat[0]
     return Table(title or f"Each variant vs {baseline}", frame, note=note)
+
+
+def _needed(r) -> str:
+    detect = getattr(r, "detect", np.nan)
+    if pd.isna(detect):
+        return ""
+    seeds, cases = getattr(r, "seeds_needed", None), getattr(r, "cases_needed", None)
+    seeds = "-" if seeds is None or pd.isna(seeds) else str(int(seeds))
+    cases = "-" if cases is None or pd.isna(cases) else str(int(cases))
+    return f"{seeds} / {cases}"
 
 
 def noninferiority_table_display(ni: pd.DataFrame) -> Table:

@@ -248,6 +248,9 @@ def _compare_line(r) -> str:
             f"{format_p(r.p_holm, prefix=True)} after Holm ({level}, family "
             f"H-{r.metric.upper()}): {verdict}"
         )
+    plan = _planning_text(r)
+    if plan:
+        text += f"; {plan}"
     if not np.isnan(r.wilcoxon_p_holm):
         differ = "differ" if r.wilcoxon_significant else "no difference shown"
         text += (
@@ -256,6 +259,28 @@ def _compare_line(r) -> str:
             f"paired difference {diff_text(r.median_diff, r.metric, 1)} {unit}"
         )
     return text + "."
+
+
+def _planning_text(r) -> str:
+    """Seeds or cases the headline test would need to detect the study's stated difference (its
+    non-inferiority margin) with 80% power; empty when none is stated or the row is significant."""
+    detect = getattr(r, "detect", np.nan)
+    if pd.isna(detect) or r.significant or r.note:
+        return ""
+    size = f"{diff_text(detect, r.metric, 1).lstrip('+')} {diff_unit(r.metric)}"
+    seeds, cases = getattr(r, "seeds_needed", None), getattr(r, "cases_needed", None)
+    seeds = None if seeds is None or pd.isna(seeds) else int(seeds)
+    cases = None if cases is None or pd.isna(cases) else int(cases)
+    if r.unit != "fold models":
+        return f"to detect {size} with 80% power: {cases} paired cases" if cases else ""
+    options = []
+    if seeds:
+        options.append(f"{seeds} seed(s) per fold on these cases")
+    if cases:
+        options.append(f"{cases} cases with the present seeds")
+    if not options:
+        return f"detecting {size} with 80% power needs more seeds and more cases together"
+    return f"to detect {size} with 80% power: " + ", or ".join(options)
 
 
 def _noninferiority_line(r) -> str:

@@ -120,3 +120,69 @@ def minimum_detectable(se: float, df: int, alpha: float = 0.05, power: float = 0
     if not np.isfinite(se) or df < 1:
         return np.nan
     return float((sps.t.ppf(1 - alpha / 2, df) + sps.t.ppf(power, df)) * se)
+
+
+def variance_components(d: np.ndarray, groups: np.ndarray) -> tuple[float, float, float]:
+    """(within, run, mean cluster size) of seed-averaged differences: `within` the pooled
+    variance of cases inside a fold, `run` the part of the fold means' variance the cases do not
+    explain (the training runs' share, floored at 0). NaNs dropped."""
+    d, groups = np.asarray(d, float), np.asarray(groups)
+    keep = ~np.isnan(d)
+    d, groups = d[keep], groups[keep]
+    parts = [d[groups == g] for g in np.unique(groups)]
+    parts = [p for p in parts if p.size]
+    sizes = np.array([p.size for p in parts], float)
+    if len(parts) < 2 or (sizes < 2).all():
+        return np.nan, np.nan, np.nan
+    within = float(
+        np.sum([p.var(ddof=1) * (p.size - 1) for p in parts if p.size > 1])
+        / np.sum(sizes[sizes > 1] - 1)
+    )
+    between = float(np.var([p.mean() for p in parts], ddof=1))
+    m = float(sizes.mean())
+    return within, max(between - within / m, 0.0), m
+
+
+def runs_needed(
+    d: np.ndarray,
+    groups: np.ndarray,
+    difference: float,
+    seeds: int,
+    power: float = 0.8,
+    alpha: float = 0.05,
+    max_seeds: int = 20,
+) -> dict:
+    """Seeds (same cases) and cases (same seeds) for the configuration-level test to detect
+    `difference` with `power`, from this study's variance components. Conservative: only the run
+    share shrinks with more seeds (the case scatter may hold case x configuration effects that
+    seeds do not average out). None where no number up to the limit suffices."""
+    within, run, m = variance_components(d, groups)
+    k = int(np.unique(np.asarray(groups)[~np.isnan(np.asarray(d, float))]).size)
+    out = {"seeds_needed": None, "cases_needed": None}
+    if not np.isfinite(within) or k < MIN_RUNS:
+        return out
+    q = sps.t.ppf(1 - alpha / 2, k - 1) + sps.t.ppf(power, k - 1)
+
+    def detects(n_seeds: float, per_fold: float) -> bool:
+        return q * np.sqrt((run * seeds / n_seeds + within / per_fold) / k) <= abs(difference)
+
+    out["seeds_needed"] = next((s for s in range(1, max_seeds + 1) if detects(s, m)), None)
+    out["cases_needed"] = next((k * c for c in range(2, 2001) if detects(seeds, c)), None)
+    return out
+
+
+def cases_needed(
+    d: np.ndarray, difference: float, power: float = 0.8, alpha: float = 0.05, limit: int = 5000
+) -> int | None:
+    """Cases for the case-level paired t-test (the same trained models) to detect `difference`
+    with `power`, from the sd of these paired differences."""
+    d = np.asarray(d, float)
+    d = d[~np.isnan(d)]
+    if d.size < 2:
+        return None
+    sd = d.std(ddof=1)
+    for n in range(MIN_RUNS, limit + 1):
+        q = sps.t.ppf(1 - alpha / 2, n - 1) + sps.t.ppf(power, n - 1)
+        if q * sd / np.sqrt(n) <= abs(difference):
+            return n
+    return None

@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from ablate.report.paired import MIN_RUNS, minimum_detectable, paired_mean
+from ablate.report.paired import (
+    MIN_RUNS,
+    cases_needed,
+    minimum_detectable,
+    paired_mean,
+    runs_needed,
+)
 from ablate.study import axis_paths
 
 HIGHER_IS_BETTER = {"dsc": True, "nsd": True, "hd95": False, "assd": False, "abs_rvd": False}
@@ -136,6 +142,7 @@ def compare_to_baseline(
     case_folds: pd.Series | None = None,
     inference_only: dict[str, bool] | None = None,
     n_seeds: int = 1,
+    detect: dict[str, float] | None = None,
 ) -> pd.DataFrame:
     """Each variant vs the baseline per (target, metric), on the cases both have.
 
@@ -146,7 +153,8 @@ def compare_to_baseline(
     baseline) is compared case by case instead (paired t-test). Beside it, the case-level
     two-sided Wilcoxon signed-rank test (these trained models differ) with the median paired
     difference. Holm runs per metric over the rows of that metric (variants x targets), for the
-    headline p and for the Wilcoxon p separately; column `family` names it.
+    headline p and for the Wilcoxon p separately; column `family` names it. `detect` (metric ->
+    difference) adds the seeds and cases the headline test needs to detect it with 80% power.
     """
     inference_only = inference_only or {}
     rows = []
@@ -164,6 +172,7 @@ def compare_to_baseline(
                     case_folds,
                     inference_only.get(variant, False),
                     n_seeds,
+                    (detect or {}).get(metric),
                 )
             )
     out = pd.DataFrame(rows)
@@ -183,7 +192,9 @@ def compare_to_baseline(
     return out
 
 
-def _compare_row(m, variant, baseline, target, metric, case_folds, inference_only, n_seeds):
+def _compare_row(
+    m, variant, baseline, target, metric, case_folds, inference_only, n_seeds, detect=None
+):
     has_v, has_b = m[variant].notna(), m[baseline].notna()
     both = has_v & has_b
     d = (m.loc[both, variant] - m.loc[both, baseline]).to_numpy(dtype=float)
@@ -206,6 +217,12 @@ def _compare_row(m, variant, baseline, target, metric, case_folds, inference_onl
             f"with at least {MIN_RUNS} folds (5 recommended)"
         )
     wil = wilcoxon_p(d)[0] if d.size else np.nan
+    needed = {"seeds_needed": None, "cases_needed": None}
+    if detect and d.size >= MIN_PAIRS:
+        if folds is None:
+            needed["cases_needed"] = cases_needed(d, detect)
+        else:
+            needed = runs_needed(d, folds, detect, n_seeds)
     seeds = f", mean over {n_seeds} seeds" if n_seeds > 1 else ""
     unit = "cases" if inference_only or folds is None else "fold models"
     return {
@@ -226,6 +243,8 @@ def _compare_row(m, variant, baseline, target, metric, case_folds, inference_onl
         "ci_high": head["ci_high"],
         "p": head["p"],
         "mdd": minimum_detectable(head["se"], head["df"]),
+        "detect": detect if detect else np.nan,
+        **needed,
         "median_diff": float(np.median(d)) if d.size else np.nan,
         "wilcoxon_p": wil,
         "nonzero": int((d != 0).sum()),
