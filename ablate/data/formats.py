@@ -1,9 +1,9 @@
 """Read the common public dataset layouts, exactly as downloaded, into the one `Dataset` view.
 
 Formats (registry `READERS`): ``nnunet`` (nnU-Net v2 raw), ``nnunet_v1`` (nnU-Net v1
-``TaskNNN_Name``), ``msd`` (Medical Segmentation Decathlon), ``kits19``, ``kits21``, ``kits23``
-(ablate.data.kits), ``flare21``, ``ct_ich`` (PhysioNet CT-ICH) and ``folder`` (``images/`` +
-``labels/`` with matching names, ``.nii.gz`` or ``.nii``).
+``TaskNNN_Name``) and ``msd`` (Medical Segmentation Decathlon; both in ablate.data.msd),
+``kits19``, ``kits21``, ``kits23`` (ablate.data.kits), ``flare21``, ``ct_ich`` (PhysioNet
+CT-ICH) and ``folder`` (``images/`` + ``labels/`` with matching names, ``.nii.gz`` or ``.nii``).
 
 Files a layout cannot be used as are rewritten once into a cache folder next to the dataset,
 ``<root>_ablate_converted/`` (rewritten only when a source file is newer than its copy):
@@ -28,7 +28,6 @@ import numpy as np
 from ablate.data.dataset import (
     Case,
     Dataset,
-    label_spec,
     load_json,
     read_nnunet_raw,
 )
@@ -78,14 +77,6 @@ def visible(paths) -> list[Path]:
     return sorted(p for p in paths if not p.name.startswith("."))
 
 
-def _is_v1_task(root: Path, meta: dict) -> bool:
-    """nnU-Net v1 keeps the MSD-style dataset.json but splits images into <case>_0000.nii.gz."""
-    for entry in meta.get("training", [])[:1]:
-        image = root / os.path.normpath(entry.get("image", ""))
-        return not image.is_file() and _v1_image(root, image.name, 0).is_file()
-    return any(visible((root / "imagesTr").glob(f"*_0000{ENDING}")))
-
-
 def detect_format(path: str | Path) -> str:
     """Name the layout of the dataset at `path` (a key of `READERS`); DataError if none fits."""
     from ablate.data.kits import detect_kits
@@ -99,7 +90,9 @@ def detect_format(path: str | Path) -> str:
         if "channel_names" in meta:
             return "nnunet"
         if "training" in meta or "modality" in meta:
-            return "nnunet_v1" if _is_v1_task(root, meta) else "msd"
+            from ablate.data.msd import is_v1_task
+
+            return "nnunet_v1" if is_v1_task(root, meta) else "msd"
         return "nnunet"
     if (root / "TrainingImg").is_dir():
         return "flare21"
@@ -279,114 +272,6 @@ def _binarised(mask: Path, out: Path) -> Path:
     return out
 
 
-def _read_msd(root: Path, labels: dict[str, int] | None) -> Dataset:
-    meta_path = root / "dataset.json"
-    meta = load_json(meta_path)
-    for key in ("training", "modality", "labels"):
-        if key not in meta:
-            raise DataError(f"{meta_path}: missing key {key!r} of a Decathlon dataset.json")
-    channels = tuple(meta["modality"][k] for k in sorted(meta["modality"], key=int))
-    spec = label_spec(meta, meta_path)
-    cases = []
-    for entry in sorted(meta["training"], key=lambda e: e["image"]):
-        image = root / os.path.normpath(entry["image"])
-        label = root / os.path.normpath(entry["label"])
-        cid = strip_ending(image.name)
-        images = (
-            _msd_channels(image, cid, len(channels), converted_root(root) / "imagesTr")
-            if image.is_file()
-            else (image,)
-        )  # missing: verify names it
-        cases.append(Case(cid, images, label if label.is_file() else None))
-    ds = Dataset(
-        root=root,
-        name=meta.get("name", root.name),
-        channels=channels,
-        labels=spec.labels,
-        cases=tuple(cases),
-        ignore_label=spec.ignore_label,
-    )
-    return with_labels(ds, labels)
-
-
-def _v1_image(root: Path, name: str, channel: int) -> Path:
-    return root / "imagesTr" / f"{strip_ending(name)}_{channel:04d}{ENDING}"
-
-
-def _read_nnunet_v1(root: Path, labels: dict[str, int] | None) -> Dataset:
-    """nnU-Net v1 TaskNNN_Name: MSD's dataset.json, images already split per modality."""
-    meta_path = root / "dataset.json"
-    meta = load_json(meta_path)
-    for key in ("modality", "labels"):
-        if key not in meta:
-            raise DataError(f"{meta_path}: missing key {key!r} of an nnU-Net v1 dataset.json")
-    channels = tuple(meta["modality"][k] for k in sorted(meta["modality"], key=int))
-    spec = label_spec(meta, meta_path)
-    listed = [Path(os.path.normpath(e["image"])).name for e in meta.get("training", [])]
-    if not listed:  # v1 allows an empty list; the folder is the truth then
-        listed = [
-            p.name.replace(f"_0000{ENDING}", ENDING)
-            for p in visible((root / "imagesTr").glob(f"*_0000{ENDING}"))
-        ]
-    cases = []
-    for name in sorted(listed):
-        label = root / "labelsTr" / name
-        images = tuple(_v1_image(root, name, c) for c in range(len(channels)))
-        cases.append(Case(strip_ending(name), images, label if label.is_file() else None))
-    ds = Dataset(
-        root=root,
-        name=meta.get("name", root.name),
-        channels=channels,
-        labels=spec.labels,
-        cases=tuple(cases),
-        ignore_label=spec.ignore_label,
-    )
-    return with_labels(ds, labels)
-
-
-def _image_dimension_and_channels(path: Path) -> tuple[int, int]:
-    """Read only the header: (dimension, size of the 4th axis or 1)."""
-    import SimpleITK as sitk  # header-only 4D access that imageio's 3D reader does not offer
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise DataError(f"{path}: cannot read the image header; re-extract the file") from exc
-    size = reader.GetSize()
-    return len(size), (size[3] if len(size) == 4 else 1)
-
-
-def _msd_channels(image: Path, cid: str, n_channels: int, out_dir: Path) -> tuple[Path, ...]:
-    dimension, found = _image_dimension_and_channels(image)
-    if dimension == 3 and n_channels == 1:
-        return (image,)
-    if dimension != 4 or found != n_channels:
-        raise DataError(
-            f"{image}: has {found} channel(s) in {dimension}D but dataset.json "
-            f"declares {n_channels} modalities; fix 'modality' or the file"
-        )
-    outputs = tuple(out_dir / f"{cid}_{c:04d}{ENDING}" for c in range(n_channels))
-    if not all(is_fresh(p, image) for p in outputs):
-        _split_4d(image, outputs)
-    return outputs
-
-
-def _split_4d(image: Path, outputs: tuple[Path, ...]) -> None:
-    """Write each 3D volume of a 4D (x, y, z, c) file to its own file, keeping its geometry."""
-    import SimpleITK as sitk  # imageio reads 3D only; the 4D split lives here
-
-    img = sitk.ReadImage(str(image))
-    x, y, z, _ = img.GetSize()
-    for channel, out in enumerate(outputs):
-        volume = sitk.Extract(img, [x, y, z, 0], [0, 0, 0, channel])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(f".partial_{out.name}")
-        sitk.WriteImage(volume, str(partial), useCompression=True)
-        partial.replace(out)  # atomic: an interrupted run never leaves a truncated channel
-
-
 def _kits(name: str) -> Callable[[Path, dict[str, int] | None], Dataset]:
     def read(root: Path, labels: dict[str, int] | None) -> Dataset:
         from ablate.data.kits import read_kits
@@ -396,10 +281,19 @@ def _kits(name: str) -> Callable[[Path, dict[str, int] | None], Dataset]:
     return read
 
 
+def _msd(name: str) -> Callable[[Path, dict[str, int] | None], Dataset]:
+    def read(root: Path, labels: dict[str, int] | None) -> Dataset:
+        from ablate.data import msd
+
+        return with_labels(msd.read_msd(root) if name == "msd" else msd.read_v1(root), labels)
+
+    return read
+
+
 READERS: dict[str, Callable[[Path, dict[str, int] | None], Dataset]] = {
     "nnunet": _read_nnunet,
-    "nnunet_v1": _read_nnunet_v1,
-    "msd": _read_msd,
+    "nnunet_v1": _msd("nnunet_v1"),
+    "msd": _msd("msd"),
     "kits19": _kits("kits19"),
     "kits21": _kits("kits21"),
     "kits23": _kits("kits23"),
