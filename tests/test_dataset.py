@@ -170,3 +170,11 @@ def test_content_hash_changes_with_files(tmp_path):
     assert read_nnunet_raw(root).content_hash() == before
     write_image(np.ones((2, 3, 5), np.int16), GEOMETRY, root / "imagesTr" / "b_0000.nii.gz")
     assert read_nnunet_raw(root).content_hash() != before
+
+
+def test_content_hash_of_a_case_with_a_missing_file_does_not_raise(tmp_path):
+    root = _make_raw(tmp_path / "ds", {"background": 0, "a": 1})
+    (root / "imagesTr" / "b_0000.nii.gz").unlink()  # its label stays: verify names the image
+    ds = read_nnunet_raw(root)
+    assert [c.case_id for c in ds.cases] == ["a", "b"]
+    assert len(ds.content_hash()) == 16

@@ -68,6 +68,9 @@ class Dataset:
             h.update(f"ignore:{self.ignore_label}".encode())
         for case in sorted(self.cases, key=lambda c: c.case_id):
             for path in (*case.images, *([case.label] if case.label else [])):
+                if not path.is_file():  # `verify` refuses it; `ablate status` still answers
+                    h.update(f"{path.name}:missing".encode())
+                    continue
                 st = path.stat()
                 h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
         return h.hexdigest()[:16]
