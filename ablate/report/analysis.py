@@ -118,7 +118,7 @@ def analyse(results: Results, meta: dict, seed: int = 0, n_boot: int = 2000) -> 
         describe=describe(tidy, metrics),
         matrices=matrices,
         compare=compare,
-        common=common_case_means(matrices),
+        common=common_case_means({**matrices, **_composite_matrix(tidy, labels)}),
         friedman=friedman(matrices) if many else pd.DataFrame(),
         posthoc=posthoc,
         sig_maps=sig_maps,
@@ -281,6 +281,14 @@ def _savings(per: pd.DataFrame, cand: str, ref: str) -> dict:
             out[f"{col}_saved"] = per.at[ref, col] - per.at[cand, col]
             out[f"{col}_ref"] = per.at[ref, col]
     return out
+
+
+def _composite_matrix(tidy: pd.DataFrame, labels: list[str]) -> dict:
+    """{("composite", "dsc"): (cases, variants)} of the KiTS composite Dice; {} without it."""
+    composite = composite_dice(tidy)
+    if composite.empty:
+        return {}
+    return {k: m.reindex(columns=labels) for k, m in case_matrices(composite, ["dsc"]).items()}
 
 
 def _composite(tidy: pd.DataFrame) -> pd.DataFrame:

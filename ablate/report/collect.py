@@ -391,20 +391,28 @@ def table4(
     return Table("Cross-validation results (layout of seed 000, Table 4)", frame)
 
 
-def kits_table(stats: pd.DataFrame, composite: pd.DataFrame, order: list[str]) -> Table | None:
-    """Seed 004's Table 1: kidney, tumor and composite Dice (mean, %) per variant."""
-    if composite.empty:
+def kits_table(common: pd.DataFrame, order: list[str]) -> Table | None:
+    """Seed 004's Table 1: kidney, tumor and composite Dice (mean, %) per variant, on the cases
+    every variant has (common_case_means), best in bold."""
+    if common.empty or "composite" not in set(common["target"]):
         return None
-    dsc = stats[stats["metric"] == "dsc"].pivot(index="variant", columns="target", values="mean")
+    dsc = common[common["metric"] == "dsc"].pivot(
+        index="variant", columns="target", values="common_mean"
+    )
     values = {
         "Kidney Dice": dsc["kidney"].reindex(order),
         "Tumor Dice": dsc["tumor"].reindex(order),
-        "Composite Dice": composite.set_index("variant")["mean"].reindex(order),
+        "Composite Dice": dsc["composite"].reindex(order),
     }
     frame = pd.DataFrame(
         {"variant": order, **{k: v.map(_pct) for k, v in values.items()}}, index=order
     )
-    note = "Composite Dice: per case the mean of kidney and tumor DSC (KiTS 2019), then averaged."
+    n = common[common["target"] == "composite"]["n_common"].max()
+    note = (
+        "Composite Dice: per case the mean of kidney and tumor DSC (KiTS 2019), then averaged. "
+        f"Means over the {n} cases every variant has (composite), and per target over the cases "
+        "every variant has there; bold: the best."
+    )
     return Table(
         "KiTS composite Dice (layout of seed 004, Table 1)", frame, _bold_best(frame, values), note
     )

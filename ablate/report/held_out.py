@@ -256,14 +256,18 @@ def held_out_summary(h: HeldOut, metric: str) -> list[str]:
     column = "single" if e["ensemble"].isna().all() else "ensemble"
     lines = []
     for target, part in e.groupby("target", sort=False):
-        values = part[column] if HIGHER_IS_BETTER.get(metric, True) else -part[column]
-        if values.isna().all():
+        # "best" on the test cases every variant has a value for (absent cases never favour one)
+        wide = h.cases.xs((target, metric), level=[0, 1])[column].unstack("variant")
+        wide = wide.reindex(columns=part["variant"]).dropna()
+        means = wide.mean()
+        values = means if HIGHER_IS_BETTER.get(metric, True) else -means
+        if wide.empty or values.isna().all():
             continue
-        best = part.loc[values.idxmax()]
+        best = part.set_index("variant").loc[values.idxmax()]
         text = (
             f"Held-out test set ({h.n_cases} cases), {target} {metric.upper()}: best "
-            f"{column.replace('single', 'single-fold mean')} {best['variant']} "
-            f"({100 * best[column]:.1f}%)"
+            f"{column.replace('single', 'single-fold mean')} over the {len(wide)} cases every "
+            f"variant has: {values.idxmax()} ({100 * means[values.idxmax()]:.1f}%)"
         )
         if column == "ensemble":
             verdict = (

@@ -71,7 +71,7 @@ def build_tables(a: Analysis, memory_label: str = "GPU memory") -> dict[str, dic
     memory column measured (GPU allocated with CUDA, resident memory on a CPU)."""
     targets = list(pd.unique(a.describe["target"]))
     accuracy = {t: accuracy_table(a.describe, t, a.metrics, a.order, a.common) for t in targets}
-    kits = kits_table(a.describe, a.composite, a.order)
+    kits = kits_table(a.common, a.order)
     accuracy["table4"] = table4(a.describe, a.cost, a.order, memory_label)
     if kits:
         accuracy["kits"] = kits
@@ -219,10 +219,12 @@ def _best_lines(a: Analysis) -> list[str]:
         if absent:
             text += f"; absent cases: {', '.join(absent)}"
         lines.append(text + ".")
-    if not a.composite.empty:
-        best = a.composite.loc[a.composite["mean"].idxmax()]
+    comp = a.common[a.common["target"] == "composite"]
+    if not comp.empty and comp["common_mean"].notna().any():
+        best = comp.loc[comp["common_mean"].idxmax()]
         lines.append(
-            f"Best composite Dice (own cases): {best['variant']} ({100 * best['mean']:.1f}%)."
+            f"Best composite Dice over the {best['n_common']} cases every variant has: "
+            f"{best['variant']} ({100 * best['common_mean']:.1f}%)."
         )
     return lines
 
