@@ -104,6 +104,21 @@ def test_each_layout_reads_as_downloaded_and_verifies_clean(built, name):
     assert usable_cases(ds, problems) == n
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_layout_is_scored_by_ablate_evaluate_as_downloaded(built, name, tmp_path):
+    ds = read_dataset(built[name])
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for case in ds.cases:  # perfect predictions on the grid ablate read
+        shutil.copy(case.label, pred / f"{case.case_id}.nii.gz")
+    out = tmp_path / "metrics.csv"
+    assert main(["evaluate", str(pred), str(built[name]), "--out", str(out)]) == 0
+    table = pd.read_csv(out, dtype={"case": str})  # CT-ICH's ids are "049", ...
+    assert sorted(table.case.unique()) == sorted(c.case_id for c in ds.cases)
+    assert list(table.target.unique()) == list(ds.targets())
+    assert (table[table.metric == "dsc"].value == 1.0).all()
+
+
 # --- row 1: region labels, ignore, regions_class_order --------------------------------------------
 
 
