@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from ablate.report import stats
+from ablate.report import comparisons, stats
 from ablate.report.analysis import case_folds
 from ablate.report.collect import Results, composite_dice, synthetic_results
 
@@ -17,7 +17,7 @@ def _matrices(results):
 
 
 def _compare(results, baseline):
-    return stats.compare_to_baseline(_matrices(results), baseline, case_folds(results.tidy))
+    return comparisons.compare_to_baseline(_matrices(results), baseline, case_folds(results.tidy))
 
 
 def test_holm_matches_hand_computation():
@@ -69,7 +69,7 @@ def test_clear_shift_is_significant_after_holm():
 def test_wilcoxon_matches_scipy_small_and_vectorised():
     results = synthetic_results(ARCH, n_cases=20, effects={"residual": 0.01})
     m = _matrices(results)[("kidney", "dsc")]
-    table = stats.compare_to_baseline({("kidney", "dsc"): m}, "plain")
+    table = comparisons.compare_to_baseline({("kidney", "dsc"): m}, "plain")
     expected = sps.wilcoxon(m["residual"], m["plain"]).pvalue
     assert table["wilcoxon_p"].iat[0] == pytest.approx(expected)
     d = m["residual"] - m["plain"]
@@ -145,7 +145,9 @@ def test_main_effect_recovers_axis_shift():
     results = synthetic_results(
         axes, n_cases=40, effects={"residual": 0.03}, noise=0.01, seed_sd=0.0
     )
-    table = stats.main_effects(results.tidy, results.axes, ["dsc"], {}, case_folds(results.tidy))
+    table = comparisons.main_effects(
+        results.tidy, results.axes, ["dsc"], {}, case_folds(results.tidy)
+    )
     arch = table[table["axis"] == "arch"]
     loss = table[table["axis"] == "loss"]
     assert np.allclose(arch["mean_diff"], 0.03, atol=0.008)  # coverage: test_report_calibration
@@ -163,7 +165,9 @@ def test_main_effect_unbalanced_grid_and_none_level():
     tidy["post"] = tidy["post"].map({"none": None, "lcc": "lcc"})
     drop = (tidy["variant"] == "residual / lcc") & (tidy["case"] == "case_00003")
     tidy = tidy[~drop]
-    table = stats.main_effects(tidy, ["arch", "post"], ["dsc"], {"post": None}, case_folds(tidy))
+    table = comparisons.main_effects(
+        tidy, ["arch", "post"], ["dsc"], {"post": None}, case_folds(tidy)
+    )
     arch = table[(table["axis"] == "arch") & (table["target"] == "kidney")].iloc[0]
     assert arch["combinations"] == "1 of 2" and arch["n"] == 20
     post = table[table["axis"] == "post"]
@@ -234,7 +238,7 @@ def test_configuration_level_uses_fold_models_and_inference_only_uses_cases():
     table = _compare(results, "plain")
     assert (table["unit"] == "fold models").all() and (table["df"] == 4).all()
     assert ((table["ci_high"] - table["ci_low"]) > 0.02).all()
-    same = stats.compare_to_baseline(
+    same = comparisons.compare_to_baseline(
         _matrices(results), "plain", case_folds(results.tidy), {"residual": True}
     )
     assert (same["unit"] == "cases").all() and (same["kind"] == "inference-only").all()

@@ -7,10 +7,12 @@ import pytest
 
 from ablate.report import synthetic_results
 from ablate.report.analysis import analyse
-from ablate.report.collect import Results, format_p
+from ablate.report.collect import Results
 from ablate.report.held_out import _shipped, per_case
-from ablate.report.html import _compare_line, build_tables, summary_lines
+from ablate.report.html import build_tables
 from ablate.report.stats import case_ranks, rank_then_aggregate
+from ablate.report.summary import _compare_line, summary_lines
+from ablate.report.tables import format_p
 
 N = 40
 

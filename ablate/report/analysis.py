@@ -18,18 +18,16 @@ from ablate.report.collect import (
     variant_axes,
     variant_order,
 )
+from ablate.report.comparisons import compare_to_baseline, inference_axis, main_effects
 from ablate.report.families import Family, report_families
 from ablate.report.held_out import HeldOut, analyse_held_out
 from ablate.report.paired import noninferiority
 from ablate.report.stats import (
     HIGHER_IS_BETTER,
     case_matrices,
-    compare_to_baseline,
     describe,
     friedman,
     holm,
-    inference_axis,
-    main_effects,
     pairwise_wilcoxon,
     pareto_front,
     rank_stability,

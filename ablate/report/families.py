@@ -110,7 +110,14 @@ def report_families(
                 "p",
                 "T",
                 f"held-out table 'each variant vs {baseline}'",
-                "test-set comparisons with the baseline on {M}",
+                "test-set comparisons with the baseline on {M} (paired t on the cases)",
+            )
+            fams += _per_metric(
+                held_out.compare,
+                "wilcoxon_p",
+                "TW",
+                f"held-out table 'each variant vs {baseline}'",
+                "test-set case-level Wilcoxon of every variant vs the baseline on {M}",
             )
     return fams
 

@@ -14,17 +14,17 @@ import numpy as np
 import pandas as pd
 
 from ablate.report import plots
-from ablate.report.collect import Table, _num, _pct, compare_table, format_p
+from ablate.report.comparisons import compare_to_baseline
 from ablate.report.paired import paired_mean
 from ablate.report.stats import (
     ALPHA,
     HIGHER_IS_BETTER,
     MIN_PAIRS,
     TOO_FEW,
-    compare_to_baseline,
     holm,
     wilcoxon_p,
 )
+from ablate.report.tables import Table, _num, _pct, compare_table, format_p
 
 ENSEMBLE = "ensemble"
 EXTERNAL = "external"

@@ -14,13 +14,15 @@ import pandas as pd
 from ablate.errors import ConfigError
 from ablate.report import plots
 from ablate.report.analysis import Analysis, analyse
-from ablate.report.collect import (
+from ablate.report.held_out import held_out_figures, held_out_tables
+from ablate.report.stats import HIGHER_IS_BETTER
+from ablate.report.summary import methods_text, summary_lines
+from ablate.report.tables import (
     Table,
     accuracy_table,
     compare_table,
     cost_table,
     diff_text,
-    diff_unit,
     format_p,
     generic_table,
     kits_table,
@@ -28,11 +30,7 @@ from ablate.report.collect import (
     metric_unit,
     noninferiority_table_display,
     table4,
-    value_text,
 )
-from ablate.report.held_out import held_out_figures, held_out_summary, held_out_tables
-from ablate.report.paired import MIN_RUNS
-from ablate.report.stats import HIGHER_IS_BETTER, MIN_PAIRS
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -157,206 +155,6 @@ def _in_points(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
             out[col] = out[col].map(format_p)
     out["metric"] = out["metric"].map(metric_label)
     return out
-
-
-def summary_lines(a: Analysis, max_lines: int = 12) -> list[str]:
-    """Plain-words summary: study size, best variant per target (on the cases every variant has),
-    the comparisons with the baseline (mean paired difference, its CI and the verdict of the same
-    test), non-inferiority of cheaper variants."""
-    n_cases = max(len(m) for m in a.matrices.values())
-    targets = list(pd.unique(a.describe["target"]))
-    runs = (
-        f"{a.n_folds} fold model(s) x {a.n_seeds} seed(s) = {a.n_folds * a.n_seeds} "
-        "training runs per trained variant"
-        if a.n_folds
-        else f"{a.n_seeds} seed(s)"
-    )
-    lines = [
-        f"{len(a.order)} variants, {n_cases} cases, targets {', '.join(targets)}, {runs}; "
-        f"baseline: {a.baseline}."
-    ]
-    lines += _best_lines(a)
-    rows = (
-        a.compare.sort_values(["significant", "p_holm"], ascending=[False, True])
-        if not a.compare.empty
-        else a.compare
-    )
-    for r in rows.head(max_lines).itertuples(index=False):
-        lines.append(_compare_line(r))
-    if len(rows) > max_lines:
-        lines.append(f"... and {len(rows) - max_lines} more comparisons under Statistics.")
-    ni = a.noninferiority
-    if not ni.empty:  # the first metric's lines; the rest under Statistics
-        shown = ni[ni["metric"] == a.metrics[0]].head(max_lines)
-        lines += [_noninferiority_line(r) for r in shown.itertuples(index=False)]
-        if len(ni) > len(shown):
-            lines.append(
-                f"... and {len(ni) - len(shown)} more non-inferiority tests under Statistics."
-            )
-    if a.held_out is not None:
-        lines += held_out_summary(a.held_out, a.metrics[0])
-    if a.missing:
-        lines.append(f"{len(a.missing)} job(s) have no results; see Methods.")
-    return lines
-
-
-def _best_lines(a: Analysis) -> list[str]:
-    metric = a.metrics[0]
-    lines = []
-    first = a.common[a.common["metric"] == metric]
-    for target, part in first.groupby("target", sort=False):
-        values = part["common_mean"] if HIGHER_IS_BETTER[metric] else -part["common_mean"]
-        if values.isna().all():
-            continue
-        best = part.loc[values.idxmax()]
-        absent = [f"{v} {n}" for v, n in zip(part["variant"], part["absent"], strict=True) if n]
-        text = (
-            f"Best mean {metric_label(metric)} on {target} over the {best['n_common']} cases "
-            f"every variant has: {best['variant']} "
-            f"({value_text(best['common_mean'], metric)}"
-            f"{'%' if metric_unit(metric) == '%' else ' mm'})"
-        )
-        if absent:
-            text += f"; absent cases: {', '.join(absent)}"
-        lines.append(text + ".")
-    comp = a.common[a.common["target"] == "composite"]
-    if not comp.empty and comp["common_mean"].notna().any():
-        best = comp.loc[comp["common_mean"].idxmax()]
-        lines.append(
-            f"Best composite Dice over the {best['n_common']} cases every variant has: "
-            f"{best['variant']} ({100 * best['common_mean']:.1f}%)."
-        )
-    return lines
-
-
-def _compare_line(r) -> str:
-    unit = diff_unit(r.metric)
-    head = f"{r.variant} vs {r.baseline}, {r.target} {metric_label(r.metric)} ({r.kind})"
-    if r.n < MIN_PAIRS:
-        return f"{head}: only {r.n} paired cases, too few for a test."
-    level = "configuration level" if r.unit == "fold models" else "case level"
-    text = f"{head}: mean paired difference {diff_text(r.mean_diff, r.metric, 1)} {unit}"
-    if r.note:
-        text += f"; {r.note}"
-    else:
-        verdict = (
-            ("significantly " + ("better" if r.better else "worse"))
-            if r.significant
-            else "not significant"
-        )
-        text += (
-            f", 95% CI [{diff_text(r.ci_low, r.metric, 1)}, "
-            f"{diff_text(r.ci_high, r.metric, 1)}] (unadjusted), "
-            f"{format_p(r.p_holm, prefix=True)} after Holm ({level}, family "
-            f"H-{r.metric.upper()}): {verdict}"
-        )
-    plan = _planning_text(r)
-    if plan:
-        text += f"; {plan}"
-    if not np.isnan(r.wilcoxon_p_holm):
-        differ = "differ" if r.wilcoxon_significant else "no difference shown"
-        text += (
-            f". Case level, these trained models: Wilcoxon "
-            f"{format_p(r.wilcoxon_p_holm, prefix=True)} after Holm ({differ}), median "
-            f"paired difference {diff_text(r.median_diff, r.metric, 1)} {unit}"
-        )
-    return text + "."
-
-
-def _planning_text(r) -> str:
-    """Seeds or cases the headline test would need to detect the study's stated difference (its
-    non-inferiority margin) with 80% power; empty when none is stated or the row is significant."""
-    detect = getattr(r, "detect", np.nan)
-    if pd.isna(detect) or r.significant or r.note:
-        return ""
-    size = f"{diff_text(detect, r.metric, 1).lstrip('+')} {diff_unit(r.metric)}"
-    seeds, cases = getattr(r, "seeds_needed", None), getattr(r, "cases_needed", None)
-    seeds = None if seeds is None or pd.isna(seeds) else int(seeds)
-    cases = None if cases is None or pd.isna(cases) else int(cases)
-    if r.unit != "fold models":
-        return f"to detect {size} with 80% power: {cases} paired cases" if cases else ""
-    options = []
-    if seeds:
-        options.append(f"{seeds} seed(s) per fold on these cases")
-    if cases:
-        options.append(f"{cases} cases with the present seeds")
-    if not options:
-        return f"detecting {size} with 80% power needs more seeds and more cases together"
-    return f"to detect {size} with 80% power: " + ", or ".join(options)
-
-
-def _noninferiority_line(r) -> str:
-    unit = diff_unit(r.metric)
-    margin = f"{diff_text(r.margin, r.metric, 1).lstrip('+')} {unit}"
-    parts = []
-    sec = getattr(r, "infer_seconds_per_case_saved", np.nan)
-    ref = getattr(r, "infer_seconds_per_case_ref", np.nan)
-    if pd.notna(sec) and sec > 0 and pd.notna(ref) and ref > 0:
-        parts.append(f"saves {sec:.2g} s of inference per case, {100 * sec / ref:.0f}%")
-    mem = getattr(r, "peak_infer_memory_mb_saved", np.nan)
-    if pd.notna(mem) and mem > 0:
-        parts.append(f"{mem:,.0f} MB less inference memory")
-    params = getattr(r, "parameters_saved", np.nan)
-    if pd.notna(params) and params > 0:
-        parts.append(f"{params / 1e6:.2f} M fewer parameters")
-    saved = f" ({'; '.join(parts)})" if parts else ""
-    head = (
-        f"Non-inferiority, {r.target} {metric_label(r.metric)}: {r.candidate}{saved} vs "
-        f"{r.reference}"
-    )
-    if r.note or np.isnan(r.p):
-        return f"{head}: no test ({r.note or 'too few pairs'})."
-    numbers = (
-        f"mean difference {diff_text(r.mean_diff, r.metric, 1)} {unit}, one-sided 95% "
-        f"bound {diff_text(r.bound, r.metric, 1)} {unit}, "
-        f"{format_p(r.p_holm, prefix=True)} after Holm"
-    )
-    if r.noninferior:
-        return f"{head}: non-inferior within {margin} ({numbers})."
-    return f"{head}: cannot claim non-inferiority within {margin} ({numbers})."
-
-
-def methods_text(a: Analysis) -> list[str]:
-    """The statistical methods in words; the Holm families follow as a list."""
-    runs = f"{a.n_folds} folds" if a.n_folds else "no fold information"
-    margins = (
-        ", ".join(
-            f"{metric_label(k)} {diff_text(v, k).lstrip('+')} {diff_unit(k)}"
-            for k, v in a.margins.items()
-        )
-        or "none declared"
-    )
-    return [
-        "Unit of analysis: one case; each case lies in one validation fold and a variant's value "
-        "for a case is the mean over its seeds. Variants are paired by case on the cases both "
-        "have; absent cases are counted per variant, and 'best' and bold use only the cases "
-        "every compared variant has.",
-        "Configuration level (the headline for variants that train their own models): fold "
-        "models and seeds are training runs, and every case a fold model predicts shares its "
-        "offset, so the mean paired difference is tested with a cluster-robust t-test whose "
-        f"clusters are the folds ({runs}; K - 1 degrees of freedom; with equal folds the paired "
-        "t-test on the fold means). Chosen by calibration against the case-level Wilcoxon, a "
-        "hierarchical bootstrap over folds and cases and Nadeau and Bengio's corrected t-test "
-        "(docs/STATISTICS.md); it does not model the overlap of the folds' training sets. With "
-        f"fewer than {MIN_RUNS} fold models there is no configuration-level verdict.",
-        "Inference-only variants (differing from the baseline only on infer. axes such as TTA "
-        "and postprocessing: the same trained models) and the held-out test set use the cases "
-        "as the unit: paired t-test on the mean difference.",
-        "Case level (these trained models differ): two-sided paired Wilcoxon signed-rank; zero "
-        f"differences dropped, at least {MIN_PAIRS} non-zero pairs, exact permutation p (ties "
-        "by midranks) up to 50 non-zero pairs, normal approximation above. The median paired "
-        "difference shown with it is labelled as a median.",
-        f"Non-inferiority (margins from the study's analysis.noninferiority_margin: {margins}): "
-        "one-sided t-test (Schuirmann) of the cheaper variant against the margin, with the "
-        "headline's error term; the equivalence p of both one-sided tests is exported.",
-        "Intervals beside verdicts are 95% t intervals, not adjusted for multiplicity (labelled "
-        "unadjusted); verdicts use Holm-adjusted p at alpha 0.05. p-values print with as many "
-        "digits as needed to sit on the same side of 0.05 as the verdict. Ranking: "
-        "rank-then-aggregate (challengeR) with missing values ranked last, 1000 case bootstrap "
-        "samples, Kendall's tau. Lower is better for HD95, ASSD and |RVD| in every ranking, "
-        "bold, 'best', Pareto front and significance map.",
-        "Holm families (each adjusts only within itself):",
-    ]
 
 
 def render_figures(

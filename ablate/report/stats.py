@@ -11,26 +11,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from ablate.report.paired import (
-    MIN_RUNS,
-    cases_needed,
-    minimum_detectable,
-    paired_mean,
-    runs_needed,
-)
-from ablate.study import axis_paths
-
 HIGHER_IS_BETTER = {"dsc": True, "nsd": True, "hd95": False, "assd": False, "abs_rvd": False}
 MIN_PAIRS = 6  # non-zero paired differences a Wilcoxon test needs
 EXACT_MAX = 50  # non-zero pairs up to which the Wilcoxon p is exact
 ALPHA = 0.05
 TOO_FEW = f"fewer than {MIN_PAIRS} non-zero paired differences: no test"
-
-
-def inference_axis(axis: str) -> bool:
-    """True when the axis only sets `infer.` paths (TTA, postprocessing): its levels share the
-    trained models. Unknown names count as training axes (the conservative error term)."""
-    return all(p.startswith("infer.") for p in axis_paths(str(axis)))
 
 
 def holm(p_values) -> np.ndarray:
@@ -115,142 +100,6 @@ def _exact_signed_rank_p(d: np.ndarray, alternative: str) -> float:
     if alternative == "less":
         return float(less)
     return float(min(1.0, 2 * min(greater, less)))
-
-
-def bootstrap_ci(
-    values: np.ndarray,
-    rng: np.random.Generator,
-    statistic=np.median,
-    n_boot: int = 2000,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of `statistic` over resampled cases (vectorised)."""
-    values = np.asarray(values, dtype=float)
-    values = values[~np.isnan(values)]
-    if values.size < 2:
-        return (np.nan, np.nan)
-    idx = rng.integers(0, values.size, (n_boot, values.size))
-    boot = statistic(values[idx], axis=1)
-    tail = (1.0 - level) / 2 * 100
-    lo, hi = np.percentile(boot, [tail, 100 - tail])
-    return (float(lo), float(hi))
-
-
-def compare_to_baseline(
-    matrices: dict,
-    baseline: str,
-    case_folds: pd.Series | None = None,
-    inference_only: dict[str, bool] | None = None,
-    n_seeds: int = 1,
-    detect: dict[str, float] | None = None,
-) -> pd.DataFrame:
-    """Each variant vs the baseline per (target, metric), on the cases both have.
-
-    Headline (columns mean_diff, ci_low, ci_high, p, p_holm, significant): the mean paired
-    difference (variant - baseline) with a t interval and test whose error term holds the training
-    runs (the cases of a fold share its fold model: `paired.paired_mean` with the folds of
-    `case_folds` as clusters). A variant marked in `inference_only` (same trained models as the
-    baseline) is compared case by case instead (paired t-test). Beside it, the case-level
-    two-sided Wilcoxon signed-rank test (these trained models differ) with the median paired
-    difference. Holm runs per metric over the rows of that metric (variants x targets), for the
-    headline p and for the Wilcoxon p separately; column `family` names it. `detect` (metric ->
-    difference) adds the seeds and cases the headline test needs to detect it with 80% power.
-    """
-    inference_only = inference_only or {}
-    rows = []
-    for (target, metric), m in matrices.items():
-        if baseline not in m:
-            continue
-        for variant in [v for v in m.columns if v != baseline]:
-            rows.append(
-                _compare_row(
-                    m,
-                    variant,
-                    baseline,
-                    target,
-                    metric,
-                    case_folds,
-                    inference_only.get(variant, False),
-                    n_seeds,
-                    (detect or {}).get(metric),
-                )
-            )
-    out = pd.DataFrame(rows)
-    if out.empty:
-        return out
-    sizes = out.groupby("metric")["metric"].transform("size")
-    out["family"] = [
-        f"{metric.upper()} vs {baseline} ({k} rows: variants x targets)"
-        for metric, k in zip(out["metric"], sizes, strict=True)
-    ]
-    for col in ("p", "wilcoxon_p"):
-        out[f"{col}_holm"] = out.groupby("metric")[col].transform(lambda p: holm(p.to_numpy()))
-    out["significant"] = out["p_holm"] < ALPHA
-    out["wilcoxon_significant"] = out["wilcoxon_p_holm"] < ALPHA
-    hib = out["metric"].map(HIGHER_IS_BETTER).fillna(True).astype(bool)
-    out["better"] = (out["mean_diff"] > 0) == hib
-    return out
-
-
-def _compare_row(
-    m, variant, baseline, target, metric, case_folds, inference_only, n_seeds, detect=None
-):
-    has_v, has_b = m[variant].notna(), m[baseline].notna()
-    both = has_v & has_b
-    d = (m.loc[both, variant] - m.loc[both, baseline]).to_numpy(dtype=float)
-    folds = None
-    if not inference_only and case_folds is not None:
-        folds = case_folds.reindex(m.index[both]).to_numpy()
-    head = (
-        paired_mean(d, None)
-        if inference_only or case_folds is None or d.size < MIN_PAIRS
-        else paired_mean(d, folds)
-    )
-    note = ""
-    if d.size < MIN_PAIRS:
-        head.update(p=np.nan, ci_low=np.nan, ci_high=np.nan)
-        note = f"only {d.size} paired cases: too few for a test"
-    elif not inference_only and head["clusters"] < MIN_RUNS:
-        note = (
-            f"only {head['clusters']} training run(s) (fold models) per variant: too few to "
-            "estimate the training variance, no configuration-level verdict; cross-validate "
-            f"with at least {MIN_RUNS} folds (5 recommended)"
-        )
-    wil = wilcoxon_p(d)[0] if d.size else np.nan
-    needed = {"seeds_needed": None, "cases_needed": None}
-    if detect and d.size >= MIN_PAIRS:
-        if folds is None:
-            needed["cases_needed"] = cases_needed(d, detect)
-        else:
-            needed = runs_needed(d, folds, detect, n_seeds)
-    seeds = f", mean over {n_seeds} seeds" if n_seeds > 1 else ""
-    unit = "cases" if inference_only or folds is None else "fold models"
-    return {
-        "target": target,
-        "metric": metric,
-        "variant": variant,
-        "baseline": baseline,
-        "kind": "inference-only" if inference_only else "training",
-        "n": int(d.size),
-        "absent_variant": int((has_b & ~has_v).sum()),
-        "absent_baseline": int((has_v & ~has_b).sum()),
-        "mean_diff": head["mean"],
-        "se": head["se"],
-        "df": head["df"],
-        "clusters": head["clusters"],
-        "unit": unit,
-        "ci_low": head["ci_low"],
-        "ci_high": head["ci_high"],
-        "p": head["p"],
-        "mdd": minimum_detectable(head["se"], head["df"]),
-        "detect": detect if detect else np.nan,
-        **needed,
-        "median_diff": float(np.median(d)) if d.size else np.nan,
-        "wilcoxon_p": wil,
-        "nonzero": int((d != 0).sum()),
-        "note": note,
-        "pairs": f"{d.size} cases: per-case {metric.upper()} of {variant} vs {baseline}{seeds}",
-    }
 
 
 def friedman(matrices: dict) -> pd.DataFrame:
@@ -369,71 +218,6 @@ def _kendall_tau(reference: np.ndarray, rankings: np.ndarray) -> np.ndarray:
     denom = np.sqrt((s_ref != 0).sum() * (s_b != 0).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, concord / denom, np.nan)
-
-
-def main_effects(
-    tidy: pd.DataFrame,
-    axes: list[str],
-    metrics: list[str],
-    reference_levels: dict[str, str],
-    case_folds: pd.Series | None = None,
-) -> pd.DataFrame:
-    """Factorial main effect of each axis: per case, the difference level - reference level,
-    averaged over the combinations of the other axes that every case has at both levels (a
-    combination missing anywhere is left out for all cases, so every case averages the same
-    contrasts; `combinations` says how many of how many), then the mean over cases with a t
-    interval and test: clusters are the folds for a training axis, the cases for an `infer.` axis
-    (the same trained models). A None level is a level ("None"); variants without any axis value
-    (ensembles, external predictions) are not part of the grid."""
-    rows = []
-    sub = tidy[tidy["metric"].isin(metrics)]
-    sub = sub[sub[axes].notna().any(axis=1)].copy()
-    for axis in axes:
-        sub[axis] = sub[axis].map(lambda v: "None" if v is None or v != v else v)
-    for axis in axes:
-        levels = list(pd.unique(sub[axis]))
-        if len(levels) < 2:
-            continue
-        ref = reference_levels.get(axis, levels[0])
-        ref = "None" if ref is None else ref
-        others = [a for a in axes if a != axis]
-        wide = (
-            sub.groupby(["target", "metric", "case", *others, axis], sort=False)["value"]
-            .mean()
-            .unstack(axis)
-        )
-        for level in [lv for lv in levels if lv != ref]:
-            diff = wide[level] - wide[ref]
-            for (target, metric), d in diff.groupby(level=[0, 1], sort=False):
-                rows.append(_effect_row(d, axis, level, ref, target, metric, others, case_folds))
-    return pd.DataFrame(rows)
-
-
-def _effect_row(d, axis, level, ref, target, metric, others, case_folds) -> dict:
-    by_combo = d.droplevel([0, 1]).unstack(others) if others else d.droplevel([0, 1]).to_frame()
-    complete = by_combo.loc[:, by_combo.notna().all(axis=0)] if len(by_combo) else by_combo
-    per_case = complete.mean(axis=1) if complete.shape[1] else pd.Series(dtype=float)
-    training = not inference_axis(axis)
-    folds = (
-        case_folds.reindex(per_case.index).to_numpy()
-        if training and case_folds is not None
-        else None
-    )
-    res = paired_mean(per_case.to_numpy(dtype=float), folds)
-    return {
-        "axis": axis,
-        "level": level,
-        "reference": ref,
-        "target": target,
-        "metric": metric,
-        "n": res["n"],
-        "combinations": f"{complete.shape[1]} of {by_combo.shape[1]}",
-        "unit": "fold models" if folds is not None else "cases",
-        "mean_diff": res["mean"],
-        "ci_low": res["ci_low"],
-        "ci_high": res["ci_high"],
-        "p": res["p"],
-    }
 
 
 def seed_spread(tidy: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
