@@ -557,3 +557,11 @@ def test_nnunet_dataset_key_lists_files_and_a_missing_channel_is_named(
     assert "case_001_0000.nii.gz: image of labelled case 'case_001' is missing" in (
         capsys.readouterr().out
     )
+
+
+def test_row3_kits23_case_without_its_label_is_named_not_dropped(tmp_path, capsys):
+    root = layouts.kits(tmp_path / "kits23", version=23)
+    (root / "dataset" / "case_00001" / "segmentation.nii.gz").unlink()
+    assert [c.label is None for c in read_dataset(root).cases] == [False, True]
+    assert main(["verify", str(root)]) == 2
+    assert "case 'case_00001' has no label file" in capsys.readouterr().out

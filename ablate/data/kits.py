@@ -10,8 +10,8 @@ All three store the axial slice axis first in the NIfTI file; each case is reori
 into ``<root>_ablate_converted/`` (identity direction, arrays (Z, Y, X) with slices first).
 KiTS19 is scored on kidney = kidney + tumor and tumor (seed 004); KiTS21/23 are region-based as
 nnU-Net's Dataset220_KiTS2023: kidney (1, 2, 3), masses (2, 3), tumor (2), painted (1, 3, 2).
-Cases with an image but no label (KiTS19's challenge test cases) are left out; a labelled case
-whose image is not downloaded yet is kept, so `verify` names it.
+KiTS19's unlabelled challenge test cases (210-299) are left out; any other case missing its image
+(not downloaded yet) or its label is kept, so `verify` names the file.
 """
 
 from __future__ import annotations
@@ -59,6 +59,12 @@ def detect_kits(root: Path) -> str | None:
     return None
 
 
+def _is_test_case(fmt: str, case_id: str) -> bool:
+    """KiTS19's cases 210-299 are its unlabelled challenge test set; KiTS21/23 label every case."""
+    number = case_id.removeprefix("case_")
+    return fmt == "kits19" and number.isdigit() and 210 <= int(number) <= 299
+
+
 def read_kits(root: Path, fmt: str) -> Dataset:
     from ablate.data.formats import converted_root
 
@@ -66,17 +72,19 @@ def read_kits(root: Path, fmt: str) -> Dataset:
     cases = []
     for case in sorted(p for p in folder.glob("case_*") if p.is_dir()):
         image, seg = case / "imaging.nii.gz", case / LABEL_FILE[fmt]
-        if not seg.is_file():  # KiTS19's 90 challenge test cases ship without labels
-            continue
+        if not seg.is_file() and _is_test_case(fmt, case.name):
+            continue  # KiTS19's 90 challenge test cases ship without labels
         cid = case.name
         new_image = (
             reoriented_copy(image, out / "imagesTr" / f"{cid}_0000{ENDING}")
             if image.is_file()
             else image
         )  # not downloaded yet: verify names it
-        new_label = reoriented_copy(seg, out / "labelsTr" / f"{cid}{ENDING}")
+        new_label = (
+            reoriented_copy(seg, out / "labelsTr" / f"{cid}{ENDING}") if seg.is_file() else None
+        )  # a training case without its label: verify names it
         cases.append(Case(cid, (new_image,), new_label))
-    if not cases:
+    if not any(c.label for c in cases):
         raise DataError(
             f"{folder}: no case_*/ with {LABEL_FILE[fmt]}; clone the {fmt} repository "
             f"and run {GET_IMAGING[fmt]}"
