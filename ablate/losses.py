@@ -27,14 +27,24 @@ class Loss(Protocol):
 
 
 def soft_dice(
-    logits: torch.Tensor, target: torch.Tensor, batch_dice: bool, smooth: float = 1e-5
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    batch_dice: bool,
+    smooth: float = 1e-5,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """nnU-Net's MemoryEfficientSoftDiceLoss: softmax, no background, class mean; returns -dice."""
+    """nnU-Net's MemoryEfficientSoftDiceLoss: softmax, no background, class mean; returns -dice.
+
+    `mask` (B, 1, Z, Y, X), nnU-Net's loss_mask: voxels where it is False count nowhere."""
     probs = torch.softmax(logits.float(), dim=1)[:, 1:]  # (B, K-1, Z, Y, X)
     spatial = tuple(range(2, logits.ndim))
     with torch.no_grad():
         onehot = torch.zeros_like(logits, dtype=probs.dtype).scatter_(1, target.long(), 1)[:, 1:]
+        if mask is not None:
+            onehot = onehot * mask
         sum_gt = onehot.sum(spatial)  # (B, K-1)
+    if mask is not None:
+        probs = probs * mask
     intersect = (probs * onehot).sum(spatial)
     sum_pred = probs.sum(spatial)
     if batch_dice:
@@ -43,16 +53,19 @@ def soft_dice(
     return -dice.mean()
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), target[:, 0].long())
+def cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100
+) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), target[:, 0].long(), ignore_index=ignore_index)
 
 
 def topk_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, percent: float = 10.0
+    logits: torch.Tensor, target: torch.Tensor, percent: float = 10.0, ignore_index: int = -100
 ) -> torch.Tensor:
-    """nnU-Net's TopKLoss: mean CE over the `percent` % highest-loss voxels of the whole batch."""
+    """nnU-Net's TopKLoss: mean CE over the `percent` % highest-loss voxels of the whole batch
+    (ignored voxels count as 0, as in nnU-Net)."""
     per_voxel = F.cross_entropy(
-        logits.float(), target[:, 0].long(), reduction="none"
+        logits.float(), target[:, 0].long(), reduction="none", ignore_index=ignore_index
     )  # (B, Z, Y, X)
     k = max(1, int(per_voxel.numel() * percent / 100))
     top, _ = torch.topk(per_voxel.reshape(-1), k, sorted=False)
@@ -147,10 +160,40 @@ LOSSES: dict[str, Callable[[bool], Loss]] = {
 }
 
 
-def build_loss(name: str, batch_dice: bool) -> Loss:
+def build_loss(name: str, batch_dice: bool, ignore_label: int | None = None) -> Loss:
+    """The loss `name`; with a dataset's `ignore_label`, voxels holding it are left out of the
+    CE and Dice terms as nnU-Net's compound losses do (label-map losses only)."""
     if name not in LOSSES:
         raise ConfigError(f"train.loss: unknown loss {name!r}; valid: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name](batch_dice)
+    if ignore_label is None:
+        return LOSSES[name](batch_dice)
+    if name in REGION_LOSSES:
+        raise ConfigError(
+            f"train.loss: {name!r} does not support the dataset's ignore label yet; train on "
+            "labels (dice_ce, dice_topk, ce_to_dice) or drop the ignore label"
+        )
+    return _ignoring(name, batch_dice, ignore_label)
+
+
+def _ignoring(name: str, batch_dice: bool, ignore_label: int) -> Loss:
+    """nnU-Net's DC_and_CE_loss / DC_and_topk_loss with ignore_label: the Dice target has the
+    ignored voxels set to 0 and masked out; CE ignores them and is 0 when all are ignored."""
+    ce_term = topk_cross_entropy if name == "dice_topk" else cross_entropy
+
+    def loss(logits: torch.Tensor, target: torch.Tensor, progress: float) -> torch.Tensor:
+        w_ce, w_dice = ce_to_dice_weights(progress) if name == "ce_to_dice" else (1.0, 1.0)
+        mask = target != ignore_label  # (B, 1, Z, Y, X)
+        # a zero tied to the logits: with every voxel ignored and no Dice weight (CE-to-Dice's
+        # first half) backward still runs and gives zero gradients, where nnU-Net returns int 0
+        total = logits.float().sum() * 0.0
+        if w_dice:
+            dice_target = torch.where(mask, target, 0)
+            total = total + w_dice * soft_dice(logits, dice_target, batch_dice, mask=mask)
+        if w_ce and bool(mask.any()):
+            total = total + w_ce * ce_term(logits, target, ignore_index=ignore_label)
+        return total
+
+    return loss
 
 
 def deep_supervision_weights(mode: str, n_outputs: int) -> list[float]:
