@@ -68,3 +68,10 @@ def test_noninferiority_keeps_its_one_sided_level():
     rng = np.random.default_rng(4)
     rate = cal.noninferiority_level(rng, margin=0.01, reps=REPS, n_cases=40, run_sd=0.005)
     assert rate <= ALPHA + _tolerance(ALPHA)
+
+
+@pytest.mark.parametrize("seeds", [3, 5])
+def test_seed_level_false_positive_rate_with_one_split(seeds):
+    rng = np.random.default_rng(30 + seeds)
+    rate = cal.seed_level_false_positive_rate(rng, REPS, n_cases=40, seeds=seeds, run_sd=0.01)
+    assert rate <= ALPHA + _tolerance(ALPHA)

@@ -249,5 +249,24 @@ def test_too_few_fold_models_says_so():
     results = synthetic_results(ARCH, n_cases=20, folds=2)
     table = _compare(results, "plain")
     assert table["p"].isna().all() and not table["significant"].any()
-    assert table["note"].str.contains("only 2 training run").all()
+    assert table["note"].str.contains("only 2 fold model\\(s\\) x 1 seed\\(s\\)").all()
+    assert table["note"].str.contains("run at least 3 seeds").all()
     assert table["wilcoxon_p"].notna().all()  # the case-level test still speaks for the models
+
+
+def test_with_few_folds_three_seeds_are_the_training_runs():
+    results = synthetic_results(ARCH, n_cases=20, folds=2, seeds=(0, 1, 2), run_sd=0.01)
+    tidy = results.tidy
+    from ablate.report.analysis import seed_matrices
+
+    table = comparisons.compare_to_baseline(
+        _matrices(results),
+        "plain",
+        case_folds(tidy),
+        n_seeds=3,
+        seed_values=seed_matrices(tidy, ["dsc", "nsd"]),
+    )
+    assert (table["unit"] == "seeds").all() and (table["df"] == 2).all()
+    assert (table["note"] == "").all() and table["p"].notna().all()
+    m = _matrices(results)[("kidney", "dsc")]
+    assert table["mean_diff"].iat[0] == pytest.approx((m["residual"] - m["plain"]).mean())

@@ -21,7 +21,7 @@ from ablate.report.collect import (
 from ablate.report.comparisons import compare_to_baseline, inference_axis, main_effects
 from ablate.report.families import Family, report_families
 from ablate.report.held_out import HeldOut, analyse_held_out
-from ablate.report.paired import noninferiority
+from ablate.report.paired import MIN_RUNS, noninferiority
 from ablate.report.stats import (
     HIGHER_IS_BETTER,
     case_matrices,
@@ -96,8 +96,15 @@ def analyse(results: Results, meta: dict, seed: int = 0, n_boot: int = 2000) -> 
     hib = HIGHER_IS_BETTER[metrics[0]]
     many = len(labels) >= 3
     margins = noninferiority_margins(meta)
+    few_folds = folds is None or folds.nunique() < MIN_RUNS
     compare = compare_to_baseline(
-        matrices, baseline, folds, inference_only_variants(results, baseline), n_seeds, margins
+        matrices,
+        baseline,
+        folds,
+        inference_only_variants(results, baseline),
+        n_seeds,
+        margins,
+        seed_matrices(tidy, metrics) if few_folds and n_seeds >= MIN_RUNS else None,
     )
     effects = main_effects(tidy, results.axes, metrics, _reference_levels(results, baseline), folds)
     if not effects.empty:
@@ -154,6 +161,14 @@ def report_rows(tidy: pd.DataFrame) -> pd.DataFrame:
     )
     value = out["value"].astype(float)
     return out.assign(value=value.where(np.isfinite(value) | value.isna(), np.nan))
+
+
+def seed_matrices(tidy: pd.DataFrame, metrics: list[str]) -> dict:
+    """(target, metric) -> cases x (variant, seed): per-seed values for seeds as training runs."""
+    sub = tidy[tidy["metric"].isin(metrics)]
+    keys = ["target", "metric", "case", "variant", "seed"]
+    wide = sub.groupby(keys, sort=False)["value"].mean().unstack(["variant", "seed"])
+    return {key: frame.droplevel([0, 1]) for key, frame in wide.groupby(level=[0, 1], sort=False)}
 
 
 def case_folds(tidy: pd.DataFrame) -> pd.Series | None:

@@ -170,6 +170,17 @@ def noninferiority_level(rng, margin=0.01, reps=2000, **kw) -> float:
     return float((p < 0.05).mean())
 
 
+def seed_level_false_positive_rate(
+    rng, reps=2000, n_cases=40, seeds=3, run_sd=0.005, case_sd=0.02
+) -> float:
+    """One split (no folds to cluster on), `seeds` training runs per variant: the t-test over the
+    per-seed mean differences, as the report uses it with fewer than 3 folds."""
+    runs = rng.normal(0.0, run_sd * np.sqrt(2), (reps, seeds))  # variant - baseline run offsets
+    noise = rng.normal(0.0, case_sd * np.sqrt(2), (reps, seeds, n_cases)).mean(axis=2)
+    mean, se, df = cluster_mean_rows(runs + noise, np.arange(seeds))
+    return float((t_test_rows(mean, se, df) < 0.05).mean())
+
+
 def mc_error(rate: float, reps: int) -> float:
     """One Monte-Carlo standard error of a simulated rate."""
     return float(np.sqrt(rate * (1 - rate) / reps))

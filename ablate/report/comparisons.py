@@ -31,6 +31,7 @@ def compare_to_baseline(
     inference_only: dict[str, bool] | None = None,
     n_seeds: int = 1,
     detect: dict[str, float] | None = None,
+    seed_values: dict | None = None,
 ) -> pd.DataFrame:
     """Each variant vs the baseline per (target, metric), on the cases both have.
 
@@ -43,6 +44,9 @@ def compare_to_baseline(
     difference. Holm runs per metric over the rows of that metric (variants x targets), for the
     headline p and for the Wilcoxon p separately; column `family` names it. `detect` (metric ->
     difference) adds the seeds and cases the headline test needs to detect it with 80% power.
+    With fewer than MIN_RUNS folds but MIN_RUNS or more seeds, `seed_values` ((target, metric) ->
+    cases x (variant, seed)) gives the runs instead: per seed (paired in order) the mean
+    difference over the common cases, a t-test over seeds (the cases then stay fixed).
     """
     inference_only = inference_only or {}
     rows = []
@@ -61,6 +65,7 @@ def compare_to_baseline(
                     inference_only.get(variant, False),
                     n_seeds,
                     (detect or {}).get(metric),
+                    (seed_values or {}).get((target, metric)),
                 )
             )
     out = pd.DataFrame(rows)
@@ -81,7 +86,16 @@ def compare_to_baseline(
 
 
 def _compare_row(
-    m, variant, baseline, target, metric, case_folds, inference_only, n_seeds, detect=None
+    m,
+    variant,
+    baseline,
+    target,
+    metric,
+    case_folds,
+    inference_only,
+    n_seeds,
+    detect=None,
+    seed_values=None,
 ):
     has_v, has_b = m[variant].notna(), m[baseline].notna()
     both = has_v & has_b
@@ -95,24 +109,30 @@ def _compare_row(
         else paired_mean(d, folds)
     )
     note = ""
+    unit = "cases" if inference_only or folds is None else "fold models"
     if d.size < MIN_PAIRS:
         head.update(p=np.nan, ci_low=np.nan, ci_high=np.nan)
         note = f"only {d.size} paired cases: too few for a test"
-    elif not inference_only and head["clusters"] < MIN_RUNS:
-        note = (
-            f"only {head['clusters']} training run(s) (fold models) per variant: too few to "
-            "estimate the training variance, no configuration-level verdict; cross-validate "
-            f"with at least {MIN_RUNS} folds (5 recommended)"
-        )
+    elif not inference_only and folds is not None and head["clusters"] < MIN_RUNS:
+        per_seed = _seed_differences(seed_values, variant, baseline, m.index[both])
+        if per_seed.size >= MIN_RUNS:
+            head = {**paired_mean(per_seed, None), "n": int(d.size)}
+            folds, unit = None, "seeds"
+        else:
+            note = (
+                f"only {head['clusters']} fold model(s) x {max(per_seed.size, 1)} seed(s) per "
+                "variant: too few training runs to estimate their variance, no "
+                f"configuration-level verdict; run at least {MIN_RUNS} seeds (or cross-validate "
+                "with 5 folds)"
+            )
     wil = wilcoxon_p(d)[0] if d.size else np.nan
     needed = {"seeds_needed": None, "cases_needed": None}
-    if detect and d.size >= MIN_PAIRS:
+    if detect and d.size >= MIN_PAIRS and unit != "seeds":
         if folds is None:
             needed["cases_needed"] = cases_needed(d, detect)
         else:
             needed = runs_needed(d, folds, detect, n_seeds)
     seeds = f", mean over {n_seeds} seeds" if n_seeds > 1 else ""
-    unit = "cases" if inference_only or folds is None else "fold models"
     return {
         "target": target,
         "metric": metric,
@@ -139,6 +159,21 @@ def _compare_row(
         "note": note,
         "pairs": f"{d.size} cases: per-case {metric.upper()} of {variant} vs {baseline}{seeds}",
     }
+
+
+def _seed_differences(seed_values, variant, baseline, cases) -> np.ndarray:
+    """Per seed (the k-th seed of each variant paired with the k-th of the other), the mean over
+    `cases` of variant - baseline; empty without per-seed values."""
+    if seed_values is None or variant not in seed_values or baseline not in seed_values:
+        return np.array([])
+    v = seed_values[variant].reindex(cases).to_numpy(dtype=float)  # (cases, seeds)
+    b = seed_values[baseline].reindex(cases).to_numpy(dtype=float)
+    k = min(v.shape[1], b.shape[1])
+    if k == 0:
+        return np.array([])
+    with np.errstate(invalid="ignore"):
+        out = np.nanmean(v[:, :k] - b[:, :k], axis=0)
+    return out[~np.isnan(out)]
 
 
 def main_effects(

@@ -13,6 +13,7 @@ from ablate.report.held_out import held_out_summary
 from ablate.report.paired import MIN_RUNS
 from ablate.report.stats import HIGHER_IS_BETTER, MIN_PAIRS
 from ablate.report.tables import (
+    LEVELS,
     diff_text,
     diff_unit,
     format_p,
@@ -97,7 +98,7 @@ def _compare_line(r) -> str:
     head = f"{r.variant} vs {r.baseline}, {r.target} {metric_label(r.metric)} ({r.kind})"
     if r.n < MIN_PAIRS:
         return f"{head}: only {r.n} paired cases, too few for a test."
-    level = "configuration level" if r.unit == "fold models" else "case level"
+    level = LEVELS.get(r.unit, "case level")
     text = f"{head}: mean paired difference {diff_text(r.mean_diff, r.metric, 1)} {unit}"
     if r.note:
         text += f"; {r.note}"

@@ -19,6 +19,12 @@ class Table:
     note: str = ""
 
 
+# the error term of a comparison, in words
+LEVELS = {
+    "fold models": "configuration level",
+    "seeds": "configuration level over seeds, these cases fixed",
+    "cases": "case level",
+}
 FRACTION_METRICS = ("dsc", "nsd", "abs_rvd")  # shown in % and differences in points
 
 
@@ -219,7 +225,7 @@ def compare_table(compare: pd.DataFrame, title: str | None = None, family: str =
             "not significant",
         ),
     )
-    level = np.where(compare["unit"] == "fold models", "configuration level", "case level")
+    level = compare["unit"].map(LEVELS).fillna("case level")
     wil = np.where(
         compare["wilcoxon_p_holm"].isna(),
         "no test",
