@@ -202,7 +202,9 @@ def methods_text(a: Analysis) -> list[str]:
         "t-test on the fold means). Chosen by calibration against the case-level Wilcoxon, a "
         "hierarchical bootstrap over folds and cases and Nadeau and Bengio's corrected t-test "
         "(docs/STATISTICS.md); it does not model the overlap of the folds' training sets. With "
-        f"fewer than {MIN_RUNS} fold models there is no configuration-level verdict.",
+        f"fewer than {MIN_RUNS} folds, {MIN_RUNS} or more seeds are the training runs instead "
+        "(t-test over the per-seed mean differences on the common cases, which then stay "
+        "fixed); with fewer runs there is no configuration-level verdict and the report says so.",
         "Inference-only variants (differing from the baseline only on infer. axes such as TTA "
         "and postprocessing: the same trained models) and the held-out test set use the cases "
         "as the unit: paired t-test on the mean difference.",
