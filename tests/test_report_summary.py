@@ -205,3 +205,25 @@ def test_study_margins_and_a_demo_like_report(tmp_path):
     for key in ("H-DSC", "W-DSC", "NI-DSC", "P-kidney-DSC", "S-kidney-DSC", "E"):
         assert f"Holm family {key}:" in methods
     assert "Non-inferiority of the cheaper variant" in page
+
+
+def test_which_comparisons_share_their_trained_models():
+    from ablate.report.analysis import inference_only_variants
+
+    results = synthetic_results(
+        {"train.loss": ["dice_ce", "dice_topk"], "infer.tta": ["8", "2"]}, n_cases=6
+    )
+    ensemble = results.tidy[results.tidy["variant"] == "dice_ce / 8"].assign(
+        variant="ens", **{"train.loss": None, "infer.tta": None}
+    )
+    tidy = pd.concat([results.tidy, ensemble], ignore_index=True)
+    flags = inference_only_variants(
+        Results(tidy, results.cost, results.curves, results.axes), "dice_ce / 8"
+    )
+    assert flags == {
+        "dice_ce / 8": True,
+        "dice_ce / 2": True,  # TTA only: the same trained models
+        "dice_topk / 8": False,
+        "dice_topk / 2": False,
+        "ens": False,  # an ensemble of cells: its own configuration
+    }
