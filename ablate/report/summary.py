@@ -41,7 +41,9 @@ def summary_lines(a: Analysis, max_lines: int = 12) -> list[str]:
     ]
     lines += _best_lines(a)
     rows = (
-        a.compare.sort_values(["significant", "p_holm"], ascending=[False, True])
+        a.compare.assign(_m=a.compare["metric"].map({m: i for i, m in enumerate(a.metrics)}))
+        .sort_values(["_m", "significant", "p_holm"], ascending=[True, False, True])
+        .drop(columns="_m")
         if not a.compare.empty
         else a.compare
     )
