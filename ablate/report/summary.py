@@ -174,8 +174,8 @@ def _noninferiority_line(r) -> str:
         return f"{head}: no test ({r.note or 'too few pairs'})."
     numbers = (
         f"mean difference {diff_text(r.mean_diff, r.metric, 1)} {unit}, one-sided 95% "
-        f"bound {diff_text(r.bound, r.metric, 1)} {unit}, "
-        f"{format_p(r.p_holm, prefix=True)} after Holm"
+        f"bound {diff_text(r.bound, r.metric, 1)} {unit} (unadjusted), "
+        f"{format_p(r.p_holm, prefix=True)} after Holm (family NI-{r.metric.upper()})"
     )
     if r.noninferior:
         return f"{head}: non-inferior within {margin} ({numbers})."

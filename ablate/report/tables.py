@@ -327,7 +327,7 @@ def noninferiority_table_display(ni: pd.DataFrame) -> Table:
             "mean diff": [
                 diff_text(x, m) for x, m in zip(ni["mean_diff"], ni["metric"], strict=True)
             ],
-            "one-sided 95% bound": [
+            "one-sided 95% bound (unadjusted)": [
                 diff_text(x, m) for x, m in zip(ni["bound"], ni["metric"], strict=True)
             ],
             "p": ni["p"].map(format_p),
