@@ -102,7 +102,7 @@ def test_held_out_cases_stay_out_of_planning_and_the_ensemble_averages_fold_prob
     from ablate.checkpoint import load_model
     from ablate.config import InferConfig
     from ablate.imageio import read_image
-    from ablate.infer import predict_probabilities, restore_probabilities
+    from ablate.infer import export_labels, export_probabilities, model_logits
     from ablate.preprocess import preprocess_images
 
     work = tiny_study / "work"
@@ -136,11 +136,13 @@ def test_held_out_cases_stay_out_of_planning_and_the_ensemble_averages_fold_prob
     for case in test_cases:
         image, geometry = read_image(data_dir / "imagesTr" / f"{case}_0000.nii.gz")
         data, props = preprocess_images([image], geometry, plan)
-        folds = [predict_probabilities([model], data, plan, cfg, cpu)
-                 for model, _, _ in loaded]  # one fold model at a time
-        for name, probabilities in [("fold_0", folds[0]), ("fold_1", folds[1]),
-                                    ("ensemble", np.mean(folds, axis=0))]:
-            expected = np.argmax(restore_probabilities(probabilities, props, plan), axis=0)
+        # one fold model at a time, exported as nnU-Net does (logits resampled, then argmax); the
+        # ensemble averages the exported probabilities (nnUNetv2_ensemble, the default)
+        logits = [model_logits(model, data, plan, cfg, cpu) for model, _, _ in loaded]
+        ensemble = np.mean([export_probabilities(x, props, plan) for x in logits], axis=0)
+        for name, expected in [("fold_0", export_labels(logits[0], props, plan)),
+                               ("fold_1", export_labels(logits[1], props, plan)),
+                               ("ensemble", np.argmax(ensemble, axis=0))]:
             written, written_geometry = read_image(job_dir / name / f"{case}.nii.gz")
             np.testing.assert_array_equal(written, expected)
             np.testing.assert_allclose(written_geometry.spacing_mm, geometry.spacing_mm,
@@ -158,7 +160,7 @@ def test_a_cross_validation_ensemble_averages_its_members_fold_models(tiny_study
     from ablate.checkpoint import load_model
     from ablate.config import InferConfig
     from ablate.imageio import read_image
-    from ablate.infer import predict_probabilities, restore_probabilities
+    from ablate.infer import export_probabilities, model_logits
     from ablate.preprocess import CaseProperties
 
     work = tiny_study / "work"
@@ -179,9 +181,10 @@ def test_a_cross_validation_ensemble_averages_its_members_fold_models(tiny_study
     for case in json.loads((cache / "splits.json").read_text())[0]["val"]:
         data = np.load(cache / f"{case}_data.npy")
         props = CaseProperties.from_json(json.loads((cache / f"{case}.json").read_text()))
-        mean = np.mean([predict_probabilities([m], data, plan, InferConfig(tta=1), cpu)
+        mean = np.mean([export_probabilities(model_logits(m, data, plan, InferConfig(tta=1), cpu),
+                                             props, plan)
                         for m, _, _ in models], axis=0)  # one member at a time
-        expected = np.argmax(restore_probabilities(mean, props, plan), axis=0)
+        expected = np.argmax(mean, axis=0)
         written = read_image(work / "jobs" / run.data.tags["ablate.job_key"] / "predictions"
                              / f"{case}.nii.gz")[0]
         np.testing.assert_array_equal(written, expected)

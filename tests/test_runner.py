@@ -125,7 +125,7 @@ def test_region_based_study_ensembles_sigmoid_probabilities_on_the_test_set(tmp_
     from ablate.checkpoint import load_model
     from ablate.config import InferConfig
     from ablate.imageio import read_image
-    from ablate.infer import predict_probabilities, probabilities_to_labels, restore_probabilities
+    from ablate.infer import export_probabilities, model_logits, probabilities_to_labels
     from ablate.preprocess import preprocess_images
 
     study = tmp_path / "study.yaml"
@@ -161,14 +161,14 @@ def test_region_based_study_ensembles_sigmoid_probabilities_on_the_test_set(tmp_
         data, props = preprocess_images([image], geometry, plan)
         mean = np.mean(
             [
-                predict_probabilities([m], data, plan, InferConfig(tta=1), cpu, "sigmoid")
+                export_probabilities(
+                    model_logits(m, data, plan, InferConfig(tta=1), cpu), props, plan, regions
+                )
                 for m, _, _ in loaded
             ],
             axis=0,
-        )  # (2 regions, Z, Y, X)
-        expected = probabilities_to_labels(
-            restore_probabilities(mean, props, plan, regions), regions
-        )
+        )  # (2 regions, Z, Y, X) sigmoid probabilities in the original geometry
+        expected = probabilities_to_labels(mean, regions)
         written = read_image(ensemble_dir / f"{case}.nii.gz")[0]
         np.testing.assert_array_equal(written, expected)
 

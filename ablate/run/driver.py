@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ablate.checkpoint import FINAL
+from ablate.checkpoint import checkpoint_for
 from ablate.data.dataset import Case, Dataset
 from ablate.expand import EnsembleJob, EvalJob, ExternalJob, TestJob, TrainJob
 from ablate.run.jobs import (
@@ -314,7 +314,7 @@ def run_study(
                 execute_evaluation,
                 (
                     j,
-                    jobs_dir / j.train_key / "checkpoint_final.pt",
+                    checkpoint_for(jobs_dir / j.train_key, j.infer.checkpoint),
                     data_for[j.train_key],
                     dataset,
                     targets,
@@ -336,7 +336,7 @@ def run_study(
                 execute_ensemble,
                 (
                     j,
-                    [jobs_dir / m.train_key / FINAL for m in j.members],
+                    [checkpoint_for(jobs_dir / m.train_key, m.infer.checkpoint) for m in j.members],
                     data_for[j.members[0].train_key],
                     dataset,
                     targets,
@@ -357,7 +357,7 @@ def run_study(
                 execute_test,
                 (
                     j,
-                    [jobs_dir / k / "checkpoint_final.pt" for k in j.train_keys],
+                    [checkpoint_for(jobs_dir / k, j.infer.checkpoint) for k in j.train_keys],
                     test_cases,
                     targets,
                     tolerance,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ablate.checkpoint import FINAL, checkpoint_regions, load_model
+from ablate.checkpoint import checkpoint_for, checkpoint_regions, load_model
 from ablate.data.dataset import Case, Dataset
 from ablate.expand import EnsembleJob, EvalJob, ExternalJob, TestJob, TrainJob
 from ablate.run.outcome import HeldOutModel, Outcome
@@ -60,7 +60,11 @@ def postprocess_groups(eval_jobs: list[EvalJob], jobs_dir: Path) -> dict[str, Po
     groups = {}
     for jobs in members.values():
         raw_dir = jobs_dir / f"raw-{job_key({'group': sorted(j.key for j in jobs)})}"
-        folds = tuple(sorted((j.fold, jobs_dir / j.train_key / FINAL) for j in jobs))
+        folds = tuple(
+            sorted(
+                (j.fold, checkpoint_for(jobs_dir / j.train_key, j.infer.checkpoint)) for j in jobs
+            )
+        )
         groups.update({j.key: PostprocessGroup(raw_dir, folds) for j in jobs})
     return groups
 
@@ -76,24 +80,12 @@ def _timed(device, fn, *args):
     return out, {"seconds": time.perf_counter() - start, **peak_memory_mb(device)}
 
 
-def _labels(probabilities, props, plan, regions) -> np.ndarray:
-    """Probabilities at the plan's spacing (array or tensor) -> the label map in the original
-    geometry (argmax, or nnU-Net's region painting)."""
-    from ablate.infer import probabilities_to_labels, restore_probabilities
-
-    if hasattr(probabilities, "cpu"):
-        probabilities = probabilities.float().cpu().numpy()
-    return probabilities_to_labels(
-        restore_probabilities(probabilities, props, plan, regions), regions
-    )
-
-
 def predict_raw(checkpoint: Path, case_ids, data, infer, out_dir: Path, file_ending: str) -> None:
     """Label maps without postprocessing, written as NIfTI with per-case cost beside them; cases
     already there are kept (written atomically, so parallel jobs may share the folder)."""
     from ablate.device import select_device
     from ablate.imageio import write_image
-    from ablate.infer import predict_probabilities
+    from ablate.infer import export_labels, model_logits
 
     todo = [c for c in case_ids if not (out_dir / f"{c}.json").is_file()]
     if not todo:
@@ -102,11 +94,10 @@ def predict_raw(checkpoint: Path, case_ids, data, infer, out_dir: Path, file_end
     model, _, plan = load_model(checkpoint, device)
     regions = checkpoint_regions(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
-    activation = "sigmoid" if regions else "softmax"
 
     def predict(image: np.ndarray, props) -> np.ndarray:
-        probabilities = predict_probabilities([model], image, plan, infer, device, activation)
-        return _labels(probabilities, props, plan, regions)
+        logits = model_logits(model, image, plan, infer, device)
+        return export_labels(logits, props, plan, regions)
 
     for case_id in todo:
         image, _, props = data.load_case(case_id)
@@ -147,9 +138,10 @@ def execute_evaluation(
     """Predict the fold's validation cases with the trained model, postprocess, write, score.
 
     `auto` postprocessing first predicts every fold of its group (shared raw folder), decides on
-    all cross-validation cases as nnU-Net does, then applies the decision to this fold."""
+    all cross-validation cases as nnU-Net does (on the training labels or regions, not the
+    reporting targets), then applies the decision to this fold."""
     from ablate.imageio import read_image
-    from ablate.postprocess import decide_postprocessing
+    from ablate.postprocess import decide_postprocessing, training_targets
 
     ending = dataset.file_ending
     label_files = {c.case_id: c.label for c in dataset.cases}
@@ -161,7 +153,8 @@ def execute_evaluation(
         for fold, fold_checkpoint in group.folds:
             predict_raw(fold_checkpoint, data.folds[fold].val, data, job.infer, raw_dir, ending)
         cases = {c: label_files[c] for fold, _ in group.folds for c in data.folds[fold].val}
-        decision = decide_postprocessing(_CrossValidationCases(raw_dir, cases, ending), targets)
+        trained_on = training_targets(dataset.labels, checkpoint_regions(checkpoint))
+        decision = decide_postprocessing(_CrossValidationCases(raw_dir, cases, ending), trained_on)
         steps = decision.steps
         (job_dir / "postprocessing.json").parent.mkdir(parents=True, exist_ok=True)
         (job_dir / "postprocessing.json").write_text(json.dumps(decision.to_json(), indent=1))
@@ -272,7 +265,7 @@ def execute_test(
     ensemble's is preprocessing + every model's sliding window + export."""
     from ablate.device import select_device
     from ablate.imageio import read_image
-    from ablate.infer import FoldEnsemble, model_logits
+    from ablate.infer import CaseEnsemble, model_logits
     from ablate.preprocess import preprocess_images
 
     steps = _test_steps(job.infer, targets, decision_file)
@@ -303,19 +296,20 @@ def execute_test(
         (data, props), prep = _timed(
             device, preprocess_images, [a for a, _ in loaded], geometry, plan
         )
-        ensemble = FoldEnsemble("sigmoid" if regions else "softmax", job.infer.ensemble_average)
+        average = job.infer.ensemble_average if job.infer.ensemble_folds else None
+        ensemble = CaseEnsemble(props, plan, regions, average)
         windows = []
         for test_model, model in zip(single, models, strict=True):
             logits, window = _timed(
                 device, model_logits, model, np.array(data), plan, job.infer, device
             )
-            labels, out = _timed(device, _labels, ensemble.add(logits), props, plan, regions)
+            labels, out = _timed(device, ensemble.add, logits)
             windows.append(window)
             scorers[test_model].add(
                 case.case_id, labels, geometry, _add_costs(prep, window, out), case.label
             )
         if job.infer.ensemble_folds:
-            labels, out = _timed(device, _labels, ensemble.probabilities(), props, plan, regions)
+            labels, out = _timed(device, ensemble.labels)
             scorers[ensemble_model].add(
                 case.case_id, labels, geometry, _add_costs(prep, *windows, out), case.label
             )
@@ -344,7 +338,7 @@ def execute_ensemble(
     it anew for an ensemble, which ablate does not yet do."""
     from ablate.device import select_device
     from ablate.errors import DataError
-    from ablate.infer import FoldEnsemble, model_logits
+    from ablate.infer import CaseEnsemble, model_logits
 
     device = select_device(job.members[0].infer.device)
     models = [load_model(checkpoint, device)[0] for checkpoint in checkpoints]
@@ -358,12 +352,10 @@ def execute_ensemble(
     scorer = _Scorer((), targets, tolerance_mm, job_dir / "predictions", dataset.file_ending)
 
     def predict(image: np.ndarray, props) -> np.ndarray:
-        ensemble = FoldEnsemble(
-            "sigmoid" if regions else "softmax", job.members[0].infer.ensemble_average
-        )
+        ensemble = CaseEnsemble(props, data.plan, regions, job.members[0].infer.ensemble_average)
         for member, model in zip(job.members, models, strict=True):
             ensemble.add(model_logits(model, image, data.plan, member.infer, device))
-        return _labels(ensemble.probabilities(), props, data.plan, regions)
+        return ensemble.labels()
 
     for case_id in data.folds[job.fold].val:
         image, _, props = data.load_case(case_id)

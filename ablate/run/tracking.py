@@ -29,7 +29,7 @@ from ablate.study import Study, variant_label
 
 TAG_VALUE_LIMIT = 5000  # MLflow allows 8000; keep error tags readable
 PARAM_VALUE_LIMIT = 6000
-CURVE_METRICS = ("train_loss", "val_loss", "pseudo_dice", "lr", "epoch_seconds")
+CURVE_METRICS = ("train_loss", "val_loss", "pseudo_dice", "ema_pseudo_dice", "lr", "epoch_seconds")
 TRAIN_COST = {
     "train_seconds": ("train_seconds",),
     "seconds_per_epoch": ("seconds_per_epoch",),
