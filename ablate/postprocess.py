@@ -89,12 +89,16 @@ def mean_dice(
     cases: Sequence[tuple[np.ndarray, np.ndarray]], targets: Mapping[str, Sequence[int]]
 ) -> dict[str, float]:
     """Per-target nanmean Dice over (pred, ref) label maps, plus the foreground mean."""
-    return _nanmeans({name: [dice(np.isin(p, values), np.isin(r, values)) for p, r in cases]
-                      for name, values in targets.items()})
+    return _nanmeans(
+        {
+            name: [dice(np.isin(p, values), np.isin(r, values)) for p, r in cases]
+            for name, values in targets.items()
+        }
+    )
 
 
 def decide_postprocessing(
-    cases: Sequence[tuple], targets: Mapping[str, Sequence[int]]
+    cases: Sequence[tuple], targets: Mapping[str, Sequence[int]], ignore_label: int | None = None
 ) -> PostprocessingDecision:
     """nnU-Net's determine_postprocessing on cross-validation predictions.
 
@@ -102,6 +106,7 @@ def decide_postprocessing(
     evaluate-stage tuple shape; Dice does not need it). `targets` maps a name to the label values
     it unites (labels or regions), in dataset order. `cases` is read one case at a time, once per
     candidate step, so a lazy sequence that loads each case from disk keeps one case in memory.
+    Reference voxels holding `ignore_label` count in no Dice (nnU-Net's ignore mask).
     """
     targets = {name: tuple(int(v) for v in values) for name, values in targets.items()}
 
@@ -111,8 +116,11 @@ def decide_postprocessing(
             pred, ref = np.asarray(case[0]), np.asarray(case[1])
             for values in steps:
                 pred = keep_largest_component(pred, values)
+            scored = True if ignore_label is None else ref != ignore_label
             for name, values in targets.items():
-                per_target[name].append(dice(np.isin(pred, values), np.isin(ref, values)))
+                per_target[name].append(
+                    dice(np.isin(pred, values) & scored, np.isin(ref, values) & scored)
+                )
         return _nanmeans(per_target)
 
     baseline = scores = means_after(())
@@ -126,8 +134,13 @@ def decide_postprocessing(
         after = means_after((*steps, values))
         accepted = _improves(target, scores, after, targets)
         trials.append(
-            {"name": target or UNION_STEP, "labels": list(values), "accepted": accepted,
-             "before": dict(scores), "after": dict(after)}
+            {
+                "name": target or UNION_STEP,
+                "labels": list(values),
+                "accepted": accepted,
+                "before": dict(scores),
+                "after": dict(after),
+            }
         )
         if accepted:
             steps.append(values)

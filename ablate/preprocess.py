@@ -41,6 +41,7 @@ from ablate.plan import (
 
 PREPROCESS_VERSION = "2"  # 2: transpose, int16 labels past 127, cubic resampling clipped
 LOCATIONS_PER_LABEL = 10000
+ANNOTATED = "annotated"  # the locations key of the annotated (not ignored) voxels
 MIN_LOCATION_COVERAGE = 0.01
 
 
@@ -247,13 +248,15 @@ def label_dtype(seg: np.ndarray) -> type:
     return np.int16 if seg.size and seg.max() > 127 else np.int8
 
 
-def _preprocess_case(case, plan: Plan, labels: list[int], folder: Path) -> str:
+def _preprocess_case(case, plan: Plan, labels: list, folder: Path) -> str:
+    """`labels`: the foreground labels, then (with an ignore label) the annotated set."""
     data, seg, geometry = read_case_arrays(case)
     data, seg, props = _transform(data, seg, geometry, plan, case.case_id)
     locations = sample_class_locations(seg, labels)
     np.save(folder / f"{case.case_id}_data.npy", data.astype(np.float32))
     np.save(folder / f"{case.case_id}_seg.npy", seg.astype(label_dtype(seg)))
-    np.savez(folder / f"{case.case_id}_locs.npz", **{str(k): v for k, v in locations.items()})
+    names = {k: ANNOTATED if isinstance(k, tuple) else str(k) for k in locations}
+    np.savez(folder / f"{case.case_id}_locs.npz", **{names[k]: v for k, v in locations.items()})
     (folder / f"{case.case_id}.json").write_text(json.dumps(props.to_json()))
     return case.case_id
 
@@ -287,6 +290,7 @@ class PreprocessedData:
     fingerprint: Fingerprint
     case_ids: tuple[str, ...]
     folds: list[Fold]
+    ignore_label: int | None = None  # the dataset's: never a class, left out of loss and metrics
 
     def load_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray, CaseProperties]:
         """Memory-mapped data float32 (C, Z, Y, X), seg int8/int16 (Z, Y, X), properties."""
@@ -297,7 +301,13 @@ class PreprocessedData:
 
     def class_locations(self, case_id: str) -> dict[int, np.ndarray]:
         with np.load(self.root / f"{case_id}_locs.npz") as locs:
-            return {int(k): locs[k] for k in locs.files}
+            return {int(k): locs[k] for k in locs.files if k != ANNOTATED}
+
+    def annotated_locations(self, case_id: str) -> np.ndarray:
+        """With an ignore label: sampled voxels that are not ignored (nnU-Net's
+        annotated_classes_key), where crops that are not forced to foreground are centred."""
+        with np.load(self.root / f"{case_id}_locs.npz") as locs:
+            return locs[ANNOTATED]
 
     def region_locations(self, case_id: str, regions) -> dict[tuple[int, ...], np.ndarray]:
         """Foreground locations per region, as nnU-Net stores them for region training (the
@@ -322,7 +332,9 @@ def _build(dataset, cfg, folder: Path, folds: list[Fold], workers: int,
     fp = fingerprint(dataset, workers, intensity_samples)
     plan = make_plan(fp, dataset, cfg, workers)
     (folder / "fingerprint.json").write_text(json.dumps(fp.to_json(), indent=1))
-    labels = sorted(v for v in dataset.labels.values() if v != 0)
+    labels: list = sorted(v for v in dataset.labels.values() if v != 0)
+    if dataset.ignore_label is not None:  # nnU-Net: the annotated voxels, for unforced crops
+        labels.append((-1, *sorted(dataset.labels.values())))
     cases = list(dataset.cases)
     if workers <= 1:
         for case in cases:
@@ -385,4 +397,5 @@ def prepare(dataset, cfg, cache_root: Path, folds: int = 5, folds_seed: int = 12
     plan = Plan.from_json(json.loads((root / "plan.json").read_text()))
     fp = Fingerprint.from_json(json.loads((root / "fingerprint.json").read_text()))
     return PreprocessedData(root=root, key=key, plan=plan, fingerprint=fp, case_ids=case_ids,
+                            ignore_label=dataset.ignore_label,
                             folds=split)

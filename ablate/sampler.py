@@ -13,6 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ablate.preprocess import ANNOTATED
+
 Batch = tuple[np.ndarray, np.ndarray]  # data (B, C, Z, Y, X) float32, seg (B, 1, Z, Y, X) int16
 Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
@@ -27,6 +29,8 @@ class CaseSource(Protocol):
     def region_locations(
         self, case_id: str, regions: Sequence[Sequence[int]]
     ) -> dict[tuple[int, ...], np.ndarray]: ...
+
+    def annotated_locations(self, case_id: str) -> np.ndarray: ...
 
 
 def is_forced_foreground(index: int, batch_size: int, oversample: float) -> bool:
@@ -80,7 +84,8 @@ def choose_patch_start(
 
 
 def _is_foreground(key: object) -> bool:
-    return isinstance(key, tuple) or int(key) > 0
+    return key == ANNOTATED or isinstance(key, tuple) or int(key) > 0
+
 
 
 def crop_padded(
@@ -106,12 +111,15 @@ def sample_patch(
     rng: np.random.Generator,
     final_size: Sequence[int] | None = None,
     regions: Sequence[Sequence[int]] | None = None,
+    annotated: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One (data (C, *sample_size), seg (*sample_size)) pair, padded with 0 and -1.
 
     -1 (outside the image, and outside the nonzero mask) stays: augmentation carries it through,
     `sample_batch` masks and maps it to 0 afterwards, as nnU-Net does. `final_size` is the patch
     the network sees (default `sample_size`); forced crops use `regions`' locations when given.
+    With `annotated` (the dataset has an ignore label) an unforced crop is centred on an annotated
+    voxel, and a forced one too when the case has no foreground (nnU-Net's get_bbox).
     """
     data, seg, _ = source.load_case(case_id)
     locations = None
@@ -121,6 +129,8 @@ def sample_patch(
             if regions
             else source.class_locations(case_id)
         )
+    if annotated and not (force_fg and any(len(v) for v in locations.values())):
+        locations = {ANNOTATED: source.annotated_locations(case_id)}
     start = choose_patch_start(seg.shape, sample_size, final_size or sample_size, rng, locations)
     data_patch = crop_padded(data, start, sample_size, 0.0).astype(np.float32, copy=False)
     seg_patch = crop_padded(seg, start, sample_size, -1).astype(np.int16)
@@ -138,6 +148,7 @@ def sample_batch(
     final_size: Sequence[int] | None = None,
     mask_channels: Sequence[int] = (),
     regions: Sequence[Sequence[int]] | None = None,
+    annotated: bool = False,
 ) -> Batch:
     """Cases drawn uniformly with replacement; positions >= round(bs * (1 - p)) forced to fg.
 
@@ -150,7 +161,9 @@ def sample_batch(
     for i in range(batch_size):
         case_id = case_ids[int(rng.integers(len(case_ids)))]
         force = is_forced_foreground(i, batch_size, oversample)
-        data, seg = sample_patch(source, case_id, sample_size, force, rng, final_size, regions)
+        data, seg = sample_patch(
+            source, case_id, sample_size, force, rng, final_size, regions, annotated
+        )
         if augment is not None:
             data, seg = augment(data, seg, rng)
         outside = seg < 0

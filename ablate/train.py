@@ -93,7 +93,7 @@ def train(
         start_epoch, history, best_ema = resume(
             out_dir / LATEST, cfg, net, optimizer, scaler, device, regions
         )
-        loss_fn = training_loss(cfg, plan, regions)
+        loss_fn = training_loss(cfg, plan, regions, data.ignore_label)
         loaders = _Loaders(cfg, data, split, batch_size, seed, regions)
         reset_peak_memory(device)
         for epoch in range(start_epoch, cfg.epochs):
@@ -159,7 +159,14 @@ def _run_epoch(
     ]
     num_classes = loaders.data.plan.num_classes
     val_loss, dice = _validate(
-        net, loss_fn, loaders.val(epoch), progress, num_classes, device, regions
+        net,
+        loss_fn,
+        loaders.val(epoch),
+        progress,
+        num_classes,
+        device,
+        regions,
+        loaders.data.ignore_label,
     )
     synchronize(device)
     return {
@@ -189,11 +196,19 @@ def _train_step(
 
 @torch.no_grad()
 def _validate(
-    net, loss_fn, batches, progress: float, num_classes: int, device, regions=None
+    net,
+    loss_fn,
+    batches,
+    progress: float,
+    num_classes: int,
+    device,
+    regions=None,
+    ignore_label: int | None = None,
 ) -> tuple[float, float]:
     """Mean loss and pseudo Dice (TP/FP/FN summed over all patches per class, then mean).
 
     With regions: per region, the prediction is sigmoid > 0.5 (nnU-Net's validation_step).
+    Voxels holding `ignore_label` count in no class (nnU-Net's mask).
     """
     net.eval()
     n_targets = len(regions) if regions else num_classes - 1
@@ -208,17 +223,24 @@ def _validate(
             masks = labels_to_regions(target, regions) > 0  # (B, R, Z, Y, X)
             counts += region_confusion_counts(logits > 0, masks).cpu()
         else:
-            counts += confusion_counts(logits.argmax(1), target[:, 0], num_classes).cpu()
+            labels = target[:, 0]  # (B, Z, Y, X)
+            scored = None if ignore_label is None else labels != ignore_label
+            counts += confusion_counts(logits.argmax(1), labels, num_classes, scored).cpu()
     if not losses:
         return math.nan, math.nan
     return float(np.mean(losses)), pseudo_dice(counts)
 
 
-def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(3, K-1) rows TP, FP, FN per foreground class of label maps pred and target (same shape)."""
+def confusion_counts(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, scored: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(3, K-1) rows TP, FP, FN per foreground class of label maps pred and target (same shape);
+    only voxels where `scored` is True count, when given."""
     rows = []
     for c in range(1, num_classes):
         p, t = pred == c, target == c
+        if scored is not None:
+            p, t = p & scored, t & scored
         rows.append(torch.stack([(p & t).sum(), (p & ~t).sum(), (~p & t).sum()]))
     return torch.stack(rows, dim=1).double()
 
@@ -306,6 +328,7 @@ class _Loaders:
                 final_size=self.patch_size,
                 mask_channels=masked if split == TRAIN_SPLIT else (),
                 regions=regions,
+                annotated=self.data.ignore_label is not None,
             )
 
         return iterate_batches(make, count, self.cfg.data_workers)
@@ -339,10 +362,15 @@ def _count(net: nn.Module, plan: Plan) -> tuple[int, int]:
 # --- region-based training (nnU-Net's regions; see ablate.regions) --------------------------
 
 
-def training_loss(cfg: TrainConfig, plan: Plan, regions=None) -> Callable[..., torch.Tensor]:
+def training_loss(
+    cfg: TrainConfig, plan: Plan, regions=None, ignore_label: int | None = None
+) -> Callable[..., torch.Tensor]:
     """cfg.loss with deep supervision; with regions, label targets become region masks first
-    (at full resolution, before the per-output downsampling, as nnU-Net's transforms)."""
-    loss = deep_supervision_loss(build_loss(cfg.loss, plan.batch_dice), cfg.deep_supervision)
+    (at full resolution, before the per-output downsampling, as nnU-Net's transforms); voxels
+    holding the dataset's `ignore_label` are left out."""
+    loss = deep_supervision_loss(
+        build_loss(cfg.loss, plan.batch_dice, ignore_label), cfg.deep_supervision
+    )
     if not regions:
         return loss
 

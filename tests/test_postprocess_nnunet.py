@@ -93,3 +93,20 @@ def test_region_decisions_equal_nnunets(tmp_path):
     assert list(ours.steps) == theirs
     summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
     assert ours.before["kidney"] == pytest.approx(summary["mean"]["(1, 2)"]["Dice"])
+
+
+def test_decisions_with_an_ignore_label_equal_nnunets(tmp_path):
+    """Reference voxels labelled `ignore` count in no Dice, for nnU-Net and for ablate."""
+    cases = []
+    for pred, ref in scenario(5):
+        ref = ref.copy()
+        ref[:, 13:, :] = np.where(ref[:, 13:, :] == 0, 3, ref[:, 13:, :])  # unannotated band
+        cases.append((pred, ref))
+    labels = {"background": 0, "kidney": 1, "tumor": 2}
+    theirs = nnunet_decision(tmp_path, cases, {**labels, "ignore": 3})
+    ours = decide_postprocessing(cases, training_targets(labels, None), ignore_label=3)
+    assert list(ours.steps) == theirs
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    assert ours.before["kidney"] == pytest.approx(summary["mean"]["1"]["Dice"])
+    unmasked = decide_postprocessing(cases, training_targets(labels, None))
+    assert unmasked.before["kidney"] != pytest.approx(summary["mean"]["1"]["Dice"])

@@ -6,6 +6,7 @@ import pytest
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
+from ablate import sampler
 from ablate.preprocess import sample_class_locations
 from ablate.sampler import choose_patch_start, crop_bounds, is_forced_foreground
 
@@ -72,9 +73,9 @@ def test_forced_crop_equals_get_bbox_for_every_voxel_position(shape, sample_size
 def test_oversampling_rule_equals_nnunet(batch_size, oversample):
     loader = nnunet_loader((4, 4, 4), (4, 4, 4), batch_size, oversample)
     for i in range(batch_size):
-        assert is_forced_foreground(i, batch_size, oversample) == loader._oversample_last_XX_percent(
-            i
-        )
+        assert is_forced_foreground(
+            i, batch_size, oversample
+        ) == loader._oversample_last_XX_percent(i)
 
 
 def test_final_patch_covers_every_border_voxel_over_2000_draws():
@@ -84,9 +85,12 @@ def test_final_patch_covers_every_border_voxel_over_2000_draws():
     seen = np.zeros(shape, dtype=bool)
     for _ in range(2000):
         start = choose_patch_start(shape, sample_size, final_size, rng, None)
-        final = [s + p // 2 - f // 2 for s, p, f in zip(start, sample_size, final_size, strict=True)]
+        final = [
+            s + p // 2 - f // 2 for s, p, f in zip(start, sample_size, final_size, strict=True)
+        ]
         window = tuple(
-            slice(max(a, 0), min(a + f, n)) for a, f, n in zip(final, final_size, shape, strict=True)
+            slice(max(a, 0), min(a + f, n))
+            for a, f, n in zip(final, final_size, shape, strict=True)
         )
         seen[window] = True
     border = np.ones(shape, dtype=bool)
@@ -104,7 +108,9 @@ def test_forced_crop_contains_its_foreground_near_the_border():
     hits = 0
     for _ in range(60):
         start = choose_patch_start(shape, sample_size, final_size, rng, locations)
-        final = [s + p // 2 - f // 2 for s, p, f in zip(start, sample_size, final_size, strict=True)]
+        final = [
+            s + p // 2 - f // 2 for s, p, f in zip(start, sample_size, final_size, strict=True)
+        ]
         window = tuple(
             slice(max(a, 0), max(min(a + f, n), 0))
             for a, f, n in zip(final, final_size, shape, strict=True)
@@ -127,3 +133,46 @@ def test_foreground_locations_equal_nnunet_per_label_and_per_region():
         for key, voxels in theirs.items():
             expected = np.asarray(voxels).reshape(-1, 4)[:, 1:]
             np.testing.assert_array_equal(ours[key], expected)
+
+
+@pytest.mark.parametrize("shape, sample_size, final_size", SIZES[3:])
+def test_crops_with_an_ignore_label_centre_on_annotated_voxels_as_get_bbox(
+    shape, sample_size, final_size, monkeypatch
+):
+    """Unforced crops, and forced crops of a case without foreground, centre on an annotated
+    voxel (nnU-Net's annotated_classes_key), clamped at the lower bound only."""
+    starts = []
+
+    def record(*args):
+        starts.append(list(choose_patch_start(*args)))
+        return starts[-1]
+
+    monkeypatch.setattr(sampler, "choose_patch_start", record)
+    loader = nnunet_loader(sample_size, final_size)
+    loader.has_ignore = True
+    rng = np.random.default_rng(4)
+    for _ in range(100):
+        voxel = [int(rng.integers(0, s)) for s in shape]
+        locations = {1: np.zeros((0, 4)), loader.annotated_classes_key: np.array([[0, *voxel]])}
+        source = AnnotatedSource(shape, voxel)
+        for force in (False, True):
+            theirs, _ = loader.get_bbox(np.array(shape), force, locations)
+            sampler.sample_patch(source, "c", sample_size, force, rng, final_size, annotated=True)
+            assert starts[-1] == theirs
+
+
+class AnnotatedSource:
+    """One case without foreground whose one annotated voxel is `voxel`."""
+
+    def __init__(self, shape, voxel):
+        self.seg = np.zeros(shape, np.int8)
+        self.voxel = voxel
+
+    def load_case(self, case_id):
+        return self.seg[None].astype(np.float32), self.seg, None
+
+    def class_locations(self, case_id):
+        return {1: np.zeros((0, 3), dtype=np.int64)}
+
+    def annotated_locations(self, case_id):
+        return np.array([self.voxel])

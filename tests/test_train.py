@@ -62,6 +62,8 @@ class Fold:
 class TinyData:
     """Stand-in for PreprocessedData: two random (1, 6, 8, 10) cases with labels 1 and 2."""
 
+    ignore_label = None
+
     def __init__(self):
         self.plan = Plan(
             target_spacing_mm=(2.0, 1.0, 1.0),
@@ -313,3 +315,67 @@ def test_pseudo_dice_counts_equal_nnunets_validation_step():
     )
     ours = region_confusion_counts(region_logits > 0, masks)
     torch.testing.assert_close(ours, torch.stack([tp, fp, fn]).double())
+
+
+def test_pseudo_dice_counts_with_an_ignore_label_equal_nnunets_validation_step():
+    """nnU-Net's validation_step with an ignore label: mask = target != ignore, ignored voxels set
+    to 0 in the target, then get_tp_fp_fn_tn(..., mask=mask)."""
+    from nnunetv2.training.loss import dice
+
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn((2, 3, 4, 5, 6), generator=generator)  # (B, K, Z, Y, X), ignore = 3
+    target = torch.randint(0, 4, (2, 1, 4, 5, 6), generator=generator)
+    mask = (target != 3).float()
+    theirs_target = torch.where(target == 3, 0, target)
+    onehot = torch.zeros_like(logits).scatter_(1, logits.argmax(1, keepdim=True), 1)
+    tp, fp, fn, _ = dice.get_tp_fp_fn_tn(onehot, theirs_target, axes=[0, 2, 3, 4], mask=mask)
+    ours = confusion_counts(logits.argmax(1), target[:, 0], 3, target[:, 0] != 3)
+    torch.testing.assert_close(ours, torch.stack([tp, fp, fn])[:, 1:].double())
+
+
+def test_training_with_an_ignore_label_runs_and_leaves_ignored_voxels_out(tmp_path):
+    """A dataset with nnU-Net's `ignore` label trains: the loss ignores those voxels, unforced
+    crops centre on annotated voxels, and the network has no output for `ignore`."""
+    import json
+
+    from ablate.config import PlanConfig
+    from ablate.data.dataset import read_nnunet_raw
+    from ablate.imageio import Geometry, write_image
+    from ablate.preprocess import prepare
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "raw"
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    for i in range(4):
+        seg = np.zeros((12, 16, 16), np.uint8)
+        seg[3:8, 4:10, 4:10] = 1
+        seg[:, :, 12:] = 2  # not annotated
+        image = (rng.normal(5.0, 0.3, seg.shape) + 2.0 * (seg == 1)).astype(np.float32)
+        write_image(image, geometry, root / "imagesTr" / f"c{i}_0000.nii.gz")
+        write_image(seg, geometry, root / "labelsTr" / f"c{i}.nii.gz")
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "MR"},
+                "labels": {"background": 0, "organ": 1, "ignore": 2},
+                "numTraining": 4,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
+    dataset = read_nnunet_raw(root)
+    assert dataset.ignore_label == 2 and dataset.num_classes == 2
+    plan_cfg = PlanConfig(
+        patch_size=(8, 8, 8), target_spacing_mm=(1.0, 1.0, 1.0), base_features=4, max_features=8
+    )
+    data = prepare(
+        dataset, plan_cfg, tmp_path / "cache", folds=2, workers=0, intensity_samples=1000
+    )
+    assert data.ignore_label == 2 and data.plan.num_classes == 2
+    annotated = data.annotated_locations("c0")
+    seg = np.asarray(data.load_case("c0")[1])
+    assert len(annotated) and not (seg[tuple(annotated.T)] == 2).any()
+    cfg = _cfg(epochs=1, iterations_per_epoch=2, val_iterations=1, augmentation="mirror")
+    result = train(cfg, data, fold=0, seed=0, out_dir=tmp_path / "train")
+    assert np.isfinite(result.history[0]["train_loss"])
+    assert np.isfinite(result.history[0]["val_loss"])

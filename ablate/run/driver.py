@@ -24,6 +24,7 @@ from ablate.run.jobs import (
     execute_training,
     postprocess_groups,
 )
+from ablate.run.live import EVENTS_NAME, LiveCurves
 from ablate.run.outcome import Outcome
 from ablate.run.progress import PlainProgress, Progress
 from ablate.study import Study
@@ -132,12 +133,16 @@ def job_params(job: TrainJob | EvalJob | TestJob) -> dict:
     return {**{f"axis.{k}": v for k, v in job.variant.items()}, "fold": job.fold, "seed": job.seed}
 
 
-def record_outcome(tracker, run_id: str, kind: str, outcome: Outcome) -> None:
-    """Log a job's outcome on its run; an eval or test run gets its rows as `per_case.csv`."""
+def record_outcome(
+    tracker, run_id: str, kind: str, outcome: Outcome, logged_steps: set[int] = frozenset()
+) -> None:
+    """Log a job's outcome on its run; an eval or test run gets its rows as `per_case.csv`.
+    A training's epochs already forwarded live (`logged_steps`) are not logged again."""
     import pandas as pd
 
     for epoch, metrics in enumerate(outcome.history):
-        tracker.log_epoch(run_id, epoch, metrics)
+        if epoch not in logged_steps:
+            tracker.log_epoch(run_id, epoch, metrics)
     if kind in ("eval", "test"):
         model = ["model", "fold"] if kind == "test" else []  # which model predicted the case
         table = pd.DataFrame(outcome.rows, columns=[*model, "case", "target", "metric", "value"])
@@ -149,75 +154,79 @@ def record_outcome(tracker, run_id: str, kind: str, outcome: Outcome) -> None:
     tracker.log_metrics(run_id, outcome.metrics)
 
 
-def run_phase(
-    jobs: list,
-    name: str,
-    make_call: Callable,
-    executor,
-    tracker,
-    count: PhaseCount,
-    failed: list[str],
-    progress: Progress,
-) -> None:
+@dataclass
+class PhaseContext:
+    """What every phase shares: where jobs run, where they are recorded and shown."""
+
+    executor: object
+    tracker: object
+    progress: Progress
+    live: object  # run.live.LiveCurves: forwards trainings' epochs while they run
+    jobs_dir: Path
+    failed: list[str]  # names of the jobs that failed
+
+
+def run_phase(jobs: list, name: str, make_call: Callable, ctx: PhaseContext, count: PhaseCount):
     """Keep up to `executor.capacity` unfinished jobs in flight and record each outcome as it
-    arrives, so a kill loses at most the jobs in flight. A failure is recorded (its name added to
-    `failed`); the rest go on. On Ctrl-C (or SIGTERM) the runs in flight are marked failed before
-    the interrupt goes on."""
+    arrives, so a kill loses at most the jobs in flight. A training's epochs reach its run while
+    it trains (`ctx.live`). A failure is recorded (its name added to `ctx.failed`); the rest go
+    on. On Ctrl-C (or SIGTERM) the runs in flight are marked failed before the interrupt goes
+    on."""
     import concurrent.futures as cf
 
     in_flight: dict[cf.Future, tuple] = {}
     starting: list[str] = []
     if not jobs:
         return
-    done = tracker.done_keys()
-    progress.phase(name, total=sum(job.key not in done for job in jobs))
+    done = ctx.tracker.done_keys()
+    ctx.progress.phase(name, total=sum(job.key not in done for job in jobs))
     try:
         for job in jobs:
             if job.key in done:
                 count.skipped += 1
                 continue
-            while len(in_flight) >= executor.capacity:
-                _record_next(in_flight, name, tracker, count, failed, progress)
+            while len(in_flight) >= ctx.executor.capacity:
+                _record_next(in_flight, ctx, count)
             tracked_as, tags = job_tracking(job)
-            starting[:] = [tracker.start_job(job.key, job.name, tracked_as, job_params(job), tags)]
-            verb = {"eval": "evaluate", "test": "test"}.get(tracked_as, "train")
-            progress.job(f"{verb}: {job.name}")
+            run_id = ctx.tracker.start_job(job.key, job.name, tracked_as, job_params(job), tags)
+            starting[:] = [run_id]
+            ctx.progress.job_started(job.key, tracked_as, job.name)
+            if tracked_as == "train":
+                ctx.live.watch(run_id, job.key, ctx.jobs_dir / job.key / EVENTS_NAME)
             fn, args = make_call(job)
-            future = executor.submit(fn, *args)  # in-process: runs the job here
+            future = ctx.executor.submit(fn, *args)  # in-process: runs the job here
             in_flight[future] = (job, starting.pop(), tracked_as)
         while in_flight:
-            _record_next(in_flight, name, tracker, count, failed, progress)
+            _record_next(in_flight, ctx, count)
     except (KeyboardInterrupt, SystemExit):
+        ctx.live.stop_all()
+        why = "interrupted; run the study again to resume"
         for run_id in [*starting, *(run_id for _, run_id, _ in in_flight.values())]:
-            tracker.end_job(run_id, ok=False, error="interrupted; run the study again to resume")
-        executor.shutdown(cancel=True)
+            ctx.tracker.end_job(run_id, ok=False, error=why)
+        ctx.executor.shutdown(cancel=True)
         raise
 
 
-def _record_next(
-    in_flight: dict,
-    name: str,
-    tracker,
-    count: PhaseCount,
-    failed: list[str],
-    progress: Progress,
-) -> None:
+def _record_next(in_flight: dict, ctx: PhaseContext, count: PhaseCount) -> None:
     import concurrent.futures as cf
 
     finished, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
     for future in finished:
         job, run_id, tracked_as = in_flight.pop(future)
         try:
-            record_outcome(tracker, run_id, tracked_as, future.result())
+            outcome = future.result()
+            logged = ctx.live.finish(run_id, outcome.history)
+            record_outcome(ctx.tracker, run_id, tracked_as, outcome, logged)
         except Exception as exc:  # noqa: BLE001 - recorded, and the study goes on
-            tracker.end_job(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
-            failed.append(job.name)
+            ctx.live.finish(run_id)
+            ctx.tracker.end_job(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
+            ctx.failed.append(job.name)
             trace = "".join(traceback.format_exception(exc, limit=-3))
-            progress.message(f"FAILED {job.name}: {type(exc).__name__}: {exc}\n{trace}")
+            ctx.progress.job_ended(job.key, False, f"{type(exc).__name__}: {exc}\n{trace}")
         else:
-            tracker.end_job(run_id, ok=True)
+            ctx.tracker.end_job(run_id, ok=True)
             count.run += 1
-        progress.advance(name)
+            ctx.progress.job_ended(job.key, True)
 
 
 def prepare_data(study: Study, dataset: Dataset, plan_cfg=None):
@@ -243,7 +252,23 @@ def run_study(
     progress: Progress | None = None,
     make_report: bool = True,
     executor=None,
+    study_file: str = "<study>",
 ) -> RunSummary:
+    """Run every unfinished job of the study as its only runner (`<workdir>/run.lock`; a second
+    `ablate run` raises `StudyBusy`, a lock left by a killed run is taken over)."""
+    from ablate.run.lock import StudyLock
+
+    progress = progress or PlainProgress()
+    with StudyLock(workdir_of(study), study_file) as lock:
+        if lock.took_over is not None:
+            progress.message(
+                f"taking over the lock of an ended run ({lock.took_over.describe()}); its "
+                "unfinished jobs are superseded and resume from their checkpoints"
+            )
+        return _run_locked(study, config_yaml, progress, make_report, executor)
+
+
+def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report: bool, executor):
     from ablate.expand import expand_study
     from ablate.run.executors import executor_for
     from ablate.run.tracking import Tracker, default_tracking_uri
@@ -251,7 +276,6 @@ def run_study(
     workdir = workdir_of(study)
     workdir.mkdir(parents=True, exist_ok=True)
     dataset, test_cases = load_dataset(study, check=True)
-    progress = progress or PlainProgress()
     held_out = f" (+ {len(test_cases)} held-out test cases)" if test_cases else ""
     progress.message(
         f"dataset {dataset.name}: {len(dataset.cases)} cases{held_out}; planning, preprocessing"
@@ -293,6 +317,10 @@ def run_study(
     targets = {k: tuple(v) for k, v in (study.evaluation.targets or dataset.targets()).items()}
     tolerance = {t: study.evaluation.tolerance_mm(t) for t in targets}
     summary = RunSummary()
+    _start_progress(progress, planned, tracker, executor.capacity)
+    names = {job.key: job.name for job in train_jobs}
+    live = LiveCurves(tracker, lambda key, *epoch: progress.epoch(key, names.get(key, key), *epoch))
+    ctx = PhaseContext(executor, tracker, progress, live, jobs_dir, summary.failed)
     try:
         run_phase(
             train_jobs,
@@ -301,11 +329,8 @@ def run_study(
                 execute_training,
                 (j, data_for[j.key], jobs_dir / j.key, study.log_checkpoints),
             ),
-            executor,
-            tracker,
+            ctx,
             summary.trainings,
-            summary.failed,
-            progress,
         )
         run_phase(
             eval_jobs,
@@ -323,11 +348,8 @@ def run_study(
                     groups.get(j.key),
                 ),
             ),
-            executor,
-            tracker,
+            ctx,
             summary.evaluations,
-            summary.failed,
-            progress,
         )
         run_phase(
             ensemble_jobs,
@@ -344,11 +366,8 @@ def run_study(
                     jobs_dir / j.key,
                 ),
             ),
-            executor,
-            tracker,
+            ctx,
             summary.ensembles,
-            summary.failed,
-            progress,
         )
         run_phase(
             test_jobs,
@@ -364,30 +383,57 @@ def run_study(
                     jobs_dir / j.key,
                     jobs_dir / j.eval_key / "postprocessing.json",
                     dataset.file_ending,
+                    dataset.ignore_label,
                 ),
             ),
-            executor,
-            tracker,
+            ctx,
             summary.tests,
-            summary.failed,
-            progress,
         )
         labels = {c.case_id: c.label for c in (*dataset.cases, *test_cases)}
         run_phase(
             extra_jobs,
             "externals",
-            lambda j: (execute_external, (j, labels, dataset.file_ending, targets, tolerance)),
-            executor,
-            tracker,
+            lambda j: (
+                execute_external,
+                (j, labels, dataset.file_ending, targets, tolerance, dataset.ignore_label),
+            ),
+            ctx,
             summary.externals,
-            summary.failed,
-            progress,
         )
+    except BaseException:
+        tracker.end_study(ok=False)
+        raise
     finally:
+        live.close()
         executor.shutdown()
     if make_report:
-        summary.report = build_study_report(study, config_yaml, tracker)
+        try:
+            summary.report = build_study_report(study, config_yaml, tracker)
+        except BaseException:
+            tracker.end_study(ok=False)
+            raise
+    tracker.end_study(ok=not summary.failed)
     return summary
+
+
+def _start_progress(progress: Progress, planned: list, tracker, capacity: int) -> None:
+    """Tell the display how many jobs of each kind are left and how long each kind took in
+    earlier runs of the study (its time left before any job of this run ends)."""
+    from ablate.run.outcome import JobState
+
+    records = tracker.job_records()
+    todo: dict[str, int] = {}
+    took: dict[str, list[float]] = {}
+    for job in planned:
+        kind = job_tracking(job)[0]
+        record = records.get(job.key)
+        if record is not None and record.state is JobState.DONE:
+            if record.seconds:
+                took.setdefault(kind, []).append(record.seconds)
+        else:
+            todo[kind] = todo.get(kind, 0) + 1
+    typical = {kind: sum(s) / len(s) for kind, s in took.items()}
+    progress.start(todo, capacity, typical)
 
 
 def build_study_report(study: Study, config_yaml: str = "", tracker=None) -> Path:

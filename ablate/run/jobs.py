@@ -20,9 +20,11 @@ from ablate.run.outcome import HeldOutModel, Outcome
 
 def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = False) -> Outcome:
     from ablate.device import headline_peak_mb
+    from ablate.run.live import EVENTS_NAME, EpochEvents
     from ablate.train import train
 
-    result = train(job.train, data, job.fold, job.seed, job_dir)
+    events = EpochEvents(job_dir / EVENTS_NAME, job.train.epochs)  # the driver forwards them
+    result = train(job.train, data, job.fold, job.seed, job_dir, on_epoch_end=events)
     metrics = {
         "train_seconds": result.seconds,
         "seconds_per_epoch": result.seconds_per_epoch,
@@ -154,7 +156,9 @@ def execute_evaluation(
             predict_raw(fold_checkpoint, data.folds[fold].val, data, job.infer, raw_dir, ending)
         cases = {c: label_files[c] for fold, _ in group.folds for c in data.folds[fold].val}
         trained_on = training_targets(dataset.labels, checkpoint_regions(checkpoint))
-        decision = decide_postprocessing(_CrossValidationCases(raw_dir, cases, ending), trained_on)
+        decision = decide_postprocessing(
+            _CrossValidationCases(raw_dir, cases, ending), trained_on, dataset.ignore_label
+        )
         steps = decision.steps
         (job_dir / "postprocessing.json").parent.mkdir(parents=True, exist_ok=True)
         (job_dir / "postprocessing.json").write_text(json.dumps(decision.to_json(), indent=1))
@@ -164,7 +168,14 @@ def execute_evaluation(
         predict_raw(checkpoint, data.folds[job.fold].val, data, job.infer, raw_dir, ending)
         if job.infer.postprocess == "largest_component":
             steps = _all_labels(targets)
-    scorer = _Scorer(steps, targets, tolerance_mm, job_dir / "predictions", ending)
+    scorer = _Scorer(
+        steps,
+        targets,
+        tolerance_mm,
+        job_dir / "predictions",
+        ending,
+        ignore_label=dataset.ignore_label,
+    )
     for case_id in data.folds[job.fold].val:
         labels, geometry = read_image(raw_dir / f"{case_id}{ending}")
         cost = json.loads((raw_dir / f"{case_id}.json").read_text())
@@ -177,9 +188,17 @@ class _Scorer:
     rows and costs (never the label maps: a KiTS-sized map is ~100 MB)."""
 
     def __init__(
-        self, steps, targets, tolerance_mm, out_dir: Path, ending: str, raw_dir: Path | None = None
+        self,
+        steps,
+        targets,
+        tolerance_mm,
+        out_dir: Path,
+        ending: str,
+        raw_dir: Path | None = None,
+        ignore_label: int | None = None,
     ):
         self.steps, self.targets, self.tolerance_mm = steps, targets, tolerance_mm
+        self.ignore_label = ignore_label  # reference voxels holding it are scored in no target
         self.out_dir, self.ending, self.raw_dir = out_dir, ending, raw_dir
         self.rows: list[dict] = []
         self.seconds: list[float] = []
@@ -202,7 +221,7 @@ class _Scorer:
         write_image(labels, geometry, self.out_dir / f"{case_id}{self.ending}")
         ref, ref_geometry = read_image(reference)
         for row in evaluate_case(
-            labels, ref, ref_geometry.spacing_mm, self.targets, self.tolerance_mm
+            labels, ref, ref_geometry.spacing_mm, self.targets, self.tolerance_mm, self.ignore_label
         ):
             self.rows.append({"case": case_id, **row})
 
@@ -255,6 +274,7 @@ def execute_test(
     job_dir: Path,
     decision_file: Path,
     file_ending: str,
+    ignore_label: int | None = None,
 ) -> Outcome:
     """Predict the held-out test cases from their raw images with every fold model and, with
     `infer.ensemble_folds`, their ensemble, in one pass (each case is preprocessed once and each
@@ -286,6 +306,7 @@ def execute_test(
             job_dir / model.folder,
             file_ending,
             job_dir / model.folder / "raw",
+            ignore_label,
         )
         for model in scored
     }
@@ -349,7 +370,14 @@ def execute_ensemble(
             "ensemble cells with the same train.regions"
         )
     label_files = {c.case_id: c.label for c in dataset.cases}
-    scorer = _Scorer((), targets, tolerance_mm, job_dir / "predictions", dataset.file_ending)
+    scorer = _Scorer(
+        (),
+        targets,
+        tolerance_mm,
+        job_dir / "predictions",
+        dataset.file_ending,
+        ignore_label=dataset.ignore_label,
+    )
 
     def predict(image: np.ndarray, props) -> np.ndarray:
         ensemble = CaseEnsemble(props, data.plan, regions, job.members[0].infer.ensemble_average)
@@ -385,6 +413,7 @@ def execute_external(
     file_ending: str,
     targets: dict[str, tuple[int, ...]],
     tolerance_mm: dict[str, float],
+    ignore_label: int | None = None,
 ) -> Outcome:
     """Score the job's cases of an external folder against `labels` (case id -> reference)."""
     from ablate.evaluate import evaluate_files
@@ -393,6 +422,7 @@ def execute_external(
         [(c, job.folder / f"{c}{file_ending}", labels[c]) for c in job.case_ids],
         targets,
         tolerance_mm,
+        ignore_label,
     )
     metrics = {
         f"{m}_{t}": float(table[(table.metric == m) & (table.target == t)].value.mean())
