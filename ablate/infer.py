@@ -174,25 +174,6 @@ ACTIVATIONS = {  # logits (K, Z, Y, X) -> probabilities; sigmoid for region-base
 }
 
 
-def predict_probabilities(
-    models: list[nn.Module],
-    data: np.ndarray,
-    plan: Plan,
-    cfg: InferConfig,
-    device: torch.device,
-    activation: str = "softmax",
-) -> np.ndarray:
-    """Probabilities of one preprocessed image (C, Z, Y, X) at the plan's spacing -> (K, Z, Y, X),
-    K classes (softmax) or regions (sigmoid, see ablate.regions). Several models form a fold
-    ensemble (see FoldEnsemble)."""
-    if not models:
-        raise ConfigError("infer: no models to predict with; train at least one fold")
-    ensemble = FoldEnsemble(activation, cfg.ensemble_average)
-    for model in models:
-        ensemble.add(model_logits(model, data, plan, cfg, device))
-    return ensemble.probabilities().float().cpu().numpy()
-
-
 def model_logits(
     model: nn.Module, data: np.ndarray, plan: Plan, cfg: InferConfig, device: torch.device
 ) -> torch.Tensor:
@@ -201,37 +182,6 @@ def model_logits(
     return sliding_window_logits(
         model, data, plan.patch_size, cfg.step_size, combos, cfg.window_batch, device
     )
-
-
-class FoldEnsemble:
-    """A running mean over fold models at the plan's spacing, for callers that want probabilities
-    there (a label map exported from these deviates from nnU-Net: use CaseEnsemble).
-
-    `average` "probabilities" averages each model's activation output (seed 004,
-    nnUNetv2_ensemble); "logits" applies the activation to the mean logits (nnU-Net v2's predictor
-    given several folds). Holds one accumulator, not every model's output."""
-
-    def __init__(self, activation: str = "softmax", average: str = "probabilities"):
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"infer: unknown activation {activation!r}; valid: softmax, sigmoid")
-        self.activate = ACTIVATIONS[activation]
-        self.on_probabilities = average == "probabilities"
-        self.total: torch.Tensor | None = None
-        self.count = 0
-
-    def add(self, logits: torch.Tensor) -> torch.Tensor:
-        """Add one model's logits; returns that model's own probabilities."""
-        probabilities = self.activate(logits)
-        part = probabilities if self.on_probabilities else logits
-        self.total = part.clone() if self.total is None else self.total.add_(part)
-        self.count += 1
-        return probabilities
-
-    def probabilities(self) -> torch.Tensor:
-        if self.total is None:
-            raise ConfigError("infer: no models to predict with; train at least one fold")
-        mean = self.total / self.count
-        return mean if self.on_probabilities else self.activate(mean)
 
 
 def probabilities_to_labels(
@@ -246,23 +196,6 @@ def probabilities_to_labels(
     from ablate.regions import regions_to_labels
 
     return regions_to_labels(probabilities, regions, order)
-
-
-def restore_probabilities(probabilities: np.ndarray, props, plan: Plan, regions=None) -> np.ndarray:
-    """preprocess.restore_original, also for region probabilities.
-
-    restore_original fills channel 0 with 1 outside the crop (softmax background); region
-    channels have no background, so one is prepended for the call and dropped afterwards.
-    """
-    from ablate.preprocess import restore_original
-
-    if regions is None:
-        return restore_original(probabilities, props, plan)
-    padded = np.concatenate([np.zeros_like(probabilities[:1]), probabilities])  # (1 + R, ...)
-    return restore_original(padded, props, plan)[1:]
-
-
-# --- export: logits at the plan's spacing -> the original geometry (nnU-Net's export) ----------
 
 
 def _preprocessed_order(values: Sequence, plan: Plan) -> tuple:

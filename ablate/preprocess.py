@@ -261,20 +261,6 @@ def _preprocess_case(case, plan: Plan, labels: list, folder: Path) -> str:
     return case.case_id
 
 
-def restore_original(probabilities: np.ndarray, props: CaseProperties, plan: Plan) -> np.ndarray:
-    """(K, Z, Y, X) at plan spacing -> (K, *image shape); background 1 outside the crop; the
-    plan's transpose undone last."""
-    spacing_mm = to_plan_frame(props.geometry.spacing_mm, plan)
-    axis = _separate_axis(plan.target_spacing_mm, spacing_mm)
-    cropped = np.stack([_resize_separate(p.astype(np.float32, copy=False),
-                                         props.shape_after_crop, 1, 0, axis)
-                        for p in probabilities])  # (K, *shape_after_crop)
-    out = np.zeros((probabilities.shape[0], *props.original_shape), dtype=np.float32)
-    out[0] = 1.0
-    out[(slice(None), *(slice(a, b) for a, b in props.crop_bbox))] = cropped
-    return out.transpose((0, *(a + 1 for a in plan.transpose_backward)))
-
-
 @functools.lru_cache(maxsize=1024)
 def _region_locations(seg_file: Path, regions: tuple[tuple[int, ...], ...]):
     return sample_class_locations(np.load(seg_file), regions)

@@ -15,9 +15,7 @@ from ablate.infer import (
     gaussian_importance,
     mirror_combinations,
     predict_case,
-    predict_probabilities,
     probabilities_to_labels,
-    restore_probabilities,
     sliding_window_logits,
     window_starts,
 )
@@ -162,24 +160,6 @@ def tiny_plan() -> Plan:
     )
 
 
-def test_predict_probabilities_averages_over_models():
-    models = [ConstantLogits([0.0, 2.0]), ConstantLogits([0.0, 0.0])]
-    data = np.zeros((1, 5, 7, 9), dtype=np.float32)
-    cfg = InferConfig(tta=4, window_batch=2)
-    probs = predict_probabilities(models, data, tiny_plan(), cfg, CPU)
-    assert probs.shape == (2, 5, 7, 9) and probs.dtype == np.float32
-    expected = (1 / (1 + math.exp(-2.0)) + 0.5) / 2  # the mean of softmax(0, 2) and softmax(0, 0)
-    np.testing.assert_allclose(probs[1], expected, rtol=1e-6)
-    np.testing.assert_allclose(probs.sum(axis=0), 1.0, rtol=1e-6)
-    logits_cfg = InferConfig(tta=4, window_batch=2, ensemble_average="logits")
-    probs = predict_probabilities(models, data, tiny_plan(), logits_cfg, CPU)
-    expected = 1 / (1 + math.exp(-1.0))  # softmax of the mean logits (0, 1)
-    np.testing.assert_allclose(probs[1], expected, rtol=1e-6)
-    np.testing.assert_allclose(probs.sum(axis=0), 1.0, rtol=1e-6)
-    with pytest.raises(ConfigError, match="no models"):
-        predict_probabilities([], data, tiny_plan(), cfg, CPU)
-
-
 def test_predict_case_writes_the_argmax_label_map(tmp_path, monkeypatch):
     # a stand-in for ablate.preprocess so this test does not depend on the preprocessing stage
     image = np.zeros((5, 7, 9), dtype=np.float32)
@@ -216,42 +196,6 @@ def random_conv(seed: int, out_channels: int) -> nn.Module:
         return nn.Conv3d(1, out_channels, kernel_size=3, padding=1)
 
 
-@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
-@pytest.mark.parametrize("average", ["probabilities", "logits"])
-def test_fold_ensemble_averages_probabilities_or_logits(activation, average):
-    models = [random_conv(1, 3), random_conv(2, 3)]
-    data = np.random.default_rng(0).normal(size=(1, 5, 7, 9)).astype(np.float32)
-    cfg = InferConfig(tta=2, window_batch=2, ensemble_average=average)
-    combos = mirror_combinations(cfg.mirror_axes, cfg.tta)
-    logits = [
-        sliding_window_logits(m, data, PATCH, cfg.step_size, combos, cfg.window_batch, CPU)
-        for m in models
-    ]  # (K, Z, Y, X) each
-    act = (lambda x: torch.softmax(x, 0)) if activation == "softmax" else torch.sigmoid
-    mean_of_probabilities = (act(logits[0]) + act(logits[1])) / 2  # seed 004, nnUNetv2_ensemble
-    probabilities_of_mean = act((logits[0] + logits[1]) / 2)  # nnU-Net v2's predictor
-    expected, other = mean_of_probabilities, probabilities_of_mean
-    if average == "logits":
-        expected, other = other, expected
-    probs = predict_probabilities(models, data, tiny_plan(), cfg, CPU, activation)
-    np.testing.assert_allclose(probs, expected.numpy(), rtol=1e-5, atol=1e-6)
-    assert np.abs(other.numpy() - probs).max() > 1e-4  # the two averages really differ here
-    single = predict_probabilities(models[:1], data, tiny_plan(), cfg, CPU, activation)
-    np.testing.assert_allclose(single, act(logits[0]).numpy(), rtol=1e-5, atol=1e-6)
-
-
-def test_unknown_activation_is_a_config_error():
-    with pytest.raises(ConfigError, match="softmax, sigmoid"):
-        predict_probabilities(
-            [random_conv(0, 2)],
-            np.zeros((1, 4, 6, 8)),
-            tiny_plan(),
-            InferConfig(tta=1),
-            CPU,
-            "relu",
-        )
-
-
 def test_probabilities_to_labels_argmax_or_regions():
     probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.3, 0.3], [0.1, 0.5, 0.6]]).reshape(3, 1, 1, 3)
     np.testing.assert_array_equal(probabilities_to_labels(probs)[0, 0], [0, 2, 2])
@@ -260,21 +204,6 @@ def test_probabilities_to_labels_argmax_or_regions():
     labels = probabilities_to_labels(region_probs, regions)
     np.testing.assert_array_equal(labels[0, 0], [1, 2, 0])
     assert labels.dtype == np.uint8
-
-
-def test_restore_probabilities_keeps_regions_zero_outside_the_crop():
-    from ablate.preprocess import CaseProperties
-
-    geometry = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
-    props = CaseProperties("c", geometry, (3, 4, 5), ((1, 3), (0, 4), (0, 5)), (2, 4, 5), (2, 4, 5))
-    probs = np.full((2, 2, 4, 5), 0.75, dtype=np.float32)  # (R, Z, Y, X) inside the crop
-    regions = {"kidney": (1, 2), "tumor": (2,)}
-    restored = restore_probabilities(probs, props, tiny_plan(), regions)
-    assert restored.shape == (2, 3, 4, 5)
-    np.testing.assert_allclose(restored[:, 0], 0.0)  # the cropped-away slice: no region
-    np.testing.assert_allclose(restored[:, 1:], 0.75)
-    softmax_restored = restore_probabilities(probs, props, tiny_plan())
-    np.testing.assert_allclose(softmax_restored[0, 0], 1.0)  # softmax: background there
 
 
 def test_case_ensemble_without_models_is_a_config_error():

@@ -28,12 +28,13 @@ from ablate.errors import ConfigError
 from ablate.imageio import Geometry
 from ablate.infer import (
     CaseEnsemble,
+    _uncrop_probabilities,
     export_labels,
     export_probabilities,
     gaussian_importance,
     mirror_combinations,
     model_logits,
-    restore_probabilities,
+    resample_logits,
     window_starts,
 )
 from ablate.nets import build_network
@@ -169,7 +170,9 @@ def test_export_order_matters_and_we_resample_logits_first():
     labels than nnU-Net's resampled logits on these confident, upsampled logits."""
     plan, props, logits = case("anisotropic", seed=3, logit_scale=8.0)
     theirs = np.asarray(nnunet_export(logits, plan, props))
-    softmax_first = restore_probabilities(torch.softmax(logits, 0).numpy(), props, plan)
+    probabilities = torch.softmax(torch.as_tensor(logits), 0).numpy()  # at the plan's spacing
+    resampled = resample_logits(probabilities, props, plan)  # the old order: softmax, resample
+    softmax_first = _uncrop_probabilities(resampled, props, plan, None)
     assert (softmax_first.argmax(0) != theirs).sum() > 10
     np.testing.assert_array_equal(export_labels(logits, props, plan), theirs)
 

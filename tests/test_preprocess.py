@@ -7,6 +7,7 @@ import pytest
 from ablate.config import PlanConfig
 from ablate.data.dataset import read_nnunet_raw
 from ablate.imageio import Geometry, write_image
+from ablate.infer import export_labels
 from ablate.plan import ChannelNormalization, Plan, crop_to_nonzero
 from ablate.preprocess import (
     label_dtype,
@@ -14,7 +15,6 @@ from ablate.preprocess import (
     prepare,
     preprocess_images,
     resample_seg,
-    restore_original,
 )
 
 SPACING = (3.0, 1.0, 1.25)  # (z, y, x), anisotropic on purpose
@@ -99,18 +99,18 @@ def test_resample_seg_keeps_labels_and_nearest_on_coarse_axis():
     assert out.sum() == 8 * seg.sum()  # a 2x upsampling of an aligned box is exact
 
 
-def test_restore_original_recovers_blob():
+def test_export_recovers_the_blob_in_the_original_geometry():
     image, seg = _volume(1)
     geometry = Geometry(SPACING, (0.0,) * 3, (1, 0, 0, 0, 1, 0, 0, 0, 1))
     plan = _plan()
     _, props = preprocess_images([image], geometry, plan)
     cropped = seg[tuple(slice(a, b) for a, b in props.crop_bbox)].astype(np.int16)
     seg_r = resample_seg(cropped, props.shape_after_resample, SPACING, plan.target_spacing_mm)
-    probs = np.stack([seg_r == 0, seg_r == 1]).astype(np.float32)  # (K, Z, Y, X)
-    restored = restore_original(probs, props, plan)
-    assert restored.shape == (2, *image.shape)
-    assert np.all(restored[0, 0] == 1.0)  # z = 0 is outside the crop: background
-    np.testing.assert_array_equal(restored.argmax(0), seg)
+    logits = np.stack([seg_r == 0, seg_r == 1]).astype(np.float32) * 10  # (K, Z, Y, X)
+    restored = export_labels(logits, props, plan)
+    assert restored.shape == image.shape
+    assert np.all(restored[0] == 0)  # z = 0 is outside the crop: background
+    np.testing.assert_array_equal(restored, seg)
 
 
 def test_prepare_builds_loads_and_reuses(tmp_path):
