@@ -28,7 +28,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     progress = for_terminal()
     try:
-        summary = run_study(study, text, progress=progress)
+        summary = run_study(study, text, progress=progress, study_file=args.study)
     finally:
         progress.close()
     phases = [("trainings", summary.trainings), ("evaluations", summary.evaluations)]

@@ -191,7 +191,9 @@ class Study(Frozen):
     analysis: AnalysisSpec = AnalysisSpec()  # report: non-inferiority margins
 
     def work_dir(self) -> Path:
-        """The study's run folder: `workdir`, else runs/<name> under the current directory."""
+        """The study's run folder: `workdir` (`load_study` resolves it against the study file's
+        folder, and defaults it to runs/<name> there), else runs/<name> under the current
+        directory (a Study built in code)."""
         return (self.workdir or Path("runs") / self.name).absolute()
 
     def report_path(self) -> Path:

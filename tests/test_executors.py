@@ -14,8 +14,10 @@ import pytest
 from slurm_cluster import slurm_cluster  # noqa: F401 - the session fixture
 
 from ablate.errors import ConfigError
+from ablate.run.driver import PhaseCount
 from ablate.run.executors import executor_for, make_executor
 from ablate.run.executors.local import InProcessExecutor, LocalExecutor
+from ablate.run.progress import PlainProgress
 from ablate.study import ExecutorSpec, RaySpec, SlurmSpec
 
 KINDS = ["inprocess", "local", "ray", "slurm"]
@@ -56,6 +58,29 @@ def count_attempts(path: str) -> int:
     if attempt == 1:
         time.sleep(120)  # preempted while it sleeps
     return attempt
+
+
+def epochs_slowly(events: str, epochs: int, seconds: float):
+    """A training as the driver sees it: one event line per epoch (as `execute_training` writes
+    them), then its Outcome with the whole history."""
+    from ablate.run.live import EpochEvents
+    from ablate.run.outcome import Outcome
+
+    write = EpochEvents(Path(events), epochs)
+    history = []
+    for epoch in range(epochs):
+        time.sleep(seconds)
+        metrics = {
+            "train_loss": 1 / (epoch + 1),
+            "val_loss": 1.5 / (epoch + 1),
+            "pseudo_dice": epoch / epochs,
+            "ema_pseudo_dice": epoch / epochs / 2,
+            "lr": 0.01 * (1 - epoch / epochs),
+            "epoch_seconds": seconds,
+        }
+        history.append(metrics)
+        write(epoch, metrics)
+    return Outcome({"train_seconds": seconds * epochs}, history=history)
 
 
 @pytest.fixture(scope="session")
@@ -222,26 +247,15 @@ TINY_STUDY = {
 }
 
 
-class Messages:
+class Messages(PlainProgress):
     """A Progress that keeps every line, to look for tracking errors."""
 
     def __init__(self):
+        super().__init__(epoch_every_s=0)
         self.lines: list[str] = []
 
     def message(self, text: str) -> None:
         self.lines.append(text)
-
-    def phase(self, name: str, total: int) -> None:
-        self.lines.append(f"{name}: {total}")
-
-    def job(self, text: str) -> None:
-        self.lines.append(text)
-
-    def advance(self, name: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _run_tiny(root: Path, executor) -> tuple:
@@ -380,3 +394,65 @@ executor:
     path.write_text(text.replace("kind: slurm", "kind: kubernetes"))
     with pytest.raises(ConfigError, match="executor.kind"):
         load_study(path)
+
+
+def test_live_curves_grow_in_mlflow_while_the_training_runs(executor, tmp_path: Path) -> None:
+    """Every executor: the training's MLflow run shows its epochs while it is RUNNING, the driver
+    being the only writer; at the end one value per step and the curve figure."""
+    import threading
+
+    import mlflow
+
+    from ablate.expand import expand
+    from ablate.run.driver import PhaseContext, run_phase
+    from ablate.run.live import EVENTS_NAME, LiveCurves
+    from ablate.run.tracking import Tracker
+    from ablate.study import Study
+
+    study = Study.model_validate({**TINY_STUDY, "workdir": str(tmp_path)})
+    job = expand(study, "data")[0][0]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "live", tmp_path / "artifacts")
+    tracker.start_study({}, {})
+    progress = Messages()
+    live = LiveCurves(
+        tracker, lambda key, *epoch: progress.epoch(key, job.name, *epoch), poll_s=0.2
+    )
+    ctx = PhaseContext(executor, tracker, progress, live, tmp_path / "jobs", [])
+    seen: list[tuple[str, int]] = []
+    stop = threading.Event()
+
+    def observe() -> None:  # a reader beside the driver, as `mlflow ui` is
+        reader = mlflow.MlflowClient(uri)
+        while not stop.wait(0.2):
+            runs = reader.search_runs([tracker.experiment_id], "tags.`ablate.kind` = 'train'")
+            for run in runs:
+                points = reader.get_metric_history(run.info.run_id, "train_loss")
+                seen.append((run.info.status, len(points)))
+
+    watcher = threading.Thread(target=observe)
+    watcher.start()
+    epochs = 5
+    try:
+        run_phase(
+            [job],
+            "trainings",
+            lambda j: (epochs_slowly, (str(tmp_path / "jobs" / j.key / EVENTS_NAME), epochs, 1.0)),
+            ctx,
+            PhaseCount(),
+        )
+    finally:
+        stop.set()
+        watcher.join()
+        live.close()
+    assert ctx.failed == []
+    growing = sorted({n for status, n in seen if status == "RUNNING"})
+    assert len([n for n in growing if 0 < n < epochs]) >= 2, seen  # seen growing, not at the end
+    run = tracker.client.search_runs([tracker.experiment_id], "tags.`ablate.kind` = 'train'")[0]
+    assert run.info.status == "FINISHED"
+    for metric in ("train_loss", "val_loss", "pseudo_dice", "ema_pseudo_dice", "lr"):
+        steps = [p.step for p in tracker.client.get_metric_history(run.info.run_id, metric)]
+        assert sorted(steps) == list(range(epochs)), metric  # one value per step
+    artifacts = [a.path for a in tracker.client.list_artifacts(run.info.run_id)]
+    assert "training_curves.png" in artifacts
+    assert any(f"train {job.name}: epoch 3/{epochs}" in line for line in progress.lines)

@@ -195,8 +195,11 @@ def test_status_estimates_the_time_left_from_finished_jobs(tmp_path: Path) -> No
     tracker.client.set_terminated(run_id, "FINISHED", end_time=start + 90_000)  # took 90 s
     text = study_status(study)
     assert f"done     train {train_jobs[0].name}" in text
-    assert "1 done, 0 running, 0 failed, 3 pending" in text
-    assert "estimated time left: 1.5 min" in text  # the other training; evaluations: unknown
+    assert "[1/4] 1 done, 0 running, 0 failed, 3 pending" in text
+    # the other training at 90 s; the evaluations have no duration yet
+    assert (
+        "time left: 3 left, about 1.5 min + the evaluations (not timed yet) (1 at a time)" in text
+    )
 
 
 class _Recording:

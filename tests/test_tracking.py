@@ -147,6 +147,19 @@ def test_runs_of_jobs_the_study_no_longer_plans_stay_out_of_the_results(tmp_path
     assert tracker.finished(train_jobs[0].key)  # still there for a study that plans it again
 
 
+def test_a_job_finished_twice_is_counted_once(tmp_path):
+    """Two runs of one job both FINISHED (two runners before the lock): the latest one counts."""
+    tracker = _tracker(tmp_path)
+    _, eval_jobs = _run_one_study(tracker, tmp_path)
+    evaluation = next(e for e in eval_jobs if e.variant["infer.tta"] == 2 and e.fold == 0)
+    again = tracker.start_eval_job(evaluation)
+    tracker.log_table(again, _per_case(7), "per_case")
+    tracker.end_job(again, ok=True)
+    results = fetch_results(tracker.tracking_uri, "tiny")
+    assert results.tidy["value"].tolist() == [7.5, 0.75]  # 2 cases, not 4
+    assert len(results.cost) == 1
+
+
 @pytest.mark.parametrize("fold_column", [True, False])  # False: written before the column
 def test_test_runs_fill_the_held_out_tables(tmp_path, fold_column):
     tracker = _tracker(tmp_path)

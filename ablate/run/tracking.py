@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,50 @@ def default_tracking_uri(study: Study, workdir: Path) -> str:
     return f"sqlite:///{Path(workdir).absolute() / 'mlflow.db'}"
 
 
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, else None."""
+    prefix = "sqlite:///"
+    return Path(tracking_uri[len(prefix) :]) if tracking_uri.startswith(prefix) else None
+
+
+def store_missing(tracking_uri: str) -> str | None:
+    """Why there is nothing to read (a sqlite store whose file does not exist), else None.
+    Checked before any client touches it: MLflow creates a missing sqlite database on open."""
+    path = sqlite_file(tracking_uri)
+    if path is not None and not path.is_file():
+        return f"no MLflow store at {path}"
+    return None
+
+
+def read_job_records(tracking_uri: str, study_name: str) -> dict[str, JobRecord] | None:
+    """job_key -> its best run, read without creating anything; None when the store or the
+    study's experiment does not exist."""
+    if store_missing(tracking_uri):
+        return None
+    _quiet_mlflow()
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(study_name)
+    if experiment is None:
+        return None
+    return _job_records(client, experiment.experiment_id)
+
+
+def _job_records(client: MlflowClient, experiment_id: str) -> dict[str, JobRecord]:
+    records: dict[str, JobRecord] = {}
+    for run in _search_all(client, experiment_id, "tags.`ablate.kind` != 'study'"):
+        key = run.data.tags.get("ablate.job_key")
+        state = _state(run)
+        known = records.get(key)
+        if key and state.better_than(known.state if known else None):
+            seconds = (
+                (run.info.end_time - run.info.start_time) / 1000
+                if state is JobState.DONE and run.info.end_time
+                else None
+            )
+            records[key] = JobRecord(state, seconds, dict(run.data.metrics))
+    return records
+
+
 def encode_value(value: Any) -> str:
     """Axis values as params: strings as they are, everything else as JSON."""
     return value if isinstance(value, str) else json.dumps(value)
@@ -117,14 +162,35 @@ def _get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Pa
     return experiment.experiment_id
 
 
+class _Serialized:
+    """An MlflowClient whose calls take one lock: the driver's threads (the main loop and the
+    live-curve forwarder) then write to the store one at a time, as sqlite wants."""
+
+    def __init__(self, client: MlflowClient):
+        self._client = client
+        self.lock = threading.RLock()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self.lock:
+                return attribute(*args, **kwargs)
+
+        return call
+
+
 class Tracker:
-    """MLflow runs of one study: a parent run (`ablate.kind = study`) and a child run per job."""
+    """MLflow runs of one study: a parent run (`ablate.kind = study`) and a child run per job.
+    Safe to use from several threads of one process (calls are serialized)."""
 
     def __init__(self, tracking_uri: str, study_name: str, artifact_root: Path):
         self.tracking_uri = tracking_uri
         self.study_name = study_name
         _quiet_mlflow()
-        self.client = MlflowClient(tracking_uri)
+        self.client = _Serialized(MlflowClient(tracking_uri))
         self.experiment_id = _get_or_create_experiment(self.client, study_name, Path(artifact_root))
         self.parent_run_id: str | None = None
 
@@ -296,19 +362,7 @@ class Tracker:
 
     def job_records(self) -> dict[str, JobRecord]:
         """job_key -> its best run (done > running > failed > superseded)."""
-        records: dict[str, JobRecord] = {}
-        for run in _search_all(self.client, self.experiment_id, "tags.`ablate.kind` != 'study'"):
-            key = run.data.tags.get("ablate.job_key")
-            state = _state(run)
-            known = records.get(key)
-            if key and state.better_than(known.state if known else None):
-                seconds = (
-                    (run.info.end_time - run.info.start_time) / 1000
-                    if state is JobState.DONE and run.info.end_time
-                    else None
-                )
-                records[key] = JobRecord(state, seconds, dict(run.data.metrics))
-        return records
+        return _job_records(self.client, self.experiment_id)
 
     def job_states(self) -> dict[str, JobState]:
         """job_key -> best state over its runs (done > running > failed > superseded)."""
@@ -399,7 +453,14 @@ def _missing(planned: list[dict] | None, runs: list) -> list[str]:
 
 
 def fetch_results(tracking_uri: str, study_name: str) -> Results:
-    """Read every FINISHED train/eval run of a study back into tidy tables."""
+    """Read every FINISHED train/eval run of a study back into tidy tables: one run per job
+    (its latest finished run), so a job finished twice is counted once. Creates nothing."""
+    missing_store = store_missing(tracking_uri)
+    if missing_store:
+        raise ConfigError(
+            f"{missing_store}: study {study_name!r} has not run yet (ablate run it first, or "
+            "point tracking_uri at its store); nothing was created"
+        )
     _quiet_mlflow()
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(study_name)
@@ -415,7 +476,7 @@ def fetch_results(tracking_uri: str, study_name: str) -> Results:
     if planned is not None:  # runs of jobs the study no longer has (an edited grid) stay out
         keys = {job["job_key"] for job in planned}
         runs = [r for r in runs if r is parent or r.data.tags.get("ablate.job_key") in keys]
-    finished = [r for r in runs if r.info.status == "FINISHED"]
+    finished = _latest_per_job([r for r in runs if r.info.status == "FINISHED"])
     axes = _axes(parent, runs)
     train_runs = {
         r.data.tags["ablate.job_key"]: r
@@ -477,6 +538,14 @@ def fetch_results(tracking_uri: str, study_name: str) -> Results:
     test_df = test_df.reindex(columns=[*test_ids, "case", "target", "metric", "value"])
     test_cost_df = pd.DataFrame(test_cost, columns=[*test_ids, *EVAL_COST])
     return Results(tidy_df, cost_df, curves_df, axes, missing, test_df, test_cost_df)
+
+
+def _latest_per_job(finished: list) -> list:
+    """The latest finished run of each job (runs come oldest first); the study's own run kept."""
+    latest: dict[str, Any] = {}
+    for run in finished:
+        latest[run.data.tags.get("ablate.job_key") or run.info.run_id] = run
+    return list(latest.values())
 
 
 def _test_table(table: pd.DataFrame, identity: dict[str, Any]) -> pd.DataFrame:
