@@ -8,11 +8,26 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def omit_defaults(dumped, defaults: dict):
+    """Drop fields that still hold their default: job and cache keys hash dumped configs, so a
+    field added later must not change the keys of studies that leave it alone."""
+    if isinstance(dumped, dict):
+        for name, default in defaults.items():
+            if name in dumped and dumped[name] == default:
+                del dumped[name]
+    return dumped
+
+
+# nnU-Net's planners and their default GPU memory targets (nnUNetPlannerResEncM/L/XL); the
+# planners' rules are in ablate.topology.PLANNER_PRESETS
+PRESET_GPU_MEMORY_GB = {"nnunet": 8.0, "resenc_m": 8.0, "resenc_l": 24.0, "resenc_xl": 40.0}
 
 
 class CTWindow(Frozen):
@@ -23,8 +38,11 @@ class CTWindow(Frozen):
 
 
 class PlanConfig(Frozen):
-    """Planner inputs. `gpu_memory_gb` is nnU-Net's memory budget (8 GB default)."""
+    """Planner inputs. `preset` is the nnU-Net planner: "nnunet" (nnUNetPlans, PlainConvUNet) or
+    "resenc_m" / "resenc_l" / "resenc_xl" (nnUNetResEncUNet{M,L,XL}Plans, ResidualEncoderUNet).
+    `gpu_memory_gb` is its memory target; left out, the preset's (8, 8, 24, 40 GB)."""
 
+    preset: Literal["nnunet", "resenc_m", "resenc_l", "resenc_xl"] = "nnunet"
     gpu_memory_gb: float = Field(8.0, gt=0)
     base_features: int = Field(32, ge=1)
     max_features: int = Field(320, ge=1)
@@ -36,6 +54,21 @@ class PlanConfig(Frozen):
     clip_percentiles: tuple[float, float] | None = None  # None = nnU-Net's (0.5, 99.5)
     # nnU-Net samples 1e8 foreground voxels in all for its intensity statistics; fewer is faster
     intensity_samples: int = Field(100_000_000, ge=1000)
+    # the 3d_fullres loss's batch Dice; None = nnU-Net's rule (on exactly when 3d_lowres survives)
+    batch_dice: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_memory_target(cls, data):
+        touched = isinstance(data, dict) and ("preset" in data or "gpu_memory_gb" in data)
+        if touched and data.get("gpu_memory_gb") is None:
+            target = PRESET_GPU_MEMORY_GB.get(data.get("preset", "nnunet"), 8.0)
+            data = {**data, "gpu_memory_gb": target}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler):
+        return omit_defaults(handler(self), {"preset": "nnunet", "batch_dice": None})
 
 
 class TrainConfig(Frozen):
@@ -44,6 +77,8 @@ class TrainConfig(Frozen):
     arch: str = "plain"  # key of ablate.nets.ARCHITECTURES
     base_features: int | None = None  # None = the plan's features; seed 004 used 24 / 30
     blocks_per_stage: tuple[int, ...] | None = None  # residual encoders; None = ResEnc 1,3,4,6,6,..
+    # every block's nonlinearity: nnU-Net's LeakyReLU(0.01), or ReLU (Isensee 2019's residual nets)
+    nonlin: Literal["leaky_relu", "relu"] = "leaky_relu"
     loss: str = "dice_ce"  # key of ablate.losses.LOSSES
     # region-based training (sigmoid per region, loss dice_bce) as nnU-Net for nested labels,
     # e.g. {kidney: [1, 2], tumor: [2]}; None = softmax over the labels
@@ -63,12 +98,20 @@ class TrainConfig(Frozen):
     data_workers: int = Field(2, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler):
+        return omit_defaults(handler(self), {"nonlin": "leaky_relu"})
+
 
 class InferConfig(Frozen):
     """Inference. TTA k takes the first k mirror combinations, identity first."""
 
     tta: Literal[1, 2, 4, 8] = 8
     mirror_axes: tuple[int, ...] = (0, 1, 2)
+    # the order of the mirror combinations, which TTA k takes the first k of: nnU-Net v2's
+    # (identity, z, y, x, zy, zx, yx, zyx) or v1's (identity, x, y, yx, z, zx, zy, zyx: TTA 2
+    # flips the last, left-right axis, as Zhou 2021 ran it on FLARE21)
+    mirror_order: Literal["nnunet_v2", "nnunet_v1"] = "nnunet_v2"
     step_size: float = Field(0.5, gt=0, le=1)
     window_batch: int = Field(2, ge=1)
     # with a held-out test set (dataset.test): also predict it with the mean of every fold
@@ -89,10 +132,7 @@ class InferConfig(Frozen):
     def _omit_default_checkpoint(self, handler):
         # job keys hash the dumped config: the default is left out so that adding this field
         # does not change the keys of studies run before it existed
-        dumped = handler(self)
-        if isinstance(dumped, dict) and dumped.get("checkpoint") == "final":
-            del dumped["checkpoint"]
-        return dumped
+        return omit_defaults(handler(self), {"checkpoint": "final", "mirror_order": "nnunet_v2"})
 
 
 class EvalConfig(Frozen):

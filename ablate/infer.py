@@ -30,17 +30,28 @@ from ablate.imageio import Geometry, write_image
 from ablate.plan import Plan
 
 
-def mirror_combinations(axes: tuple[int, ...], k: int) -> list[tuple[int, ...]]:
+def mirror_combinations(
+    axes: tuple[int, ...], k: int, order: str = "nnunet_v2"
+) -> list[tuple[int, ...]]:
     """The first k mirror combinations of the allowed spatial axes (0=z, 1=y, 2=x).
 
-    Order: identity, then single axes, then pairs, then all three, each group in
-    itertools.combinations order. For axes (0, 1, 2): (), (0,), (1,), (2,), (0, 1), (0, 2),
-    (1, 2), (0, 1, 2); so TTA 2 mirrors z only and TTA 4 mirrors each axis once.
+    "nnunet_v2" (nnUNetPredictor): identity, then single axes, then pairs, then all three, each
+    group in itertools.combinations order. For axes (0, 1, 2): (), (0,), (1,), (2,), (0, 1),
+    (0, 2), (1, 2), (0, 1, 2); so TTA 2 mirrors z only and TTA 4 mirrors each axis once.
+    "nnunet_v1" (v1's _internal_maybe_mirror_and_pred_3D): a binary count with x the lowest
+    bit, skipping combinations outside `axes`: (), (2,), (1,), (1, 2), (0,), (0, 2), (0, 1),
+    (0, 1, 2); so TTA 2 mirrors x (left-right in an axial scan).
     """
     if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
         raise ConfigError(f"infer.mirror_axes: {axes} must be distinct values from (0, 1, 2)")
     axes = tuple(sorted(axes))
-    combos = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+    if order == "nnunet_v1":
+        counted = (tuple(a for a in (0, 1, 2) if m >> (2 - a) & 1) for m in range(8))
+        combos = [c for c in counted if set(c) <= set(axes)]
+    elif order == "nnunet_v2":
+        combos = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+    else:
+        raise ConfigError(f"infer.mirror_order: {order!r}; valid: nnunet_v2, nnunet_v1")
     if not 1 <= k <= len(combos):
         raise ConfigError(
             f"infer.tta: {k} needs {k} mirror combinations but mirror_axes {axes} give "
@@ -178,7 +189,7 @@ def model_logits(
     model: nn.Module, data: np.ndarray, plan: Plan, cfg: InferConfig, device: torch.device
 ) -> torch.Tensor:
     """One model's sliding-window logits (K, Z, Y, X) on `device`, with cfg's TTA and step."""
-    combos = mirror_combinations(tuple(cfg.mirror_axes), cfg.tta)
+    combos = mirror_combinations(tuple(cfg.mirror_axes), cfg.tta, cfg.mirror_order)
     return sliding_window_logits(
         model, data, plan.patch_size, cfg.step_size, combos, cfg.window_batch, device
     )

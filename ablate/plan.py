@@ -15,11 +15,13 @@ from scipy.ndimage import binary_fill_holes
 from ablate.errors import DataError
 from ablate.imageio import Geometry, read_image
 from ablate.topology import (
+    PLANNER_PRESETS,
     REFERENCE_BATCH_3D,
     determine_transpose,
     features_per_stage,
     fit_patch,
     lowres_survives,
+    memory_reference,
     planner_estimate,
     pool_and_conv_props,
 )
@@ -90,6 +92,7 @@ class Plan:
     transpose_forward: tuple[int, int, int] = (0, 1, 2)
     transpose_backward: tuple[int, int, int] = (0, 1, 2)
     batch_dice: bool = False  # nnU-Net's 3d_fullres: True exactly when 3d_lowres survives
+    preset: str = "nnunet"  # the planner (ablate.topology.PLANNER_PRESETS)
 
     @property
     def num_stages(self) -> int:
@@ -122,9 +125,7 @@ class Plan:
 
 ANISO_THRESHOLD = 3.0
 FOREGROUND_SAMPLES_TOTAL = 10e7  # nnU-Net samples 1e8 foreground voxels over the whole dataset
-REFERENCE_FEATURE_MAP_SIZE_3D = 560e6  # nnU-Net's proxy budget for 8 GB at batch 2
 MIN_BATCH = 2
-MAX_DATASET_COVERED = 0.05
 NORMALIZATION_BY_CHANNEL = {
     "ct": "ct",
     "nonorm": "noNorm",
@@ -317,15 +318,18 @@ def _normalizations(fp: Fingerprint, dataset, cfg, workers: int) -> list[Channel
     return out
 
 
-def _batch_size(estimate: int, reference: float, patch, n_voxels_dataset: float) -> int:
-    """Budget headroom scales the batch; at most 5 % of the dataset per step; at least 2."""
+def _batch_size(
+    estimate: int, reference: float, patch, n_voxels_dataset: float, max_covered: float
+) -> int:
+    """Budget headroom scales the batch; at most `max_covered` of the dataset per step (5 % for
+    nnUNetPlans, all of it for ResEnc M/L/XL); at least 2."""
     batch = round(reference / estimate * REFERENCE_BATCH_3D)
-    cap = round(n_voxels_dataset * MAX_DATASET_COVERED / np.prod(patch, dtype=np.float64))
+    cap = round(n_voxels_dataset * max_covered / np.prod(patch, dtype=np.float64))
     return int(max(min(batch, cap), MIN_BATCH))
 
 
 def make_plan(fp: Fingerprint, dataset, cfg, workers: int = 2) -> Plan:
-    """nnU-Net v2's 3d_fullres plan under cfg's memory budget and overrides.
+    """nnU-Net v2's 3d_fullres plan by cfg's planner preset, under its memory budget and overrides.
 
     `cfg.target_spacing_mm` and `cfg.patch_size` are in the image's (z, y, x) order (nnU-Net's
     overwrite_target_spacing is too); the plan holds them in its transposed frame.
@@ -340,21 +344,25 @@ def make_plan(fp: Fingerprint, dataset, cfg, workers: int = 2) -> Plan:
     spacing = spacing[list(forward)]
     n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * len(fp.spacings_mm))
     num_classes = dataset.num_classes
-    reference = REFERENCE_FEATURE_MAP_SIZE_3D * cfg.gpu_memory_gb / 8
+    preset = PLANNER_PRESETS[cfg.preset]
+    reference = memory_reference(preset, cfg.gpu_memory_gb)
     widths = (cfg.base_features, cfg.max_features)
     if cfg.patch_size is not None:
         topo = pool_and_conv_props(spacing, [cfg.patch_size[a] for a in forward])
-        estimate = planner_estimate(topo, num_classes, *widths)
+        estimate = planner_estimate(topo, num_classes, *widths, preset)
     else:
-        topo, estimate = fit_patch(spacing, median_shape, reference, num_classes, *widths)
+        topo, estimate = fit_patch(spacing, median_shape, reference, num_classes, *widths, preset)
     lowres = lowres_survives(
-        spacing, median_shape, topo.patch_size, reference, num_classes, *widths
+        spacing, median_shape, topo.patch_size, reference, num_classes, *widths, preset
+    )
+    batch = _batch_size(
+        estimate, reference, topo.patch_size, n_voxels_dataset, preset.max_dataset_covered
     )
     median_spacing = np.median(np.array(fp.spacings_mm, dtype=float), axis=0)
     return Plan(
         target_spacing_mm=tuple(float(s) for s in spacing),
         patch_size=tuple(int(p) for p in topo.patch_size),
-        batch_size=_batch_size(estimate, reference, topo.patch_size, n_voxels_dataset),
+        batch_size=batch,
         pool_kernel_sizes=[tuple(int(v) for v in p) for p in topo.pool_kernel_sizes],
         conv_kernel_sizes=[tuple(int(v) for v in k) for k in topo.conv_kernel_sizes],
         features_per_stage=features_per_stage(
@@ -366,8 +374,9 @@ def make_plan(fp: Fingerprint, dataset, cfg, workers: int = 2) -> Plan:
         median_shape=tuple(int(round(m)) for m in median_shape),
         anisotropic=bool(is_anisotropic(spacing) or is_anisotropic(median_spacing)),
         cascade_recommended=lowres,
-        batch_dice=lowres,
+        batch_dice=lowres if cfg.batch_dice is None else cfg.batch_dice,
         memory_budget_gb=float(cfg.gpu_memory_gb),
+        preset=cfg.preset,
         transpose_forward=forward,
         transpose_backward=backward,
     )

@@ -24,17 +24,45 @@ SECTIONS = {"plan": PlanConfig, "train": TrainConfig, "infer": InferConfig}
 
 # axis -> value -> the dotted-path settings it stands for
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # seed 004 (KiTS19): plain U-Net with 30 feature maps at full resolution; the residual and
+    # Isensee 2019 (KiTS19): plain U-Net with 30 feature maps at full resolution; the residual and
     # pre-activation residual encoders drop to 24 to fit the same memory
     "arch": {
         "plain": {"train.arch": "plain", "train.base_features": 30},
         "residual": {"train.arch": "residual", "train.base_features": 24},
         "preact": {"train.arch": "preact", "train.base_features": 24},
     },
-    # seed 003 (ICH): CT window level 96 / width 59 before nnU-Net's normalisation, or none
+    # Liang, ICH (team superembrace): CT window 96 / width 59 before nnU-Net's normalisation,
+    # or none
     "ct_window": {
         "on": {"plan.ct_window": {"level": 96.0, "width": 59.0}},
         "off": {"plan.ct_window": None},
+    },
+    # Isensee 2019 (KiTS19) as the paper built its networks (nnU-Net v1's): plain U-Net, 30
+    # base features, LeakyReLU; residual and pre-activation residual encoders with 24 base
+    # features, one block at full resolution and one more after each downsampling
+    # (1, 2, 3, 4, 4, ...), one decoder conv per stage, ReLU
+    "kits19_net": {
+        "plain": {"train.arch": "plain", "train.base_features": 30},
+        "residual": {
+            "train.arch": "residual",
+            "train.base_features": 24,
+            "train.blocks_per_stage": [1, 2, 3, 4],
+            "train.nonlin": "relu",
+        },
+        "preact": {
+            "train.arch": "preact",
+            "train.base_features": 24,
+            "train.blocks_per_stage": [1, 2, 3, 4],
+            "train.nonlin": "relu",
+        },
+    },
+    # nnU-Net v2's plans with the network each is planned for: nnUNetPlans (PlainConvUNet) and
+    # nnUNetResEncUNet{M,L,XL}Plans (ResidualEncoderUNet, ResEnc's 1, 3, 4, 6, 6, 6 blocks)
+    "plans": {
+        "nnunet": {"plan.preset": "nnunet", "train.arch": "plain"},
+        "resenc_m": {"plan.preset": "resenc_m", "train.arch": "residual"},
+        "resenc_l": {"plan.preset": "resenc_l", "train.arch": "residual"},
+        "resenc_xl": {"plan.preset": "resenc_xl", "train.arch": "residual"},
     },
 }
 
@@ -49,7 +77,7 @@ SHORT_NAMES = {
     "train.deep_supervision": "ds", "train.base_features": "features", "infer.tta": "tta",
     "infer.postprocess": "pp", "infer.ensemble_folds": "ensemble", "plan.ct_window": "window",
 }
-BARE_AXES = {"arch", "train.arch", "train.loss"}  # their values read well on their own
+BARE_AXES = {"arch", "kits19_net", "plans", "train.arch", "train.loss", "plan.preset"}
 
 
 class SyntheticSpec(Frozen):
@@ -240,8 +268,11 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
 
 def resolve_variant(study: Study, variant: dict[str, Any]) -> tuple[PlanConfig, TrainConfig,
                                                                        InferConfig]:
-    """The plan/train/infer configs of one grid cell (raises ValidationError/ConfigError)."""
-    tree = {s: getattr(study, s).model_dump() for s in SECTIONS}
+    """The plan/train/infer configs of one grid cell (raises ValidationError/ConfigError).
+
+    Only the settings the study wrote are carried over, so a preset's defaults (the memory
+    target of `plan.preset`) apply unless the study sets them."""
+    tree = {s: getattr(study, s).model_dump(exclude_unset=True) for s in SECTIONS}
     for axis, value in variant.items():
         if axis in PRESETS:
             if value not in PRESETS[axis]:
@@ -254,6 +285,11 @@ def resolve_variant(study: Study, variant: dict[str, Any]) -> tuple[PlanConfig, 
             _set_path(tree, dotted, setting)
     plan, train, infer = (model.model_validate(tree[s]) for s, model in SECTIONS.items())
     _check_registries(train)
+    if plan.preset != "nnunet" and train.arch != "residual":
+        raise ConfigError(
+            f"plan.preset {plan.preset}: nnU-Net plans it for its residual encoder U-Net, not "
+            f"train.arch {train.arch}; set train.arch: residual (the `plans` axis sets both)"
+        )
     return plan, train, infer
 
 

@@ -1,10 +1,14 @@
-"""nnU-Net v2's network-topology rules, the plain U-Net feature-map-size memory proxy, and the
-planner's patch fitting, transpose and 3d_lowres rule that build on them.
+"""nnU-Net v2's network-topology rules, the U-Net feature-map-size memory proxies, the planner
+presets, and the planner's patch fitting, transpose and 3d_lowres rule that build on them.
 
 Pure functions. `pool_and_conv_props` follows
 nnunetv2/experiment_planning/experiment_planners/network_topology.py::get_pool_and_conv_props;
-`plain_unet_feature_map_size` follows dynamic_network_architectures' PlainConvUNet
-`compute_conv_feature_map_size`. nnU-Net's planner builds that network through
+`plain_unet_feature_map_size` and `residual_unet_feature_map_size` follow
+dynamic_network_architectures' PlainConvUNet / ResidualEncoderUNet
+`compute_conv_feature_map_size`. `PLANNER_PRESETS` holds what nnU-Net's ExperimentPlanner and its
+ResEnc planners (residual_unets/residual_encoder_unet_planners.py: nnUNetPlannerResEncM/L/XL)
+set differently: the proxy network, its memory reference and the batch cap. nnU-Net's planner
+builds its network through
 `get_network_from_plans` without a `deep_supervision` argument, so PlainConvUNet's default
 (False) applies and only the top segmentation head is counted: hence the default below.
 """
@@ -112,6 +116,78 @@ def plain_unet_feature_map_size(
     return total
 
 
+def residual_unet_feature_map_size(
+    patch_size,
+    pool_kernel_sizes,
+    features: list[int],
+    num_classes: int,
+    blocks_per_stage,
+    convs_per_decoder_stage: int = 1,
+    deep_supervision: bool = False,
+) -> int:
+    """The same sum for DNA's ResidualEncoderUNet (BasicBlockD encoder, plain decoder): the stem
+    conv at full resolution, two convs per block, plus the 1x1 projection of a block whose
+    channels or size change (the first of every stage but stage 0), then the decoder as above."""
+    size = list(patch_size)
+    total = features[0] * _prod(size)  # stem
+    sizes, in_channels = [], features[0]
+    for f, stride, blocks in zip(features, pool_kernel_sizes, blocks_per_stage, strict=False):
+        after = [z // s for z, s in zip(size, stride, strict=True)]
+        projects = in_channels != f or after != size
+        total += (2 * blocks + projects) * f * _prod(after)
+        sizes.append(after)
+        size, in_channels = after, f
+    n = len(features)
+    for level in range(n - 2, -1, -1):
+        voxels = _prod(sizes[level])
+        total += (convs_per_decoder_stage + 1) * features[level] * voxels  # convs, transposed conv
+        if deep_supervision or level == 0:
+            total += num_classes * voxels
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# planner presets: nnU-Net v2's nnUNetPlans and nnUNetResEncUNet{M,L,XL}Plans
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannerPreset:
+    """What one of nnU-Net's 3D planners sets. The memory budget is `reference_3d` scaled by
+    (gpu_memory_gb / reference_gb); `reference_gb` is also the planner's default target."""
+
+    plans_name: str  # nnU-Net's plans identifier
+    network: str  # the proxy (and planned) network: "plain" PlainConvUNet, "residual" ResEnc
+    reference_3d: float  # feature-map-size budget at reference_gb and batch 2
+    reference_gb: float
+    max_dataset_covered: float  # the batch covers at most this share of the dataset's voxels
+    encoder_blocks: tuple[int, ...]  # convs (plain) or residual blocks per stage, cut to depth
+    decoder_convs: int  # convs per decoder stage
+
+
+RESENC_ENCODER_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
+PLANNER_PRESETS: dict[str, PlannerPreset] = {
+    "nnunet": PlannerPreset("nnUNetPlans", "plain", 560e6, 8.0, 0.05, (2,) * 14, 2),
+    # ResEnc M/L/XL: their own references, max_dataset_covered 1 (no 5 % cap; the batch still
+    # never covers more than the whole dataset)
+    "resenc_m": PlannerPreset(
+        "nnUNetResEncUNetMPlans", "residual", 680e6, 8.0, 1.0, RESENC_ENCODER_BLOCKS, 1
+    ),
+    "resenc_l": PlannerPreset(
+        "nnUNetResEncUNetLPlans", "residual", 2100e6, 24.0, 1.0, RESENC_ENCODER_BLOCKS, 1
+    ),
+    "resenc_xl": PlannerPreset(
+        "nnUNetResEncUNetXLPlans", "residual", 3600e6, 40.0, 1.0, RESENC_ENCODER_BLOCKS, 1
+    ),
+}
+NNUNET = PLANNER_PRESETS["nnunet"]
+
+
+def memory_reference(preset: PlannerPreset, gpu_memory_gb: float) -> float:
+    """The proxy budget for a memory target (nnU-Net: reference_val * target / corresp_GB)."""
+    return preset.reference_3d * gpu_memory_gb / preset.reference_gb
+
+
 # ----------------------------------------------------------------------------------------------
 # nnU-Net's patch fitting, transpose and 3d_lowres rule (ExperimentPlanner, 3D)
 # ----------------------------------------------------------------------------------------------
@@ -122,13 +198,23 @@ LOWRES_SPACING_STEP = 1.03  # lowres spacing grows by 3 % per try
 
 
 def planner_estimate(
-    topo: Topology, num_classes: int, base_features: int = 32, max_features: int = 320
+    topo: Topology,
+    num_classes: int,
+    base_features: int = 32,
+    max_features: int = 320,
+    preset: PlannerPreset = NNUNET,
 ) -> int:
-    """nnU-Net's VRAM proxy for a topology: the planner builds its PlainConvUNet without deep
+    """nnU-Net's VRAM proxy for a topology: the planner builds the preset's network without deep
     supervision (only the top head counts); input channels do not enter (conv outputs only)."""
-    feats = features_per_stage(len(topo.pool_kernel_sizes), base_features, max_features)
-    return plain_unet_feature_map_size(
-        topo.patch_size, topo.pool_kernel_sizes, feats, num_classes, deep_supervision=False
+    n = len(topo.pool_kernel_sizes)
+    feats = features_per_stage(n, base_features, max_features)
+    if preset.network == "plain":
+        return plain_unet_feature_map_size(
+            topo.patch_size, topo.pool_kernel_sizes, feats, num_classes
+        )
+    blocks = [preset.encoder_blocks[min(s, len(preset.encoder_blocks) - 1)] for s in range(n)]
+    return residual_unet_feature_map_size(
+        topo.patch_size, topo.pool_kernel_sizes, feats, num_classes, blocks, preset.decoder_convs
     )
 
 
@@ -147,13 +233,14 @@ def fit_patch(
     num_classes: int,
     base_features: int = 32,
     max_features: int = 320,
+    preset: PlannerPreset = NNUNET,
 ) -> tuple[Topology, int]:
     """Start from the 256^3-volume patch clipped to the median shape; shrink the axis with the
     largest patch/median ratio (the last one on ties) by one divisibility step until the
     proxy fits `reference`. Returns the topology and its proxy estimate."""
 
     def estimate(t: Topology) -> int:
-        return planner_estimate(t, num_classes, base_features, max_features)
+        return planner_estimate(t, num_classes, base_features, max_features, preset)
 
     topo = pool_and_conv_props(spacing, _initial_patch(spacing, median_shape))
     current = estimate(topo)
@@ -192,6 +279,7 @@ def lowres_survives(
     num_classes: int,
     base_features: int = 32,
     max_features: int = 320,
+    preset: PlannerPreset = NNUNET,
 ) -> bool:
     """Whether nnU-Net's planner keeps a 3d_lowres configuration (inputs in the plan's frame).
 
@@ -220,6 +308,7 @@ def lowres_survives(
             num_classes,
             base_features,
             max_features,
+            preset,
         )
         patch_voxels = np.prod(topo.patch_size, dtype=np.int64)
         created = True

@@ -256,9 +256,49 @@ def test_gaussian_and_steps_equal_nnunets():
 
 
 def test_tta_order_equals_nnunets_mirror_combinations():
-    axes = (0, 1, 2)
-    theirs = [()] + [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
-    assert mirror_combinations(axes, 8) == theirs
+    # nnUNetPredictor._internal_maybe_mirror_and_predict: identity, then
+    # [c for i in range(len(mirror_axes)) for c in itertools.combinations(mirror_axes, i + 1)]
+    for axes in [(0, 1, 2), (1, 2), (0, 2), (2,)]:
+        theirs = [()] + [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+        for k in range(1, len(theirs) + 1):
+            assert mirror_combinations(axes, k) == theirs[:k]
+            assert mirror_combinations(axes, k, "nnunet_v2") == theirs[:k]
+
+
+# nnU-Net v1's SegmentationNetwork._internal_maybe_mirror_and_pred_3D, transcribed: pass m runs
+# `if m == i and (axes in mirror_axes)`, flipping dims of the (b, c, x, y, z) tensor (data axis =
+# dim - 2); v1 is not installable beside v2, so its table is the reference here
+V1_MIRROR_PASSES = [
+    (0, ()),
+    (1, (4,)),
+    (2, (3,)),
+    (3, (4, 3)),
+    (4, (2,)),
+    (5, (4, 2)),
+    (6, (3, 2)),
+    (7, (4, 3, 2)),
+]
+
+
+def _v1_passes(mirror_axes, mirror_idx: int = 8) -> list[tuple[int, ...]]:
+    passes = [tuple(sorted(d - 2 for d in dims)) for _, dims in V1_MIRROR_PASSES[:mirror_idx]]
+    return [p for p in passes if set(p) <= set(mirror_axes)]
+
+
+def test_v1_mirror_order_equals_nnunet_v1s_passes():
+    for axes in [(0, 1, 2), (1, 2), (0, 2), (2,)]:
+        theirs = _v1_passes(axes)
+        for k in range(1, len(theirs) + 1):
+            assert mirror_combinations(axes, k, "nnunet_v1") == theirs[:k]
+    # seed 000's TTA 2 (v1 cut to two passes, all axes allowed): identity and the x flip,
+    # where nnU-Net v2's order flips z
+    assert mirror_combinations((0, 1, 2), 2, "nnunet_v1") == _v1_passes((0, 1, 2), 2)
+    assert mirror_combinations((0, 1, 2), 2, "nnunet_v1") == [(), (2,)]
+    assert mirror_combinations((0, 1, 2), 2) == [(), (0,)]
+    # at TTA 8 both orders average the same eight predictions
+    assert set(mirror_combinations((0, 1, 2), 8, "nnunet_v1")) == set(
+        mirror_combinations((0, 1, 2), 8)
+    )
 
 
 class _Fp32Torch(types.ModuleType):

@@ -171,7 +171,9 @@ def test_inconsistent_plan_is_a_config_error() -> None:
 # --- cross-check against dynamic_network_architectures (nnU-Net's own networks) -------------------
 
 
-def dna_network(arch: str, plan: Plan, blocks: list[int]) -> nn.Module:
+def dna_network(
+    arch: str, plan: Plan, blocks: list[int], nonlin: type[nn.Module] = nn.LeakyReLU
+) -> nn.Module:
     from dynamic_network_architectures.architectures import unet  # the oracle: never skipped
 
     common = dict(
@@ -185,7 +187,7 @@ def dna_network(arch: str, plan: Plan, blocks: list[int]) -> nn.Module:
         conv_bias=True,
         norm_op=nn.InstanceNorm3d,
         norm_op_kwargs={"eps": 1e-5, "affine": True},
-        nonlin=nn.LeakyReLU,
+        nonlin=nonlin,
         nonlin_kwargs={"inplace": True},
         deep_supervision=True,
     )
@@ -196,11 +198,17 @@ def dna_network(arch: str, plan: Plan, blocks: list[int]) -> nn.Module:
 
 @pytest.mark.parametrize("arch", ["plain", "residual"])
 @pytest.mark.parametrize("n_stages", [3, 5])
-def test_matches_dna_parameter_count_and_outputs(arch: str, n_stages: int) -> None:
+@pytest.mark.parametrize("nonlin", ["leaky_relu", "relu"])
+def test_matches_dna_parameter_count_and_outputs(arch: str, n_stages: int, nonlin: str) -> None:
     plan = make_plan(n_stages, in_channels=2)
     blocks = encoder_units(TrainConfig(), ARCHITECTURES["residual"], n_stages)
-    reference = dna_network(arch, plan, blocks)
-    ours = build_network(TrainConfig(arch=arch), plan)
+    activation = {"leaky_relu": nn.LeakyReLU, "relu": nn.ReLU}[nonlin]
+    reference = dna_network(arch, plan, blocks, activation)
+    ours = build_network(TrainConfig(arch=arch, nonlin=nonlin), plan)
+    kinds = {type(m) for m in ours.modules()}
+    assert (nn.LeakyReLU in kinds) is (nonlin == "leaky_relu") and (nn.ReLU in kinds) is (
+        nonlin == "relu"
+    )
     assert count_parameters(ours) == count_parameters(reference)
     # same registration order -> copy DNA's weights positionally, then the outputs must agree
     theirs = list(reference.parameters())

@@ -19,11 +19,15 @@ from nnunetv2.experiment_planning.dataset_fingerprint import fingerprint_extract
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import (
     ExperimentPlanner,
 )
+from nnunetv2.experiment_planning.experiment_planners.residual_unets import (
+    residual_encoder_unet_planners as resenc,
+)
 
-from ablate.config import PlanConfig
+from ablate.config import PRESET_GPU_MEMORY_GB, PlanConfig
 from ablate.data.dataset import read_nnunet_raw
 from ablate.imageio import Geometry, write_image
 from ablate.plan import Fingerprint, fingerprint, make_plan
+from ablate.topology import PLANNER_PRESETS
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 SAMPLES = 1e5  # foreground intensity samples in all (nnU-Net's 1e8 only makes this slower)
@@ -192,12 +196,34 @@ def _lowres_rule(raw):
 # ----------------------------------------------------------------------------------------------
 
 
-def _nnunet_fingerprint_and_plans(name: str, gpu_memory_gb: float) -> tuple[dict, dict]:
+# ablate's plan presets and nnU-Net's planners (the installed classes are the reference)
+PLANNERS = {
+    "nnunet": ExperimentPlanner,
+    "resenc_m": resenc.nnUNetPlannerResEncM,
+    "resenc_l": resenc.nnUNetPlannerResEncL,
+    "resenc_xl": resenc.nnUNetPlannerResEncXL,
+}
+
+
+def _planner(name: str, gpu_memory_gb: float | None, preset: str):
+    """nnU-Net's planner of the preset; gpu_memory_gb None = the planner's default target."""
+    kwargs = {} if gpu_memory_gb is None else {"gpu_memory_target_in_gb": gpu_memory_gb}
+    return PLANNERS[preset](name, **kwargs)
+
+
+def _plan_config(gpu_memory_gb: float | None, preset: str, **kw) -> PlanConfig:
+    memory = {} if gpu_memory_gb is None else {"gpu_memory_gb": gpu_memory_gb}
+    return PlanConfig(preset=preset, **memory, **kw)
+
+
+def _nnunet_fingerprint_and_plans(
+    name: str, gpu_memory_gb: float | None, preset: str = "nnunet"
+) -> tuple[dict, dict]:
     extractor = fingerprint_extractor.DatasetFingerprintExtractor(name, num_processes=1)
     extractor.show_progress_bar = False
     extractor.num_foreground_voxels_for_intensitystats = SAMPLES
     fp = extractor.run(overwrite_existing=True)
-    return fp, ExperimentPlanner(name, gpu_memory_target_in_gb=gpu_memory_gb).plan_experiment()
+    return fp, _planner(name, gpu_memory_gb, preset).plan_experiment()
 
 
 def _assert_fingerprints_equal(ours: Fingerprint, theirs: dict):
@@ -245,14 +271,22 @@ def _assert_plans_equal(plan, plans: dict):
         "order_z": 0,
         "force_separate_z": None,
     }
+    # the network the plan is for: PlainConvUNet (2 convs per stage) or ResidualEncoderUNet
+    # (ResEnc's blocks per stage, 1 decoder conv), cut to the plan's depth
+    preset = PLANNER_PRESETS[plan.preset]
+    network = {"plain": "PlainConvUNet", "residual": "ResidualEncoderUNet"}[preset.network]
+    assert full["architecture"]["network_class_name"].endswith("." + network)
+    blocks = "n_conv_per_stage" if preset.network == "plain" else "n_blocks_per_stage"
+    assert list(arch[blocks]) == list(preset.encoder_blocks[: plan.num_stages])
+    assert list(arch["n_conv_per_stage_decoder"]) == [preset.decoder_convs] * (plan.num_stages - 1)
 
 
-def _compare(raw_root: Path, gpu_memory_gb: float = 8.0):
-    theirs_fp, theirs = _nnunet_fingerprint_and_plans(raw_root.name, gpu_memory_gb)
+def _compare(raw_root: Path, gpu_memory_gb: float | None = 8.0, preset: str = "nnunet"):
+    theirs_fp, theirs = _nnunet_fingerprint_and_plans(raw_root.name, gpu_memory_gb, preset)
     dataset = read_nnunet_raw(raw_root)
     ours_fp = fingerprint(dataset, workers=0, total_samples=SAMPLES)
     _assert_fingerprints_equal(ours_fp, theirs_fp)
-    plan = make_plan(ours_fp, dataset, PlanConfig(gpu_memory_gb=gpu_memory_gb), workers=0)
+    plan = make_plan(ours_fp, dataset, _plan_config(gpu_memory_gb, preset), workers=0)
     _assert_plans_equal(plan, theirs)
     assert plan.num_input_channels == len(theirs_fp["foreground_intensity_properties_per_channel"])
     return plan, theirs
@@ -344,10 +378,26 @@ def _plan_both(
     gpu_memory_gb,
     base_features: int = 32,
     max_features: int = 320,
+    preset: str = "nnunet",
 ):
     """ablate's plan and nnU-Net's plans for the same fingerprint. nnU-Net's raw folder holds one
     tiny case only for its reader detection; numTraining is the fingerprint's case count.
     Other feature widths are set on nnU-Net's planner as attributes (as a subclass would)."""
+    _write_fingerprint_dataset(dirs, name, fp, channels, labels)
+    planner = _planner(name, gpu_memory_gb, preset)
+    planner.UNet_base_num_features, planner.UNet_max_features_3d = base_features, max_features
+    theirs = planner.plan_experiment()
+    dataset = SimpleNamespace(channels=tuple(channels.values()), num_classes=len(labels))
+    cfg = _plan_config(
+        gpu_memory_gb, preset, base_features=base_features, max_features=max_features
+    )
+    plan = make_plan(fp, dataset, cfg, workers=0)
+    _assert_plans_equal(plan, theirs)
+    return plan, theirs
+
+
+def _write_fingerprint_dataset(dirs, name, fp: Fingerprint, channels: dict, labels: dict):
+    """nnU-Net's raw folder with one tiny case and the dataset_fingerprint.json of `fp`."""
     root, geometry = dirs.raw / name, Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), IDENTITY)
     for c in range(len(channels)):
         write_image(
@@ -377,16 +427,6 @@ def _plan_both(
             }
         )
     )
-    planner = ExperimentPlanner(name, gpu_memory_target_in_gb=gpu_memory_gb)
-    planner.UNet_base_num_features, planner.UNet_max_features_3d = base_features, max_features
-    theirs = planner.plan_experiment()
-    dataset = SimpleNamespace(channels=tuple(channels.values()), num_classes=len(labels))
-    cfg = PlanConfig(
-        gpu_memory_gb=gpu_memory_gb, base_features=base_features, max_features=max_features
-    )
-    plan = make_plan(fp, dataset, cfg, workers=0)
-    _assert_plans_equal(plan, theirs)
-    return plan, theirs
 
 
 CT_LABELS = {"background": 0, "kidney": 1, "tumor": 2}
@@ -463,3 +503,93 @@ def test_cpu_demo_budget_and_narrow_features_match_nnunet(nnunet_dirs, gpu_memor
         max_features=64,
     )
     assert plan.features_per_stage[:4] == [8, 16, 32, 64]
+
+
+# ----------------------------------------------------------------------------------------------
+# plan presets: nnU-Net's ResEnc M / L / XL planners (their proxy, references and batch rule)
+# ----------------------------------------------------------------------------------------------
+
+RESENC = ["resenc_m", "resenc_l", "resenc_xl"]
+
+
+@pytest.mark.parametrize("preset", RESENC)
+@pytest.mark.parametrize("dataset", [_isotropic, _anisotropic_axial, _sagittal])
+def test_resenc_presets_at_their_default_targets_match_nnunet(nnunet_dirs, preset, dataset):
+    # 8 / 24 / 40 GB: the patch is the whole median image; the batch is capped by the dataset
+    # (100 % of its voxels, not nnUNetPlans' 5 %), which ResEnc's planners still apply
+    plan, theirs = _compare(dataset(nnunet_dirs.raw), None, preset)
+    assert plan.memory_budget_gb == {"resenc_m": 8.0, "resenc_l": 24.0, "resenc_xl": 40.0}[preset]
+    assert plan.batch_size > 2  # 5 % of four small cases would have left nnUNetPlans' minimum
+
+
+@pytest.mark.parametrize(
+    "preset, gpu_memory_gb", [("resenc_m", 0.1), ("resenc_l", 0.1), ("resenc_xl", 0.15)]
+)
+def test_resenc_presets_shrink_the_patch_by_their_proxy_as_nnunet(
+    nnunet_dirs, preset, gpu_memory_gb
+):
+    plan, _ = _compare(_isotropic(nnunet_dirs.raw), gpu_memory_gb, preset)
+    assert np.prod(plan.patch_size) < np.prod(plan.median_shape)
+
+
+@pytest.mark.parametrize(
+    "preset, gpu_memory_gb, lowres",
+    [("resenc_m", 0.08, True), ("resenc_m", 0.17, False), ("resenc_l", 0.05, True)],
+)
+def test_resenc_batch_dice_follows_nnunets_lowres_rule_with_their_proxy(
+    nnunet_dirs, preset, gpu_memory_gb, lowres
+):
+    # 0.17 GB: the patch covers < 25 %, a 3d_lowres stage is tried with ResEnc's proxy and
+    # dropped; at the smaller budgets it survives and 3d_fullres uses batch Dice
+    plan, _ = _compare(_lowres_rule(nnunet_dirs.raw), gpu_memory_gb, preset)
+    assert np.prod(plan.patch_size) / np.prod(plan.median_shape) < 0.25
+    assert plan.batch_dice is lowres
+
+
+@pytest.mark.parametrize("preset", RESENC)
+def test_resenc_kits_like_plans_match_nnunet(nnunet_dirs, preset):
+    fp = _fingerprint(
+        [(z, 0.78, 0.78) for z in (2.5, 3.0, 3.5, 4.0, 4.5, 5.0)], [(100, 512, 512)] * 6
+    )
+    name = f"Dataset92{RESENC.index(preset)}_KiTSLike"
+    plan, _ = _plan_both(nnunet_dirs, name, fp, {"0": "CT"}, CT_LABELS, None, preset=preset)
+    assert plan.preset == preset
+
+
+@pytest.mark.parametrize("preset", RESENC)
+def test_resenc_isotropic_160_plans_match_nnunet(nnunet_dirs, preset):
+    # 100 cases: no dataset cap; the batch grows with the budget's headroom
+    fp = _fingerprint([(1.0, 1.0, 1.0)] * 100, [(160, 160, 160)] * 100)
+    name = f"Dataset93{RESENC.index(preset)}_Iso160"
+    _plan_both(nnunet_dirs, name, fp, {"0": "CT"}, CT_LABELS, None, preset=preset)
+
+
+def test_resenc_plans_differ_from_nnunets_default_plans(nnunet_dirs):
+    # the presets are not nnUNetPlans relabelled: at 8 GB ResEnc M's proxy and 680 M
+    # reference give a different patch or batch than the PlainConvUNet's 560 M on KiTS-like data
+    fp = _fingerprint([(3.0, 0.78, 0.78)] * 6, [(100, 512, 512)] * 6)
+    plain, _ = _plan_both(nnunet_dirs, "Dataset940_A", fp, {"0": "CT"}, CT_LABELS, 8.0)
+    res, _ = _plan_both(
+        nnunet_dirs, "Dataset941_B", fp, {"0": "CT"}, CT_LABELS, 8.0, preset="resenc_m"
+    )
+    assert (plain.patch_size, plain.batch_size) != (res.patch_size, res.batch_size)
+
+
+def test_presets_hold_nnunets_planner_settings(nnunet_dirs):
+    # each preset's constants read off the installed planner classes at their default targets
+    fp = _fingerprint([(1.0, 1.0, 1.0)] * 4, [(64, 64, 64)] * 4)
+    _write_fingerprint_dataset(nnunet_dirs, "Dataset950_Settings", fp, {"0": "CT"}, CT_LABELS)
+    assert set(PLANNERS) == set(PLANNER_PRESETS) == set(PRESET_GPU_MEMORY_GB)
+    for name, preset in PLANNER_PRESETS.items():
+        planner = _planner("Dataset950_Settings", None, name)
+        network = {"plain": "PlainConvUNet", "residual": "ResidualEncoderUNet"}[preset.network]
+        assert planner.UNet_class.__name__ == network
+        assert preset.plans_name == planner.plans_identifier
+        assert preset.reference_3d == planner.UNet_reference_val_3d
+        assert preset.reference_gb == planner.UNet_reference_val_corresp_GB
+        assert PRESET_GPU_MEMORY_GB[name] == planner.UNet_vram_target_GB == preset.reference_gb
+        assert preset.max_dataset_covered == planner.max_dataset_covered
+        encoder = planner.UNet_blocks_per_stage_encoder
+        assert preset.encoder_blocks[: len(encoder)] == tuple(encoder)
+        assert {preset.decoder_convs} == set(planner.UNet_blocks_per_stage_decoder)
+        assert PlanConfig(preset=name).gpu_memory_gb == planner.UNet_vram_target_GB

@@ -272,6 +272,60 @@ def test_presets_and_labels(tmp_path):
     assert variant_label({}) == "default"
 
 
+def test_plan_presets_take_their_memory_targets_and_networks(tmp_path):
+    study = _load(tmp_path, "axes: {plans: [nnunet, resenc_m, resenc_l, resenc_xl]}\n")
+    resolved = [resolve_variant(study, cell) for cell in grid_cells(study)]
+    assert [(p.preset, p.gpu_memory_gb, t.arch) for p, t, _ in resolved] == [
+        ("nnunet", 8.0, "plain"),
+        ("resenc_m", 8.0, "residual"),
+        ("resenc_l", 24.0, "residual"),
+        ("resenc_xl", 40.0, "residual"),
+    ]
+    # a memory target the study sets is every preset's (nnU-Net's -gpu_memory_target)
+    study = _load(tmp_path, "plan: {gpu_memory_gb: 4}\naxes: {plans: [nnunet, resenc_l]}\n")
+    assert {resolve_variant(study, c)[0].gpu_memory_gb for c in grid_cells(study)} == {4.0}
+    # the dotted axis plans the same; a ResEnc preset needs the residual encoder U-Net
+    study = _load(
+        tmp_path,
+        "train: {epochs: 2, iterations_per_epoch: 3, arch: residual}\n"
+        "axes: {plan.preset: [nnunet, resenc_l]}\n",
+    )
+    assert [resolve_variant(study, c)[0].gpu_memory_gb for c in grid_cells(study)] == [8, 24]
+    with pytest.raises(
+        ConfigError, match=r"axes.plan.preset\[1\]: plan.preset resenc_l: .* train.arch: residual"
+    ):
+        _load(tmp_path, "axes: {plan.preset: [nnunet, resenc_l]}\n")
+    assert variant_label({"plans": "resenc_l"}) == "resenc_l"
+
+
+def test_kits19_networks_preset_is_the_papers(tmp_path):
+    study = _load(tmp_path, "axes: {kits19_net: [plain, residual, preact]}\n")
+    trains = [resolve_variant(study, c)[1] for c in grid_cells(study)]
+    assert [(t.arch, t.base_features, t.blocks_per_stage, t.nonlin) for t in trains] == [
+        ("plain", 30, None, "leaky_relu"),
+        ("residual", 24, (1, 2, 3, 4), "relu"),
+        ("preact", 24, (1, 2, 3, 4), "relu"),
+    ]
+
+
+def test_new_options_at_their_defaults_leave_every_key_alone(tmp_path):
+    from ablate.config import InferConfig, PlanConfig, TrainConfig
+
+    assert {"preset", "batch_dice"}.isdisjoint(PlanConfig().model_dump())
+    assert "nonlin" not in TrainConfig().model_dump()
+    assert "mirror_order" not in InferConfig().model_dump_json()
+    train_jobs, eval_jobs = expand(_load(tmp_path), "d")
+    spelled_out = _load(
+        tmp_path,
+        "plan: {preset: nnunet, gpu_memory_gb: 8}\ninfer: {mirror_order: nnunet_v2}\n"
+        "train: {epochs: 2, iterations_per_epoch: 3, nonlin: leaky_relu}\n",
+    )
+    assert expand(spelled_out, "d") == (train_jobs, eval_jobs)
+    v1 = expand(_load(tmp_path, "infer: {mirror_order: nnunet_v1}\n"), "d")
+    assert [j.key for j in v1[0]] == [j.key for j in train_jobs]
+    assert {j.key for j in v1[1]}.isdisjoint(j.key for j in eval_jobs)
+
+
 def _stand_in_dataset(root: Path) -> None:
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()

@@ -1,11 +1,13 @@
 import pytest
 
 from ablate.topology import (
+    RESENC_ENCODER_BLOCKS,
     determine_transpose,
     features_per_stage,
     pad_to_divisible,
     plain_unet_feature_map_size,
     pool_and_conv_props,
+    residual_unet_feature_map_size,
 )
 
 
@@ -106,6 +108,52 @@ def test_feature_map_size_equals_dynamic_network_architectures(
         )
         == expected
     )
+
+
+def _dna_resenc_unet(topo, features, in_channels, num_classes, blocks, deep_supervision):
+    import torch
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    with torch.device("meta"):
+        return ResidualEncoderUNet(
+            in_channels,
+            len(features),
+            features,
+            torch.nn.Conv3d,
+            topo.conv_kernel_sizes,
+            topo.pool_kernel_sizes,
+            blocks,
+            num_classes,
+            1,
+            conv_bias=True,
+            norm_op=torch.nn.InstanceNorm3d,
+            nonlin=torch.nn.LeakyReLU,
+            deep_supervision=deep_supervision,
+        )
+
+
+@pytest.mark.parametrize(
+    "spacing, patch, features, classes, blocks",
+    [
+        ((1.0, 1.0, 1.0), (128, 128, 128), [32, 64, 128, 256, 320, 320], 3, None),
+        ((2.75, 0.78, 0.78), (40, 224, 192), [32, 64, 128, 256, 320, 320, 320], 4, None),
+        ((3.0, 1.0, 1.0), (14, 64, 56), [8, 16, 32, 64], 2, None),
+        ((3.22, 1.62, 1.62), (80, 160, 160), [24, 48, 96, 192, 320, 320], 3, (1, 2, 3, 4, 4, 4)),
+    ],
+)
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_residual_feature_map_size_equals_dynamic_network_architectures(
+    spacing, patch, features, classes, blocks, deep_supervision
+):
+    t = pool_and_conv_props(spacing, patch)
+    n = len(t.pool_kernel_sizes)
+    features, blocks = features[:n], list((blocks or RESENC_ENCODER_BLOCKS)[:n])
+    net = _dna_resenc_unet(t, features, 1, classes, blocks, deep_supervision)
+    expected = int(net.compute_conv_feature_map_size(t.patch_size))
+    ours = residual_unet_feature_map_size(
+        t.patch_size, t.pool_kernel_sizes, features, classes, blocks, 1, deep_supervision
+    )
+    assert ours == expected
 
 
 def test_transpose_puts_the_coarsest_axis_first():

@@ -13,6 +13,9 @@ Encoder units per stage: "plain" 2 convs (nnU-Net); "residual"/"preact" take
 the plan's stage count repeats its last entry, a longer one is cut, so (1, 2, 3, 4) gives
 seed 004's 1, 2, 3, 4, 4, ... at any depth.
 `blocks_per_stage` is ignored by "plain".
+
+Nonlinearity: nnU-Net's LeakyReLU(0.01) everywhere, or with `cfg.nonlin = "relu"` ReLU everywhere
+(Isensee 2019's residual networks on KiTS19). Initialisation stays nnU-Net's (He, a = 0.01).
 """
 
 from __future__ import annotations
@@ -190,6 +193,16 @@ def build_network(cfg: TrainConfig, plan: Plan, generator: torch.Generator | Non
         strides=[tuple(p) for p in plan.pool_kernel_sizes],
         encoder_units=encoder_units(cfg, spec, plan.num_stages),
     )
+    if cfg.nonlin == "relu":
+        use_relu(net)
     blocks.init_weights(net, generator)
     net.deep_supervision = cfg.deep_supervision != "none"
     return net
+
+
+def use_relu(net: nn.Module) -> None:
+    """Swap every LeakyReLU of `net` for a ReLU (each activation is its own module)."""
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.LeakyReLU):
+                setattr(module, name, nn.ReLU(inplace=child.inplace))
