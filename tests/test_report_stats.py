@@ -270,3 +270,13 @@ def test_with_few_folds_three_seeds_are_the_training_runs():
     assert (table["note"] == "").all() and table["p"].notna().all()
     m = _matrices(results)[("kidney", "dsc")]
     assert table["mean_diff"].iat[0] == pytest.approx((m["residual"] - m["plain"]).mean())
+
+
+def test_no_variance_means_no_test():
+    from ablate.report.paired import cases_needed, noninferiority, paired_mean
+
+    same = paired_mean(np.full(12, 0.01), np.arange(12) % 3)
+    assert np.isnan(same["p"]) and same["ci_low"] == same["ci_high"] == pytest.approx(0.01)
+    assert paired_mean(np.zeros(12), np.arange(12) % 3)["p"] == 1.0
+    assert np.isnan(noninferiority(0.0, 0.0, 2, 0.01, True)["p"])
+    assert cases_needed(np.zeros(10), 0.01) is None

@@ -21,7 +21,7 @@ from ablate.report.collect import (
 from ablate.report.comparisons import compare_to_baseline, inference_axis, main_effects
 from ablate.report.families import Family, report_families
 from ablate.report.held_out import HeldOut, analyse_held_out
-from ablate.report.paired import MIN_RUNS, noninferiority
+from ablate.report.paired import MIN_RUNS, NO_VARIANCE, noninferiority
 from ablate.report.stats import (
     HIGHER_IS_BETTER,
     case_matrices,
@@ -252,6 +252,9 @@ def noninferiority_table(
         diff = -r.mean_diff if swap else r.mean_diff
         hib = HIGHER_IS_BETTER.get(r.metric, True)
         test = noninferiority(diff, r.se, int(r.df), margins[r.metric], hib)
+        note = r.note or (
+            "" if r.se >= NO_VARIANCE else "every paired difference is the same: no variance"
+        )
         rows.append(
             {
                 "target": r.target,
@@ -265,7 +268,7 @@ def noninferiority_table(
                 "bound": test["bound"],
                 "p": test["p"],
                 "p_equivalence": test["p_equivalence"],
-                "note": r.note,
+                "note": note,
                 **_savings(per, cand, ref),
             }
         )

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ablate.report.paired import (
     MIN_RUNS,
+    NO_VARIANCE,
     cases_needed,
     minimum_detectable,
     paired_mean,
@@ -125,6 +126,8 @@ def _compare_row(
                 f"configuration-level verdict; run at least {MIN_RUNS} seeds (or cross-validate "
                 "with 5 folds)"
             )
+    if not note and head["se"] < NO_VARIANCE and abs(head["mean"]) >= NO_VARIANCE:
+        note = "every paired difference is the same: no variance to test with"
     wil = wilcoxon_p(d)[0] if d.size else np.nan
     needed = {"seeds_needed": None, "cases_needed": None}
     if detect and d.size >= MIN_PAIRS and unit != "seeds":

@@ -19,6 +19,7 @@ import numpy as np
 from scipy import stats as sps
 
 MIN_RUNS = 3  # fewer fold models per variant leave too few degrees of freedom for run variance
+NO_VARIANCE = 1e-12  # a standard error below this is rounding: the differences are all equal
 
 
 def cluster_mean_rows(d: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -75,6 +76,11 @@ def paired_mean(d: np.ndarray, groups: np.ndarray | None, level: float = 0.95) -
     if clusters < MIN_RUNS or d.size < 2:
         return out
     mean, se, df = cluster_mean_rows(d[None, :], groups)
+    if (
+        se[0] < NO_VARIANCE and abs(mean[0]) >= NO_VARIANCE
+    ):  # one shift on every cluster: no variance to test with
+        out.update(se=0.0, ci_low=float(mean[0]), ci_high=float(mean[0]))
+        return out
     half = sps.t.ppf(0.5 + level / 2, df) * se[0]
     out.update(
         se=float(se[0]),
@@ -95,7 +101,9 @@ def noninferiority(
     Returns p, the one-sided (1 - alpha) confidence bound on the worse side, and the verdict;
     the two one-sided tests' equivalence p (TOST) is added for completeness.
     """
-    if not np.isfinite(se) or df < 1:
+    if (
+        not np.isfinite(se) or se < NO_VARIANCE or df < 1
+    ):  # no variance (all differences equal): no test
         return {"p": np.nan, "bound": np.nan, "noninferior": False, "p_equivalence": np.nan}
     q = sps.t.ppf(1 - alpha, df)
     if higher_is_better:
@@ -159,7 +167,7 @@ def runs_needed(
     within, run, m = variance_components(d, groups)
     k = int(np.unique(np.asarray(groups)[~np.isnan(np.asarray(d, float))]).size)
     out = {"seeds_needed": None, "cases_needed": None}
-    if not np.isfinite(within) or k < MIN_RUNS:
+    if not np.isfinite(within) or k < MIN_RUNS or within + run < NO_VARIANCE**2:
         return out
     q = sps.t.ppf(1 - alpha / 2, k - 1) + sps.t.ppf(power, k - 1)
 
@@ -181,6 +189,8 @@ def cases_needed(
     if d.size < 2:
         return None
     sd = d.std(ddof=1)
+    if sd < NO_VARIANCE:
+        return None
     for n in range(MIN_RUNS, limit + 1):
         q = sps.t.ppf(1 - alpha / 2, n - 1) + sps.t.ppf(power, n - 1)
         if q * sd / np.sqrt(n) <= abs(difference):

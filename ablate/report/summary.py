@@ -10,7 +10,7 @@ import pandas as pd
 
 from ablate.report.analysis import Analysis
 from ablate.report.held_out import held_out_summary
-from ablate.report.paired import MIN_RUNS
+from ablate.report.paired import MIN_RUNS, NO_VARIANCE
 from ablate.report.stats import HIGHER_IS_BETTER, MIN_PAIRS
 from ablate.report.tables import (
     LEVELS,
@@ -69,16 +69,18 @@ def summary_lines(a: Analysis, max_lines: int = 12) -> list[str]:
 def _best_lines(a: Analysis) -> list[str]:
     metric = a.metrics[0]
     lines = []
-    first = a.common[a.common["metric"] == metric]
+    first = a.common[(a.common["metric"] == metric) & (a.common["target"] != "composite")]
     for target, part in first.groupby("target", sort=False):
         values = part["common_mean"] if HIGHER_IS_BETTER[metric] else -part["common_mean"]
         if values.isna().all():
             continue
         best = part.loc[values.idxmax()]
         absent = [f"{v} {n}" for v, n in zip(part["variant"], part["absent"], strict=True) if n]
+        tied = part.loc[(values.max() - values).abs() < NO_VARIANCE, "variant"].tolist()
+        who = best["variant"] if len(tied) == 1 else f"tied, {', '.join(map(str, tied))}"
         text = (
             f"Best mean {metric_label(metric)} on {target} over the {best['n_common']} cases "
-            f"every variant has: {best['variant']} "
+            f"every variant has: {who} "
             f"({value_text(best['common_mean'], metric)}"
             f"{'%' if metric_unit(metric) == '%' else ' mm'})"
         )
@@ -133,7 +135,7 @@ def _planning_text(r) -> str:
     """Seeds or cases the headline test would need to detect the study's stated difference (its
     non-inferiority margin) with 80% power; empty when none is stated or the row is significant."""
     detect = getattr(r, "detect", np.nan)
-    if pd.isna(detect) or r.significant or r.note:
+    if pd.isna(detect) or r.significant or r.note or not r.se >= NO_VARIANCE:
         return ""
     size = f"{diff_text(detect, r.metric, 1).lstrip('+')} {diff_unit(r.metric)}"
     seeds, cases = getattr(r, "seeds_needed", None), getattr(r, "cases_needed", None)
