@@ -71,9 +71,11 @@ def _print_best(study) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from ablate.expand import describe, expand
+    from ablate.nets.summary import describe_networks
 
     study, _ = _load(args.study)
     print(describe(study, expand(study, data_key="validate")))
+    print(describe_networks(study))
     return 0
 
 

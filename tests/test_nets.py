@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -221,3 +223,108 @@ def test_matches_dna_parameter_count_and_outputs(arch: str, n_stages: int, nonli
         x = torch.randn(1, 2, *PATCH, generator=generator)
         for a, b in zip(ours(x), reference(x), strict=True):
             assert torch.allclose(a, b, atol=1e-4)
+
+
+# --- Isensee 2019 (KiTS19): the paper's three networks at its patch and spacing ----------------
+
+
+def _conv(cin: int, cout: int, kernel, bias: bool = True) -> int:
+    return cin * cout * math.prod(kernel) + (cout if bias else 0)
+
+
+def _norm(channels: int) -> int:  # InstanceNorm3d(affine=True)
+    return 2 * channels
+
+
+def _v1_plain_decoder(features, kernels, pools, classes: int) -> int:
+    """nnU-Net v1's PlainConvUNetDecoder with one conv per stage and deep supervision: per level,
+    ConvTranspose3d(bias=False), conv(2f -> f)-IN-nonlin, a 1x1x1 head without bias."""
+    total = 0
+    for s in range(len(features) - 1):
+        total += features[s + 1] * features[s] * math.prod(pools[s + 1])
+        total += _conv(2 * features[s], features[s], kernels[s]) + _norm(features[s])
+        total += _conv(features[s], classes, (1, 1, 1), bias=False)
+    return total
+
+
+def _v1_encoder(features, kernels, pools, blocks, preact: bool) -> int:
+    """v1's ResidualUNetEncoder (BasicResidualBlock: conv-IN-nonlin-conv-IN, shortcut 1x1x1 conv
+    without bias + IN when strided or widened) or PreActResidualUNetEncoder (BasicPreAct-
+    ResidualBlock: IN-nonlin-conv-IN-nonlin-conv, the same shortcut without IN); the 3x3x3 stem
+    is conv-IN-nonlin (residual) or a bare conv (pre-activation)."""
+    total = _conv(1, features[0], (3, 3, 3)) + (0 if preact else _norm(features[0]))
+    cin = features[0]
+    for f, k, p, n in zip(features, kernels, pools, blocks, strict=True):
+        for i in range(n):
+            c = cin if i == 0 else f
+            total += _conv(c, f, k) + _conv(f, f, k) + _norm(c if preact else f) + _norm(f)
+            if i == 0 and (any(s != 1 for s in p) or c != f):
+                total += _conv(c, f, (1, 1, 1), bias=False) + (0 if preact else _norm(f))
+        cin = f
+    return total
+
+
+def test_isensee_2019_kits19_parameter_counts_at_the_papers_patch() -> None:
+    """The paper's setup: 3.22 x 1.62 x 1.62 mm, patch 80 x 160 x 160, 3 classes, 1 CT channel.
+
+    Plain: equal to dynamic-network-architectures' PlainConvUNet with 30 base features. Residual
+    and pre-activation: nnU-Net v1's FabiansUNet and FabiansPreActUNet (the paper's encoders with
+    blocks 1, 2, 3, 4, 4, 4 and one decoder conv per stage) counted by hand from v1's block
+    definitions (v1 cannot be installed beside v2); ablate builds its blocks as nnU-Net v2 / DNA
+    do, so it differs from v1 by exactly the terms named below."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    from ablate.config import PlanConfig
+    from ablate.nets.summary import fixed_plan, network_parameters
+
+    plan = fixed_plan(
+        PlanConfig(target_spacing_mm=(3.22, 1.62, 1.62), patch_size=(80, 160, 160)), 3
+    )
+    pools, kernels = plan.pool_kernel_sizes, plan.conv_kernel_sizes
+    assert pools == [(1, 1, 1)] + [(2, 2, 2)] * 4 + [(1, 2, 2)]  # down to 5 x 5 x 5
+    assert kernels == [(3, 3, 3)] * 6
+    plain_features = [30, 60, 120, 240, 320, 320]
+    with torch.device("meta"):
+        dna = PlainConvUNet(
+            1,
+            6,
+            plain_features,
+            nn.Conv3d,
+            kernels,
+            pools,
+            2,
+            3,
+            2,
+            True,
+            nn.InstanceNorm3d,
+            {"eps": 1e-5, "affine": True},
+            None,
+            None,
+            nn.LeakyReLU,
+            {"inplace": True},
+            deep_supervision=True,
+        )
+    plain = network_parameters(TrainConfig(arch="plain", base_features=30), plan)
+    assert plain == count_parameters(dna) == 29_286_465
+
+    features, blocks = [24, 48, 96, 192, 320, 320], [1, 2, 3, 4, 4, 4]
+    paper = dict(base_features=24, blocks_per_stage=(1, 2, 3, 4), nonlin="relu")
+    residual = network_parameters(TrainConfig(arch="residual", **paper), plan)
+    preact = network_parameters(TrainConfig(arch="preact", **paper), plan)
+    decoder = _v1_plain_decoder(features, kernels, pools, 3)
+    v1_residual = _v1_encoder(features, kernels, pools, blocks, preact=False) + decoder
+    v1_preact = (
+        _v1_encoder(features, kernels, pools, blocks, preact=True)
+        + sum(_norm(f) for f in features[:-1])  # FabiansPreActUNet's IN-nonlin on each skip
+        + decoder
+    )
+    # v2 / DNA conventions: transposed convs and heads with bias; a strided block that keeps its
+    # width (stage 5, 320 -> 320) shortcuts by average pooling alone, where v1 adds a 1x1x1 conv
+    biases = sum(features[:-1]) + 5 * 3
+    v1_same_width_shortcut = 320 * 320
+    assert residual == v1_residual + biases - v1_same_width_shortcut - _norm(320)
+    # ablate's pre-activation decoder normalises the concatenation (2f) and each head's input
+    # (f) where v1 normalises the conv output (f) and the skip (f): 2f more per level
+    assert preact == v1_preact + biases - v1_same_width_shortcut + sum(2 * f for f in features[:-1])
+    assert (residual, preact) == (61_596_199, 61_596_967)
+    assert (v1_residual, v1_preact) == (61_698_544, 61_697_312)

@@ -361,3 +361,22 @@ def test_dry_run_of_every_seed_study(tmp_path, name, capsys):
     out = capsys.readouterr().out
     train_jobs, eval_jobs = expand(study, "d")
     assert f"trainings: {len(train_jobs)}; evaluations: {len(eval_jobs)}" in out
+
+
+def test_validate_prints_each_networks_topology_and_parameters(tmp_path, capsys):
+    from ablate.cli import main
+
+    for name in ("kits", "flare21"):
+        copy = tmp_path / "studies" / f"{name}.yaml"
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_text((STUDIES / f"{name}.yaml").read_text())
+        _stand_in_dataset(tmp_path / "data" / load_study(copy, check_paths=False).dataset.path.name)
+        assert main(["validate", str(copy)]) == 0
+    out = capsys.readouterr().out
+    # Isensee 2019's setup: spacing, patch, six stages down to 5 x 5 x 5, the paper's widths
+    at = "patch 80x160x160 at 3.22x1.62x1.62 mm, 6 stages (pools 2x2x2-2x2x2-2x2x2-2x2x2-1x2x2)"
+    narrow = "features [24, 48, 96, 192, 320, 320]"
+    assert f"network plain: plain, {at}, features [30, 60, 120, 240, 320, 320], 29,286,465" in out
+    assert f"network residual: residual, {at}, {narrow}, 61,596,199 parameters" in out
+    assert f"network preact: preact, {at}, {narrow}, 61,596,967 parameters" in out
+    assert "network dice_ce · ds=nnunet: plain; topology and parameters need the data's" in out
