@@ -1,8 +1,9 @@
 """Per-case segmentation metrics: a functional core over one surface-distance computation.
 
-For each (case, target) the masks are cropped to their joint bounding box (+1 voxel), DeepMind's
-`surface_distance.compute_surface_distances` runs ONCE, and NSD, HD95 and ASSD are derived from
-its result; DSC, RVD and volumes come from voxel counts.
+For each (case, target) `ablate.surface.compute_surface_distances` runs ONCE (DeepMind
+surface-distance's surfels, areas and distances, value for value, 10x faster; it crops to the
+masks' joint bounding box itself), and NSD, HD95 and ASSD are derived from its result with
+surface-distance's own functions; DSC, RVD and volumes come from voxel counts.
 
 Definitions (all distances in mm, surfaces are DeepMind's surfels with area weights):
 - dsc = 2 |R & P| / (|R| + |P|)
@@ -30,7 +31,6 @@ both-empty NSD and HD where we return 1 and NaN.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ import surface_distance
 
 from ablate.errors import ConfigError, DataError
 from ablate.imageio import Geometry, read_image
+from ablate.surface import compute_surface_distances
 
 METRICS = ("dsc", "nsd", "hd95", "assd", "rvd", "vol_ref_ml", "vol_pred_ml", "empty")
 
@@ -57,18 +58,8 @@ def bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
 
 
 def surface_distances(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing_mm) -> dict:
-    """DeepMind's surface distances of two boolean masks, computed on their joint bounding box."""
-    box = bounding_box(mask_ref | mask_pred)
-    if box is not None:
-        mask_ref, mask_pred = mask_ref[box], mask_pred[box]
-    with warnings.catch_warnings():
-        # surface-distance 0.1 imports from scipy.ndimage.filters/morphology (deprecated)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return surface_distance.compute_surface_distances(
-            np.ascontiguousarray(mask_ref, dtype=bool),
-            np.ascontiguousarray(mask_pred, dtype=bool),
-            [float(s) for s in spacing_mm],
-        )
+    """DeepMind's surface distances of two boolean masks (surface-distance's dict and values)."""
+    return compute_surface_distances(mask_ref, mask_pred, spacing_mm)
 
 
 def dice(n_overlap: int, n_ref: int, n_pred: int) -> float:
