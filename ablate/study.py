@@ -37,20 +37,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "on": {"plan.ct_window": {"level": 96.0, "width": 59.0}},
         "off": {"plan.ct_window": None},
     },
-    # Isensee 2019 (KiTS19) as the paper built its networks (nnU-Net v1's): plain U-Net, 30
-    # base features, LeakyReLU; residual and pre-activation residual encoders with 24 base
+    # Isensee 2019 (KiTS19) as the paper built its networks: plain U-Net, 30 base features,
+    # LeakyReLU; nnU-Net v1's residual and pre-activation residual encoder U-Nets with 24 base
     # features, one block at full resolution and one more after each downsampling
     # (1, 2, 3, 4, 4, ...), one decoder conv per stage, ReLU
     "kits19_net": {
         "plain": {"train.arch": "plain", "train.base_features": 30},
         "residual": {
-            "train.arch": "residual",
+            "train.arch": "residual_v1",
             "train.base_features": 24,
             "train.blocks_per_stage": [1, 2, 3, 4],
             "train.nonlin": "relu",
         },
         "preact": {
-            "train.arch": "preact",
+            "train.arch": "preact_v1",
             "train.base_features": 24,
             "train.blocks_per_stage": [1, 2, 3, 4],
             "train.nonlin": "relu",

@@ -158,7 +158,8 @@ def test_feature_and_block_rules() -> None:
 
 def test_unknown_architecture_names_the_closest_match() -> None:
     with pytest.raises(
-        ConfigError, match=r"train\.arch.*valid: plain, preact, residual.*'residual'"
+        ConfigError,
+        match=r"train\.arch.*valid: plain, preact, preact_v1, residual, residual_v1.*'residual'",
     ):
         build_network(TrainConfig(arch="resdual"), make_plan(3))
 
@@ -270,8 +271,8 @@ def test_isensee_2019_kits19_parameter_counts_at_the_papers_patch() -> None:
     Plain: equal to dynamic-network-architectures' PlainConvUNet with 30 base features. Residual
     and pre-activation: nnU-Net v1's FabiansUNet and FabiansPreActUNet (the paper's encoders with
     blocks 1, 2, 3, 4, 4, 4 and one decoder conv per stage) counted by hand from v1's block
-    definitions (v1 cannot be installed beside v2); ablate builds its blocks as nnU-Net v2 / DNA
-    do, so it differs from v1 by exactly the terms named below."""
+    definitions (v1 cannot be installed beside v2): residual_v1 / preact_v1 equal them; the
+    nnU-Net v2 blocks (residual / preact) differ by exactly the terms named below."""
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     from ablate.config import PlanConfig
@@ -309,6 +310,8 @@ def test_isensee_2019_kits19_parameter_counts_at_the_papers_patch() -> None:
 
     features, blocks = [24, 48, 96, 192, 320, 320], [1, 2, 3, 4, 4, 4]
     paper = dict(base_features=24, blocks_per_stage=(1, 2, 3, 4), nonlin="relu")
+    residual_v1 = network_parameters(TrainConfig(arch="residual_v1", **paper), plan)
+    preact_v1 = network_parameters(TrainConfig(arch="preact_v1", **paper), plan)
     residual = network_parameters(TrainConfig(arch="residual", **paper), plan)
     preact = network_parameters(TrainConfig(arch="preact", **paper), plan)
     decoder = _v1_plain_decoder(features, kernels, pools, 3)
@@ -328,3 +331,4 @@ def test_isensee_2019_kits19_parameter_counts_at_the_papers_patch() -> None:
     assert preact == v1_preact + biases - v1_same_width_shortcut + sum(2 * f for f in features[:-1])
     assert (residual, preact) == (61_596_199, 61_596_967)
     assert (v1_residual, v1_preact) == (61_698_544, 61_697_312)
+    assert (residual_v1, preact_v1) == (v1_residual, v1_preact)

@@ -303,8 +303,8 @@ def test_kits19_networks_preset_is_the_papers(tmp_path):
     trains = [resolve_variant(study, c)[1] for c in grid_cells(study)]
     assert [(t.arch, t.base_features, t.blocks_per_stage, t.nonlin) for t in trains] == [
         ("plain", 30, None, "leaky_relu"),
-        ("residual", 24, (1, 2, 3, 4), "relu"),
-        ("preact", 24, (1, 2, 3, 4), "relu"),
+        ("residual_v1", 24, (1, 2, 3, 4), "relu"),
+        ("preact_v1", 24, (1, 2, 3, 4), "relu"),
     ]
 
 
@@ -377,6 +377,6 @@ def test_validate_prints_each_networks_topology_and_parameters(tmp_path, capsys)
     at = "patch 80x160x160 at 3.22x1.62x1.62 mm, 6 stages (pools 2x2x2-2x2x2-2x2x2-2x2x2-1x2x2)"
     narrow = "features [24, 48, 96, 192, 320, 320]"
     assert f"network plain: plain, {at}, features [30, 60, 120, 240, 320, 320], 29,286,465" in out
-    assert f"network residual: residual, {at}, {narrow}, 61,596,199 parameters" in out
-    assert f"network preact: preact, {at}, {narrow}, 61,596,967 parameters" in out
+    assert f"network residual: residual_v1, {at}, {narrow}, 61,698,544 parameters" in out
+    assert f"network preact: preact_v1, {at}, {narrow}, 61,697,312 parameters" in out
     assert "network dice_ce · ds=nnunet: plain; topology and parameters need the data's" in out

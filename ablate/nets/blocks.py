@@ -1,4 +1,5 @@
-"""Blocks of the three U-Nets: plain conv, post-activation residual, pre-activation residual.
+"""Blocks of the U-Nets: plain conv, post-activation residual, pre-activation residual (nnU-Net
+v2's / dynamic-network-architectures'), and nnU-Net v1's two residual blocks (Isensee 2019).
 
 Every op is nnU-Net's: Conv3d with bias and padding k // 2, InstanceNorm3d (affine, eps 1e-5),
 LeakyReLU(0.01). A *stage builder* turns (in_channels, out_channels, kernel, stride, units) into one
@@ -118,6 +119,39 @@ class PreActResidualBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
 
+def _strided_projection(in_ch: int, out_ch: int, stride: Triple, with_norm: bool) -> nn.Module:
+    """nnU-Net v1's shortcut: a strided 1x1x1 conv (no bias) [+ norm] whenever the block strides
+    or widens (also a strided block that keeps its width); identity otherwise."""
+    if not (_is_strided(stride) or in_ch != out_ch):
+        return nn.Identity()
+    conv = nn.Conv3d(in_ch, out_ch, 1, stride, bias=False)
+    return nn.Sequential(conv, norm(out_ch)) if with_norm else nn.Sequential(conv)
+
+
+class V1ResidualBlock(ResidualBlock):
+    """nnU-Net v1's BasicResidualBlock (Isensee 2019's residual encoder): the post-activation
+    block above with v1's strided-conv shortcut; v1 initialises it He only (no zeroed norm)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: Triple, stride: Triple = (1, 1, 1)):
+        super().__init__(in_ch, out_ch, kernel, stride)
+        self.skip = _strided_projection(in_ch, out_ch, stride, with_norm=True)
+
+    def zero_init_residual(self) -> None:
+        pass
+
+
+class V1PreActResidualBlock(PreActResidualBlock):
+    """nnU-Net v1's BasicPreActResidualBlock: the pre-activation block above with v1's
+    strided-conv shortcut on the pre-activated input; He initialisation only."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: Triple, stride: Triple = (1, 1, 1)):
+        super().__init__(in_ch, out_ch, kernel, stride)
+        self.skip = _strided_projection(in_ch, out_ch, stride, with_norm=False)
+
+    def zero_init_residual(self) -> None:
+        pass
+
+
 def _stacked(unit: Callable[..., nn.Module]) -> StageBuilder:
     def build(in_ch: int, out_ch: int, kernel: Triple, stride: Triple, units: int) -> nn.Sequential:
         first = unit(in_ch, out_ch, kernel, stride)
@@ -129,6 +163,8 @@ def _stacked(unit: Callable[..., nn.Module]) -> StageBuilder:
 plain_stage: StageBuilder = _stacked(conv_norm_act)
 residual_stage: StageBuilder = _stacked(ResidualBlock)
 preact_stage: StageBuilder = _stacked(PreActResidualBlock)
+v1_residual_stage: StageBuilder = _stacked(V1ResidualBlock)
+v1_preact_stage: StageBuilder = _stacked(V1PreActResidualBlock)
 
 
 def init_weights(net: nn.Module, generator: torch.Generator | None = None) -> None:

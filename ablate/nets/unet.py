@@ -14,6 +14,11 @@ the plan's stage count repeats its last entry, a longer one is cut, so (1, 2, 3,
 seed 004's 1, 2, 3, 4, 4, ... at any depth.
 `blocks_per_stage` is ignored by "plain".
 
+"residual_v1" / "preact_v1" are nnU-Net v1's FabiansUNet / FabiansPreActUNet, the networks of
+Isensee 2019 (KiTS19): v1's blocks (a strided 1x1x1 conv shortcut), a 3x3x3 stem, bias-free
+transposed convs and heads; preact_v1 normalises and activates each skip, then decodes with plain
+conv-norm-act units. They are initialised He only, as v1 (no zeroed residual branch).
+
 Nonlinearity: nnU-Net's LeakyReLU(0.01) everywhere, or with `cfg.nonlin = "relu"` ReLU everywhere
 (Isensee 2019's residual networks on KiTS19). Initialisation stays nnU-Net's (He, a = 0.01).
 """
@@ -47,6 +52,10 @@ class ArchSpec:
     stem: UnitBuilder | None = None  # runs before stage 0 at full resolution
     pre_head: Callable[[int], nn.Module] | None = None  # before each seg head
     summary: str = ""
+    stem_kernel: Triple | None = None  # None = the plan's stage-0 kernel
+    skip_unit: Callable[[int], nn.Module] | None = None  # on each skip before the concat
+    up_bias: bool = True  # transposed convs with bias (v2) or without (v1)
+    head_bias: bool = True  # seg heads with bias (v2) or without (v1)
 
 
 def _norm_act(channels: int) -> nn.Module:
@@ -78,6 +87,31 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         pre_head=_norm_act,
         summary="pre-act residual encoder (seed 004), IN-LReLU-conv decoder, norm+act before heads",
     ),
+    # nnU-Net v1's networks of Isensee 2019 (KiTS19), as generic_modular_residual_UNet.py /
+    # generic_modular_preact_residual_UNet.py define them
+    "residual_v1": ArchSpec(
+        stage=blocks.v1_residual_stage,
+        decoder_unit=blocks.conv_norm_act,
+        decoder_units=1,
+        fixed_encoder_units=None,
+        stem=blocks.conv_norm_act,
+        stem_kernel=(3, 3, 3),
+        up_bias=False,
+        head_bias=False,
+        summary="nnU-Net v1's FabiansUNet: BasicResidualBlock encoder, 1 conv per decoder stage",
+    ),
+    "preact_v1": ArchSpec(
+        stage=blocks.v1_preact_stage,
+        decoder_unit=blocks.conv_norm_act,
+        decoder_units=1,
+        fixed_encoder_units=None,
+        stem=blocks.conv3d,
+        stem_kernel=(3, 3, 3),
+        skip_unit=_norm_act,
+        up_bias=False,
+        head_bias=False,
+        summary="nnU-Net v1's FabiansPreActUNet: pre-act encoder, IN-act on skips, conv decoder",
+    ),
 }
 
 
@@ -97,7 +131,8 @@ class UNet(nn.Module):
     ):
         super().__init__()
         self.deep_supervision = True
-        self.stem = spec.stem(in_channels, features[0], kernels[0]) if spec.stem else nn.Identity()
+        stem_kernel = spec.stem_kernel or kernels[0]
+        self.stem = spec.stem(in_channels, features[0], stem_kernel) if spec.stem else nn.Identity()
         channels = features[0] if spec.stem else in_channels
         self.encoder = nn.ModuleList()
         for f, k, s, units in zip(features, kernels, strides, encoder_units, strict=True):
@@ -106,6 +141,7 @@ class UNet(nn.Module):
         self.decoder = nn.ModuleList()
         self.upsamplers = nn.ModuleList()
         self.heads = nn.ModuleList()
+        self.skip_units = nn.ModuleList()  # empty unless spec.skip_unit (no keys, no parameters)
         for s in reversed(range(len(features) - 1)):  # deepest skip first
             f, k = features[s], kernels[s]
             units = [
@@ -114,10 +150,12 @@ class UNet(nn.Module):
             self.decoder.append(nn.Sequential(*units))
             up_stride = strides[s + 1]
             self.upsamplers.append(
-                nn.ConvTranspose3d(features[s + 1], f, up_stride, up_stride, bias=True)
+                nn.ConvTranspose3d(features[s + 1], f, up_stride, up_stride, bias=spec.up_bias)
             )
-            head = nn.Conv3d(f, num_classes, 1, bias=True)
+            head = nn.Conv3d(f, num_classes, 1, bias=spec.head_bias)
             self.heads.append(nn.Sequential(spec.pre_head(f), head) if spec.pre_head else head)
+            if spec.skip_unit:
+                self.skip_units.append(spec.skip_unit(f))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         x = self.stem(x)  # (B, C0, Z, Y, X)
@@ -131,9 +169,8 @@ class UNet(nn.Module):
             zip(self.upsamplers, self.decoder, self.heads, strict=True)
         ):
             x = up(x)  # (B, C_skip, Z_skip, Y_skip, X_skip)
-            x = decode(
-                torch.cat((x, skips[-(i + 2)]), dim=1)
-            )  # (B, C_skip, Z_skip, Y_skip, X_skip)
+            skip = self.skip_units[i](skips[-(i + 2)]) if self.skip_units else skips[-(i + 2)]
+            x = decode(torch.cat((x, skip), dim=1))  # (B, C_skip, Z_skip, Y_skip, X_skip)
             if self.deep_supervision or i == last:
                 outputs.append(head(x))  # (B, K, Z_skip, Y_skip, X_skip)
         outputs.reverse()
