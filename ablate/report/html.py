@@ -82,7 +82,9 @@ def build_tables(a: Analysis, memory_label: str = "GPU memory") -> dict[str, dic
         stats["friedman"] = generic_table(
             "Friedman test over all variants",
             a.friedman,
-            "Cases complete for every variant; k variants, n cases.",
+            "Cases complete for every variant; k variants, n cases. One test per target and "
+            "metric, not adjusted for multiplicity (no Holm family); case level (these trained "
+            "models).",
         )
         sig = a.posthoc[a.posthoc["significant"]]
         stats["posthoc"] = generic_table(
