@@ -225,3 +225,13 @@ def test_infer_checkpoint_is_final_by_default_and_absent_from_job_keys():
     assert InferConfig.model_validate_json(best.model_dump_json()) == best
     with pytest.raises(ValueError, match="checkpoint"):
         InferConfig(checkpoint="latest")
+
+
+def test_model_logits_takes_the_mirror_order_of_its_config(monkeypatch):
+    import ablate.infer as infer
+
+    seen = []
+    monkeypatch.setattr(infer, "sliding_window_logits", lambda *args: seen.append(args[4]))
+    for order in ("nnunet_v2", "nnunet_v1"):
+        infer.model_logits(None, None, tiny_plan(), InferConfig(tta=2, mirror_order=order), CPU)
+    assert seen == [[(), (0,)], [(), (2,)]]  # TTA 2 flips z (v2) or x, left-right (v1)

@@ -332,3 +332,13 @@ def test_isensee_2019_kits19_parameter_counts_at_the_papers_patch() -> None:
     assert (residual, preact) == (61_596_199, 61_596_967)
     assert (v1_residual, v1_preact) == (61_698_544, 61_697_312)
     assert (residual_v1, preact_v1) == (v1_residual, v1_preact)
+
+
+def test_v1_options_leave_existing_networks_and_their_checkpoint_keys_alone() -> None:
+    plan = make_plan(4)
+    for arch in ("plain", "residual", "preact"):
+        keys = build_network(TrainConfig(arch=arch), plan).state_dict().keys()
+        assert not any(k.startswith("skip_units") for k in keys)
+    v1 = build_network(TrainConfig(arch="preact_v1"), plan)
+    assert len(v1.skip_units) == plan.num_stages - 1  # IN-act on every skip, none on the bottleneck
+    assert all(up.bias is None for up in v1.upsamplers) and all(h.bias is None for h in v1.heads)

@@ -123,3 +123,14 @@ def test_ct_window_then_nnunets_percentile_clip_with_the_plans_sample_budget(mon
     assert (norm.lower, norm.upper) == tuple(np.percentile(windowed, (0.5, 99.5)))
     assert 66.5 < norm.lower < norm.upper < 125.5  # inside the window: the clip still acts
     assert (norm.mean, norm.std) == (pytest.approx(windowed.mean()), pytest.approx(windowed.std()))
+
+
+def test_batch_dice_override_and_preset_recorded():
+    # KiTS-like: nnU-Net's rule turns batch Dice on (3d_lowres survives); plan.batch_dice wins
+    assert make_plan(_kits_like(), DS3, PlanConfig()).batch_dice is True
+    plan = make_plan(_kits_like(), DS3, PlanConfig(batch_dice=False))
+    assert plan.batch_dice is False and plan.cascade_recommended is True
+    assert plan.preset == "nnunet"
+    resenc = make_plan(_kits_like(), DS3, PlanConfig(preset="resenc_l"))
+    assert (resenc.preset, resenc.memory_budget_gb) == ("resenc_l", 24.0)
+    assert Plan.from_json(json.loads(json.dumps(resenc.to_json()))) == resenc
