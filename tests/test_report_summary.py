@@ -227,3 +227,22 @@ def test_which_comparisons_share_their_trained_models():
         "dice_topk / 2": False,
         "ens": False,  # an ensemble of cells: its own configuration
     }
+
+
+def test_external_and_ensemble_variants_in_cross_validation(tmp_path):
+    """An external folder (no axis values, fold -1) and a CV ensemble (no axis values, its
+    folds) beside the grid: compared at configuration level on the cases' folds, no crash."""
+    from ablate.report import build_report
+
+    results = synthetic_results({"arch": ["plain", "residual"]}, n_cases=15, folds=3)
+    plain = results.tidy[results.tidy["variant"] == "plain"]
+    external = plain.assign(variant="oracle", arch=None, fold=-1, value=1.0)
+    ensemble = plain.assign(variant="ens", arch=None, value=plain["value"] + 0.01)
+    tidy = pd.concat([results.tidy, external, ensemble], ignore_index=True)
+    results = Results(tidy, results.cost, results.curves, results.axes)
+    page = build_report(results, {"name": "s", "baseline": "plain"}, tmp_path).read_text()
+    a = analyse(results, {"name": "s", "baseline": "plain"})
+    rows = a.compare[a.compare["metric"] == "dsc"].set_index(["variant", "target"])
+    assert rows.loc[("oracle", "kidney"), "unit"] == "fold models"
+    assert rows.loc[("ens", "kidney"), "kind"] == "training"
+    assert "oracle vs plain, kidney DSC (training)" in page
