@@ -246,3 +246,16 @@ def test_external_and_ensemble_variants_in_cross_validation(tmp_path):
     assert rows.loc[("oracle", "kidney"), "unit"] == "fold models"
     assert rows.loc[("ens", "kidney"), "kind"] == "training"
     assert "oracle vs plain, kidney DSC (training)" in page
+
+
+def test_planning_lines_from_a_pilot():
+    from ablate.report.summary import planning_lines
+
+    results = synthetic_results(
+        {"arch": ["plain", "residual"]}, n_cases=40, targets=("kidney",), run_sd=0.005
+    )
+    meta = {"name": "p", "baseline": "plain", "analysis": {"noninferiority_margin": {"dsc": 0.01}}}
+    lines = planning_lines(analyse(results, meta))
+    dsc = next(x for x in lines if "kidney DSC" in x)
+    assert "(configuration level, 40 cases): minimum detectable difference" in dsc
+    assert "to detect 1.0 points with 80% power" in dsc or "needs more seeds and more" in dsc

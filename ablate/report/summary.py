@@ -227,3 +227,23 @@ def methods_text(a: Analysis) -> list[str]:
         "bold, 'best', Pareto front and significance map.",
         "Holm families (each adjusts only within itself):",
     ]
+
+
+def planning_lines(a: Analysis) -> list[str]:
+    """Power planning from a finished (pilot or previous) study, for `ablate validate`: per
+    comparison with the baseline, the minimum detectable difference at 80% power with the
+    study's cases and runs, and the seeds or cases that would detect its non-inferiority margin
+    (from the study's own variance components)."""
+    lines = []
+    for r in a.compare.itertuples(index=False):
+        if r.note or not r.se >= NO_VARIANCE:
+            continue
+        unit = diff_unit(r.metric)
+        text = (
+            f"{r.variant} vs {r.baseline}, {r.target} {metric_label(r.metric)} "
+            f"({LEVELS.get(r.unit, 'case level')}, {r.n} cases): minimum detectable difference "
+            f"{diff_text(r.mdd, r.metric, 1).lstrip('+')} {unit} at 80% power"
+        )
+        plan = _planning_text(r._replace(significant=False))
+        lines.append(text + (f"; {plan}" if plan else "") + ".")
+    return lines
