@@ -3,10 +3,12 @@
 Per case: transpose (coarsest axis first) -> crop to nonzero -> normalise -> resample to the plan
 spacing. The cache lives in `<cache_root>/<key>/` (key = hash of the dataset files, the
 PlanConfig and PREPROCESS_VERSION) and holds plan.json, fingerprint.json, splits.json and per
-case `<id>_data.npy` (float32 C,Z,Y,X), `<id>_seg.npy` (int8, int16 past label 127; Z,Y,X; -1
-outside the nonzero mask), `<id>.json` (properties) and `<id>_locs.npz` (sampled voxel indices
-per foreground label). It is built in a temporary folder under an exclusive file lock and
-renamed into place, so concurrent callers build it once and never see half-written data.
+case `<id>_data.b2nd` (float32 C,Z,Y,X), `<id>_seg.b2nd` (int8, int16 past label 127; Z,Y,X; -1
+outside the nonzero mask), both blosc2 chunked for the plan's patch as nnU-Net v2 stores them
+(`ablate.storage`; caches written before hold `.npy` and still load), `<id>.json` (properties)
+and `<id>_locs.npz` (sampled voxel indices per foreground label). It is built in a temporary
+folder under an exclusive file lock and renamed into place, so concurrent callers build it once
+and never see half-written data.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ablate.plan import (
     make_plan,
     read_case_arrays,
 )
+from ablate.storage import open_array, save_array
 
 PREPROCESS_VERSION = "2"  # 2: transpose, int16 labels past 127, cubic resampling clipped
 LOCATIONS_PER_LABEL = 10000
@@ -253,8 +256,8 @@ def _preprocess_case(case, plan: Plan, labels: list, folder: Path) -> str:
     data, seg, geometry = read_case_arrays(case)
     data, seg, props = _transform(data, seg, geometry, plan, case.case_id)
     locations = sample_class_locations(seg, labels)
-    np.save(folder / f"{case.case_id}_data.npy", data.astype(np.float32))
-    np.save(folder / f"{case.case_id}_seg.npy", seg.astype(label_dtype(seg)))
+    save_array(folder, f"{case.case_id}_data", data.astype(np.float32), plan.patch_size)
+    save_array(folder, f"{case.case_id}_seg", seg.astype(label_dtype(seg)), plan.patch_size)
     names = {k: ANNOTATED if isinstance(k, tuple) else str(k) for k in locations}
     np.savez(folder / f"{case.case_id}_locs.npz", **{names[k]: v for k, v in locations.items()})
     (folder / f"{case.case_id}.json").write_text(json.dumps(props.to_json()))
@@ -262,8 +265,8 @@ def _preprocess_case(case, plan: Plan, labels: list, folder: Path) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _region_locations(seg_file: Path, regions: tuple[tuple[int, ...], ...]):
-    return sample_class_locations(np.load(seg_file), regions)
+def _region_locations(root: Path, case_id: str, regions: tuple[tuple[int, ...], ...]):
+    return sample_class_locations(np.asarray(open_array(root, f"{case_id}_seg")[...]), regions)
 
 
 # ---- the shared cache ------------------------------------------------------------------------
@@ -279,9 +282,11 @@ class PreprocessedData:
     ignore_label: int | None = None  # the dataset's: never a class, left out of loss and metrics
 
     def load_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray, CaseProperties]:
-        """Memory-mapped data float32 (C, Z, Y, X), seg int8/int16 (Z, Y, X), properties."""
-        data = np.load(self.root / f"{case_id}_data.npy", mmap_mode="r")
-        seg = np.load(self.root / f"{case_id}_seg.npy", mmap_mode="r")
+        """Data float32 (C, Z, Y, X), seg int8/int16 (Z, Y, X), properties. The arrays are
+        memory-mapped blosc2 arrays (or numpy memmaps in an older cache): slicing one reads and
+        decompresses only the chunks the slice touches; np.asarray reads it whole."""
+        data = open_array(self.root, f"{case_id}_data")
+        seg = open_array(self.root, f"{case_id}_seg")
         props = CaseProperties.from_json(json.loads((self.root / f"{case_id}.json").read_text()))
         return data, seg, props
 
@@ -299,7 +304,7 @@ class PreprocessedData:
         """Foreground locations per region, as nnU-Net stores them for region training (the
         regions are a training setting, so they are sampled from the cached labels on first use
         and kept in memory)."""
-        return _region_locations(self.root / f"{case_id}_seg.npy",
+        return _region_locations(self.root, case_id,
                                  tuple(tuple(int(v) for v in r) for r in regions))
 
 

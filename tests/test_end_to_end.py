@@ -162,6 +162,7 @@ def test_a_cross_validation_ensemble_averages_its_members_fold_models(tiny_study
     from ablate.imageio import read_image
     from ablate.infer import export_probabilities, model_logits
     from ablate.preprocess import CaseProperties
+    from ablate.storage import open_array
 
     work = tiny_study / "work"
     client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
@@ -179,7 +180,7 @@ def test_a_cross_validation_ensemble_averages_its_members_fold_models(tiny_study
     plan = models[0][2]
     cache = next((work / "preprocessed").glob("*/splits.json")).parent
     for case in json.loads((cache / "splits.json").read_text())[0]["val"]:
-        data = np.load(cache / f"{case}_data.npy")
+        data = np.asarray(open_array(cache, f"{case}_data")[...])
         props = CaseProperties.from_json(json.loads((cache / f"{case}.json").read_text()))
         mean = np.mean([export_probabilities(model_logits(m, data, plan, InferConfig(tta=1), cpu),
                                              props, plan)

@@ -118,11 +118,12 @@ def test_prepare_builds_loads_and_reuses(tmp_path):
     data = prepare(ds, CFG, tmp_path / "cache", folds=3, workers=0, intensity_samples=3000)
     assert data.case_ids == ("c0", "c1", "c2") and len(data.folds) == 3
     arr, seg, props = data.load_case("c1")
-    assert isinstance(arr, np.memmap) and arr.dtype == np.float32 and seg.dtype == np.int8
+    # lazy, chunked (blosc2): a patch slice decompresses only its chunks (tests/test_storage.py)
+    assert not isinstance(arr, np.ndarray) and arr.dtype == np.float32 and seg.dtype == np.int8
     assert arr.shape[1:] == seg.shape == props.shape_after_resample
     locs = data.class_locations("c1")
     assert set(locs) == {1} and len(locs[1]) > 0
-    assert np.all(seg[tuple(locs[1].T)] == 1)
+    assert np.all(np.asarray(seg)[tuple(locs[1].T)] == 1)
     regions = data.region_locations("c1", [(1,), (1, 5)])
     assert set(regions) == {(1,), (1, 5)}
     np.testing.assert_array_equal(regions[(1,)], locs[1])  # the same seed, the same draws
