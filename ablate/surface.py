@@ -42,8 +42,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from surface_distance import lookup_tables
 
-# Offsets scanned before the KD-tree takes over: all within this many voxels of the largest
-# spacing's neighbour (about 100-200 offsets for CT spacings); farther surfels are rare.
+# The offset scan covers distances up to this many times the largest spacing (453 offsets at
+# (3, 0.8, 0.8) mm, 33 at 1 mm isotropic); surfels farther from the other mask are rare.
 _SCAN_VOXELS = 2.0
 _MAX_BLOCK = 32  # offsets gathered at once once the first (most frequent) ones are done
 _MAX_GATHER = 1 << 22  # corner lookups per step (32 MiB of indices), for very noisy masks
@@ -136,7 +136,8 @@ def _neighbour_codes(mask: np.ndarray, box, pad, shape) -> np.ndarray:
 
 def _scan(query: np.ndarray, target: np.ndarray, strides, spacing_mm) -> np.ndarray:
     """Index of the nearest offset landing on a target surfel for each query surfel (flat
-    corner indices), scanning offsets in increasing distance; -1 beyond the scan radius."""
+    corner indices), scanning offsets in increasing distance; -1 beyond the scan radius or
+    where the scan gave up (many surfels left, hardly any found by the last block)."""
     offsets = _offsets(spacing_mm)[0]
     index = np.int32 if target.size < 2**31 else np.int64  # half the memory traffic
     steps = (offsets @ np.asarray(strides)).astype(index)
