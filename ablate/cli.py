@@ -39,6 +39,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.report:
         print(f"report: {summary.report}")
         _print_best(study)
+    if summary.browse:
+        print(summary.browse)
     if summary.failed:
         print(f"{len(summary.failed)} job(s) failed: " + "; ".join(summary.failed), file=sys.stderr)
         return 1
@@ -113,8 +115,10 @@ def _labels_arg(text: str | None) -> dict[str, int] | None:
         pairs = [item.split("=") for item in text.split(",")]
         return {name.strip(): int(value) for name, value in pairs}
     except ValueError as exc:
-        raise ConfigError(f"--labels {text!r}: give name=value pairs separated by commas, e.g. "
-                          "background=0,liver=1") from exc
+        raise ConfigError(
+            f"--labels {text!r}: give name=value pairs separated by commas, e.g. "
+            "background=0,liver=1"
+        ) from exc
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -127,8 +131,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(problem)
     errors = sum(p.severity == "error" for p in problems)
     usable = usable_cases(dataset, problems)
-    print(f"{errors} error(s), {len(problems) - errors} warning(s); "
-          f"{usable} of {len(dataset.cases)} cases usable")
+    print(
+        f"{errors} error(s), {len(problems) - errors} warning(s); "
+        f"{usable} of {len(dataset.cases)} cases usable"
+    )
     return 2 if errors else 0
 
 
@@ -138,8 +144,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     if args.predictions:
         fmt = args.format or detect_format(Path(args.dataset))
-        written = predictions_to_source_grid(Path(args.dataset), fmt, Path(args.predictions),
-                                             Path(args.out))
+        written = predictions_to_source_grid(
+            Path(args.dataset), fmt, Path(args.predictions), Path(args.out)
+        )
         print(f"wrote {len(written)} predictions in the source grid to {args.out}")
         return 0
     dataset = read_dataset(Path(args.dataset), args.format, _labels_arg(args.labels))
@@ -224,8 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default=None)
     p.add_argument("--labels", default=None, help="name=value,... (needed by --format folder)")
     p.set_defaults(func=cmd_verify)
-    p = sub.add_parser("convert", help="write a dataset as an nnU-Net v2 raw dataset, or (with "
-                       "--predictions) predictions back in the dataset's own grid")
+    p = sub.add_parser(
+        "convert",
+        help="write a dataset as an nnU-Net v2 raw dataset, or (with "
+        "--predictions) predictions back in the dataset's own grid",
+    )
     p.add_argument("dataset")
     p.add_argument("out")
     p.add_argument("--format", default=None)

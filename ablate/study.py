@@ -66,11 +66,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-# registry-valued fields: (module, attribute, names used when the module is not there yet)
+# registry-valued fields: (module, registry); the registry is the only list of valid names
 REGISTRIES = {
-    "train.arch": ("ablate.nets", "ARCHITECTURES", ("plain", "residual", "preact")),
-    "train.loss": ("ablate.losses", "LOSSES", ("dice_ce", "dice_topk", "ce_to_dice")),
-    "train.deep_supervision": (None, None, ("nnunet", "last3", "none")),
+    "train.arch": ("ablate.nets", "ARCHITECTURES"),
+    "train.loss": ("ablate.losses", "LOSSES"),
 }
 
 SHORT_NAMES = {
@@ -211,7 +210,8 @@ class Study(Frozen):
     # predictions made elsewhere (e.g. nnU-Net's own cross-validation output): name -> folder of
     # <case id><file ending> label maps, scored like ablate's own and compared as extra variants
     external: dict[str, Path] = Field(default_factory=dict)
-    # ensembles of grid cells scored on cross-validation, as seed 004's Table 1 "ensemble" row:
+    # ensembles of grid cells scored on cross-validation, as Isensee 2019 (KiTS19), Table 1
+    # "ensemble" row:
     # name -> member cells as partial assignments (unnamed axes take the baseline value); per
     # fold, the members' fold models are averaged (infer.ensemble_average) on its validation cases
     ensembles: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
@@ -232,13 +232,8 @@ class Study(Frozen):
 
 
 def registry_names(path: str) -> tuple[str, ...]:
-    module, attribute, fallback = REGISTRIES[path]
-    if module is not None:
-        try:
-            return tuple(getattr(importlib.import_module(module), attribute))
-        except (ImportError, AttributeError):
-            pass
-    return fallback
+    module, registry = REGISTRIES[path]
+    return tuple(getattr(importlib.import_module(module), registry))
 
 
 def axis_paths(axis: str) -> list[str]:
@@ -294,11 +289,14 @@ def resolve_variant(study: Study, variant: dict[str, Any]) -> tuple[PlanConfig, 
 
 
 def _check_registries(train: TrainConfig) -> None:
+    from ablate.losses import deep_supervision_weights
+
     for path in REGISTRIES:
         value = getattr(train, path.split(".")[1])
         names = registry_names(path)
         if value not in names:
             raise ConfigError(f"{path}: unknown value {value!r}; valid: {', '.join(names)}")
+    deep_supervision_weights(train.deep_supervision, 3)  # an unknown mode: ConfigError, valid ones
 
 
 def baseline_variant(study: Study) -> dict[str, Any]:

@@ -133,6 +133,37 @@ def test_report_renders_summary_tables_and_every_image(browser, tmp_path):
     _assert_real_screenshot(shot, min_width=1000)
 
 
+@pytest.mark.slow
+def test_the_experiment_opens_on_its_runs(browser, tmp_path):
+    """The link ablate prints (`experiment_link`: the experiment's default page, no tab named)
+    opens on the runs table: the parent and its children without a click, axis values and DSC
+    as columns, the Datasets column; not the GenAI traces overview. MLflow 3.17's UI decides its
+    landing view by a browser-wide workflow switch (default GenAI) and ignores the experiment
+    kind tag, which ablate sets anyway (checked in test_tracking.py), so the link names the
+    view."""
+    from ablate.run.tracking import DatasetRecord, experiment_link
+
+    uri, tracker, run_ids = _tiny_store(tmp_path)
+    tracker.log_datasets(
+        tracker.parent_run_id,
+        [DatasetRecord("synthetic-kits", "d1g3st", tmp_path, "source", {"cases": 6})],
+    )
+    tracker.set_runs_view(["arch"], ["dsc_kidney", "nsd_kidney"])
+    with mlflow_ui(uri, timeout_s=120) as base:
+        browser.get(experiment_link(base, tracker.experiment_id))
+        names = ["browser_study", *run_ids]
+        browser.wait_for("return arguments[0].every(n => document.body.innerText.includes(n))",
+                         60, f"parent and child runs {names} without a click", names)
+        assert "/traces" not in browser.script("return location.href")
+        text = browser.wait_for("const t = document.body.innerText; "
+                                "return t.includes('dsc_kidney') && t", 30, "the DSC column")
+        assert "axis.arch" in text and "residual" in text  # the axis column and its values
+        assert "0.875" in text and "synthetic-kits" in text  # a DSC value, the Datasets column
+        assert text.index("eval residual") < text.index("eval plain")  # best DSC first
+        shot = browser.screenshot(tmp_path / "default.png", full_page=False)
+        _assert_real_screenshot(shot, min_width=1000)
+
+
 def _tiny_store(tmp_path) -> tuple[str, Tracker, dict[str, str]]:
     """A study parent run with two finished eval child runs; no network is trained."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -12,7 +12,8 @@ from ablate.run.progress import PlainProgress, human_duration, left_text
 
 
 def test_human_durations():
-    assert [human_duration(s) for s in (35, 90, 720, 4 * 3600 + 12 * 60, 2.1 * 86400)] == [
+    assert [human_duration(s) for s in (0.44, 35, 90, 720, 4 * 3600 + 12 * 60, 2.1 * 86400)] == [
+        "0.4 s",
         "35 s",
         "1.5 min",
         "12 min",
@@ -25,7 +26,9 @@ def test_time_left_counts_parallelism_and_names_untimed_kinds():
     assert left_text({"train": 4}, {"train": 3600.0}, 2) == "4 left, about 2 h 0 min"
     text = left_text({"train": 1, "eval": 3}, {"train": 600.0, "eval": None}, 1)
     assert text == "4 left, about 10 min + the evaluations (not timed yet)"
-    assert left_text({"eval": 2}, {}, 1) == "2 left, time unknown until one has finished"
+    assert (
+        left_text({"eval": 2}, {}, 1) == "2 left, time unknown until the first evaluation has ended"
+    )
 
 
 def test_plain_lines_per_job_with_count_and_eta(capsys, monkeypatch):
@@ -39,7 +42,9 @@ def test_plain_lines_per_job_with_count_and_eta(capsys, monkeypatch):
     progress.job_ended("k2", False, "RuntimeError: out of memory")
     lines = [re.sub(r"^\[ *[\d.]+s\] ", "", line) for line in capsys.readouterr().out.splitlines()]
     assert (
-        lines[0] == "to run: 3 trainings (1 at a time); 3 left, time unknown until one has finished"
+        lines[0]
+        == "to run: 3 trainings (1 at a time); 3 left, time unknown until the first training "
+        "has ended"
     )
     assert lines[1] == "[1/3] train residual · fold 3 ..."
     assert (

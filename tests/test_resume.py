@@ -90,6 +90,12 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path: Path) -> None:
                 assert run.info.status == "FAILED"
                 assert run.data.tags["ablate.state"] == "superseded"
     assert len(finished) == 4 and set(finished.values()) == {1}  # 2 trainings + 2 evaluations
+    assert "taking over the lock of an ended run" in out  # the SIGKILLed run left its lock
+    for run in runs:  # the resumed training's curves: one value per epoch, none repeated
+        if run.data.tags.get("ablate.kind") == "train" and run.info.status == "FINISHED":
+            for metric in ("train_loss", "val_loss", "pseudo_dice", "ema_pseudo_dice", "lr"):
+                steps = [p.step for p in client.get_metric_history(run.info.run_id, metric)]
+                assert sorted(steps) == [0, 1, 2, 3], (metric, steps)
 
     a, b = _per_case(whole), _per_case(killed)
     assert len(a) > 0

@@ -42,7 +42,7 @@ def _load(tmp_path: Path, extra: str = "", **kwargs) -> Study:
     ("axes: {colour: [red]}\n", r"axes.colour: unknown axis; axes are presets \(arch, ct_window"),
     ("axes: {train.loss: [dice_ce, dice_tpk]}\n",
      r"axes.train.loss\[1\]: train.loss: unknown value 'dice_tpk'; valid: dice_ce, dice_topk"),
-    ("axes: {train.deep_supervision: [last2]}\n", r"valid: nnunet, last3, none"),
+    ("axes: {train.deep_supervision: [last2]}\n", r"unknown mode .last2.; valid: last3, nnunet, none"),
     ("axes: {infer.tta: [8, 3]}\n", r"axes.infer.tta\[1\]: invalid value 3: Input should be 1, 2"),
     ("axes: {arch: [plain, resnet]}\n", r"axes.arch\[1\]: unknown value 'resnet' for preset axis"),
     ("axes: {infer.tta: [8, 8]}\n", r"axes.infer.tta\[1\]: duplicate 8"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -270,3 +271,31 @@ def test_logging_to_a_real_mlflow_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_experiment_opens_on_runs_and_datasets_are_run_inputs(tmp_path):
+    from ablate.run.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, DatasetRecord
+
+    tracker = _tracker(tmp_path)
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    parent = tracker.start_study({}, {})
+    records = [
+        DatasetRecord("kits19", "abc123", tmp_path / "data", "source", {"cases": 210}),
+        DatasetRecord("preprocessed 0f0f", "0f0f" * 16, tmp_path / "pre", "training", {}),
+    ]
+    tracker.log_datasets(parent, records)
+    tracker.log_datasets(parent, records)  # a rerun logs them again
+    inputs = tracker.client.get_run(parent).inputs.dataset_inputs
+    assert sorted(i.dataset.name for i in inputs) == ["kits19", "preprocessed 0f0f"]
+    assert {i.tags[0].value for i in inputs} == {"source", "training"}
+    assert json.loads(inputs[0].dataset.source)["uri"].startswith(str(tmp_path))
+
+    from ablate.run.tracking import VIEW_TAG, experiment_link
+
+    tracker.set_runs_view(["arch"], ["dsc_kidney"])
+    view = json.loads(tracker.client.get_experiment(tracker.experiment_id).tags[VIEW_TAG])
+    assert "params.`axis.arch`" in view["selectedColumns"]
+    assert view["orderByKey"] == "metrics.`dsc_kidney`" and view["orderByAsc"] is False
+    link = experiment_link("http://127.0.0.1:5000/", tracker.experiment_id)
+    assert link.endswith("/runs?workflowType=machine_learning&viewStateShareKey=ablate-runs")

@@ -47,6 +47,7 @@ class RunSummary:
     externals: PhaseCount = field(default_factory=PhaseCount)
     failed: list[str] = field(default_factory=list)  # names of the jobs that failed
     report: Path | None = None
+    browse: str = ""  # how to open the study's runs in `mlflow ui`
 
 
 def workdir_of(study: Study) -> Path:
@@ -164,6 +165,7 @@ class PhaseContext:
     live: object  # run.live.LiveCurves: forwards trainings' epochs while they run
     jobs_dir: Path
     failed: list[str]  # names of the jobs that failed
+    datasets: Callable = lambda job: []  # a job's MLflow dataset inputs (DatasetRecord)
 
 
 def run_phase(jobs: list, name: str, make_call: Callable, ctx: PhaseContext, count: PhaseCount):
@@ -190,6 +192,8 @@ def run_phase(jobs: list, name: str, make_call: Callable, ctx: PhaseContext, cou
             tracked_as, tags = job_tracking(job)
             run_id = ctx.tracker.start_job(job.key, job.name, tracked_as, job_params(job), tags)
             starting[:] = [run_id]
+            if records := ctx.datasets(job):
+                ctx.tracker.log_datasets(run_id, records)
             ctx.progress.job_started(job.key, tracked_as, job.name)
             if tracked_as == "train":
                 ctx.live.watch(run_id, job.key, ctx.jobs_dir / job.key / EVENTS_NAME)
@@ -271,7 +275,7 @@ def run_study(
 def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report: bool, executor):
     from ablate.expand import expand_study
     from ablate.run.executors import executor_for
-    from ablate.run.tracking import Tracker, default_tracking_uri
+    from ablate.run.tracking import Tracker, default_tracking_uri, ui_hint
 
     workdir = workdir_of(study)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -307,6 +311,10 @@ def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report:
         },
         axes=list(study.axes),
     )
+    tracker.log_datasets(tracker.parent_run_id, study_datasets(dataset, test_cases, base))
+    targets = {k: tuple(v) for k, v in (study.evaluation.targets or dataset.targets()).items()}
+    headline = [f"{m}_{t}" for m in ("dsc", "nsd") for t in targets]
+    tracker.set_runs_view(list(study.axes), [*headline, "train_seconds", "infer_seconds_per_case"])
     planned = [*train_jobs, *eval_jobs, *test_jobs, *ensemble_jobs, *extra_jobs]
     tracker.log_planned_jobs(
         [{"job_key": j.key, "name": j.name, "kind": job_tracking(j)[0]} for j in planned]
@@ -314,13 +322,22 @@ def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report:
     executor = executor or executor_for(study)
     jobs_dir = workdir / "jobs"
     groups = postprocess_groups(eval_jobs, jobs_dir)
-    targets = {k: tuple(v) for k, v in (study.evaluation.targets or dataset.targets()).items()}
     tolerance = {t: study.evaluation.tolerance_mm(t) for t in targets}
     summary = RunSummary()
     _start_progress(progress, planned, tracker, executor.capacity)
     names = {job.key: job.name for job in train_jobs}
     live = LiveCurves(tracker, lambda key, *epoch: progress.epoch(key, names.get(key, key), *epoch))
-    ctx = PhaseContext(executor, tracker, progress, live, jobs_dir, summary.failed)
+    used = {job.key: data_for[job.key] for job in train_jobs}
+    used.update({job.key: data_for[job.train_key] for job in eval_jobs})
+    ctx = PhaseContext(
+        executor,
+        tracker,
+        progress,
+        live,
+        jobs_dir,
+        summary.failed,
+        lambda job: [cache_record(used[job.key], "training")] if job.key in used else [],
+    )
     try:
         run_phase(
             train_jobs,
@@ -413,7 +430,36 @@ def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report:
             tracker.end_study(ok=False)
             raise
     tracker.end_study(ok=not summary.failed)
+    summary.browse = ui_hint(tracker.tracking_uri, tracker.experiment_id)
     return summary
+
+
+def cache_record(data, context: str):
+    """The preprocessed cache as an MLflow dataset input."""
+    from ablate.run.tracking import DatasetRecord
+
+    plan = data.plan
+    profile = {
+        "cases": len(data.case_ids),
+        "spacing_mm": [round(s, 3) for s in plan.target_spacing_mm],
+        "patch_size": list(plan.patch_size),
+        "folds": len(data.folds),
+    }
+    return DatasetRecord(f"preprocessed {data.key[:12]}", data.key, data.root, context, profile)
+
+
+def study_datasets(dataset: Dataset, test_cases: tuple, base) -> list:
+    """The parent run's inputs: the dataset as read and the shared preprocessed cache."""
+    from ablate.run.tracking import DatasetRecord
+
+    raw = DatasetRecord(
+        dataset.name,
+        dataset.content_hash(),
+        Path(dataset.root),
+        "source",
+        {"cases": len(dataset.cases), "held_out_test_cases": len(test_cases)},
+    )
+    return [raw, cache_record(base, "training")]
 
 
 def _start_progress(progress: Progress, planned: list, tracker, capacity: int) -> None:
@@ -480,7 +526,11 @@ def test_set_text(study: Study) -> str | None:
     ensemble = ""
     if study.infer.ensemble_folds:
         average = study.infer.ensemble_average
-        like = "as seed 004" if average == "probabilities" else "as nnU-Net v2's predictor"
+        like = (
+            "as Isensee 2019 on KiTS19"
+            if average == "probabilities"
+            else "as nnU-Net v2's predictor"
+        )
         ensemble = f" and by the ensemble of all fold models, averaging their {average} ({like})"
     return (
         f"Test set: {made}. No model trained on them and the plan never saw them. Each "

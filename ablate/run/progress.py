@@ -37,7 +37,9 @@ class Progress(Protocol):
 
 
 def human_duration(seconds: float) -> str:
-    """35 s, 1.5 min, 12 min, 4 h 12 min, 2.1 days."""
+    """0.4 s, 35 s, 1.5 min, 12 min, 4 h 12 min, 2.1 days."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     minutes = seconds / 60
@@ -74,7 +76,8 @@ def left_text(left: dict[str, int], mean_seconds: dict[str, float | None], capac
         return "none left"
     seconds, untimed = time_left(left, mean_seconds, capacity)
     if len(untimed) == len([k for k, v in left.items() if v > 0]):
-        return f"{n} left, time unknown until one has finished"
+        first = " or ".join(PLURAL.get(k, k)[:-1] for k in untimed)
+        return f"{n} left, time unknown until the first {first} has ended"
     text = f"{n} left, about {human_duration(seconds)}"
     if untimed:
         text += " + the " + " and ".join(PLURAL.get(k, k) for k in untimed) + " (not timed yet)"

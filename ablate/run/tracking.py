@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset as MlflowDataset
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -28,6 +29,10 @@ from ablate.report.collect import Results
 from ablate.run.outcome import JobState
 from ablate.study import Study, variant_label
 
+# the experiment tag MLflow 3's UI reads to open an experiment on its runs ("Machine learning")
+# instead of the GenAI traces overview
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 TAG_VALUE_LIMIT = 5000  # MLflow allows 8000; keep error tags readable
 PARAM_VALUE_LIMIT = 6000
 CURVE_METRICS = ("train_loss", "val_loss", "pseudo_dice", "ema_pseudo_dice", "lr", "epoch_seconds")
@@ -48,6 +53,8 @@ def _quiet_mlflow() -> None:
     """MLflow's and alembic's info lines (store migrations, ...) are noise in a study's log."""
     for name in ("mlflow", "alembic", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # its artifact download bars fill a log file (`make demo > log`) with carriage returns
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _state(run) -> JobState:
@@ -73,6 +80,55 @@ def default_tracking_uri(study: Study, workdir: Path) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{Path(workdir).absolute() / 'mlflow.db'}"
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A dataset a run used: the raw dataset or the preprocessed cache (MLflow dataset input)."""
+
+    name: str
+    digest: str  # content hash (MLflow keeps 36 characters)
+    path: Path
+    context: str  # "training", "evaluation", ...
+    profile: dict[str, Any]
+
+
+# a saved runs-table view (MLflow's "share view": an experiment tag the UI reads by its key)
+VIEW_KEY = "ablate-runs"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+
+
+def experiment_link(ui_base: str, experiment_id: str) -> str:
+    """The experiment's page in `mlflow ui` opening on its runs, with the study's columns
+    (`Tracker.set_runs_view`). MLflow 3.17's UI picks its landing view from a browser-wide
+    "GenAI / Model training" switch (GenAI by default), not from the experiment kind tag, so
+    the link names the view."""
+    return (
+        f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+        f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    )
+
+
+def runs_view(axes: list[str], metrics: list[str]) -> dict[str, Any]:
+    """The runs table as a study wants it: axis values, fold and seed, headline metrics as
+    columns; sorted by the first metric (best first), which lists parents and children flat,
+    all visible without expanding."""
+    columns = ["attributes.`Dataset`", "attributes.`Duration`"]
+    columns += [f"params.`axis.{a}`" for a in axes] + ["params.`fold`", "params.`seed`"]
+    columns += [f"metrics.`{m}`" for m in metrics]
+    view: dict[str, Any] = {"selectedColumns": columns}
+    if metrics:
+        view.update(orderByKey=f"metrics.`{metrics[0]}`", orderByAsc=False)
+    return view
+
+
+def ui_hint(tracking_uri: str, experiment_id: str) -> str:
+    """How to browse a study's runs: the `mlflow ui` command for a sqlite store, and the link."""
+    path = sqlite_file(tracking_uri)
+    if path is None:
+        return f"MLflow: experiment {experiment_id} on {tracking_uri}"
+    serve = f"mlflow ui --backend-store-uri {tracking_uri} --port 5000 --workers 1"
+    return f"MLflow: {serve}, then open {experiment_link('http://127.0.0.1:5000', experiment_id)}"
 
 
 def sqlite_file(tracking_uri: str) -> Path | None:
@@ -152,13 +208,17 @@ def _get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Pa
     if experiment is None:
         try:
             location = artifact_root.absolute().as_uri()
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         except MlflowException:  # another process created it first
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 raise
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # stores made before
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
 
 
@@ -231,6 +291,11 @@ class Tracker:
             found = _search_all(self.client, self.experiment_id, "tags.`ablate.kind` = 'study'")
             self.parent_run_id = found[0].info.run_id if found else self.start_study({}, {})
         return self.parent_run_id
+
+    def set_runs_view(self, axes: list[str], metrics: list[str]) -> None:
+        """Save the study's runs-table view (`runs_view`) where `experiment_link` opens it."""
+        view = json.dumps(runs_view(axes, metrics))
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, view)
 
     def log_study_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Attach a file (e.g. the report) to the study's parent run, creating it if needed."""
@@ -318,6 +383,25 @@ class Tracker:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, int(epoch)) for k, v in metrics.items()]
         self.client.log_batch(run_id, metrics=batch)
+
+    def log_datasets(self, run_id: str, datasets: list[DatasetRecord]) -> None:
+        """MLflow dataset inputs of a run (the runs table's Datasets column)."""
+        self.client.log_inputs(
+            run_id,
+            datasets=[
+                DatasetInput(
+                    MlflowDataset(
+                        d.name[:500],
+                        d.digest[:36],
+                        "local",
+                        json.dumps({"uri": str(d.path)}),
+                        profile=json.dumps(d.profile),
+                    ),
+                    [InputTag("mlflow.data.context", d.context)],
+                )
+                for d in datasets
+            ],
+        )
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         self.client.log_batch(
