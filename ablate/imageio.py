@@ -24,8 +24,11 @@ class Geometry:
     direction: tuple[float, ...]  # 9 values, SimpleITK row-major, as stored in the file
 
     def to_json(self) -> dict:
-        return {"spacing_mm": list(self.spacing_mm), "origin": list(self.origin),
-                "direction": list(self.direction)}
+        return {
+            "spacing_mm": list(self.spacing_mm),
+            "origin": list(self.origin),
+            "direction": list(self.direction),
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> Geometry:
@@ -38,8 +41,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
-        raise DataError(f"{path}: cannot read image ({first}); re-export or replace the file"
-                        ) from exc
+        raise DataError(
+            f"{path}: cannot read image ({first}); re-export or replace the file"
+        ) from exc
     if img.GetDimension() != 3:
         raise DataError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
     geometry = Geometry(

@@ -22,8 +22,12 @@ JOB_SECONDS = 0.25
 STUDY = {
     "name": "bench-executors",
     "dataset": {"synthetic": {"cases": 6, "seed": 3, "fov_mm": [60, 70, 70]}},
-    "plan": {"gpu_memory_gb": 0.02, "base_features": 4, "max_features": 16,
-             "intensity_samples": 10000},
+    "plan": {
+        "gpu_memory_gb": 0.02,
+        "base_features": 4,
+        "max_features": 16,
+        "intensity_samples": 10000,
+    },
     "train": {"epochs": 2, "iterations_per_epoch": 4, "val_iterations": 1, "data_workers": 0},
     "infer": {"window_batch": 4},
     "axes": {"train.deep_supervision": ["nnunet", "none"]},
@@ -33,10 +37,19 @@ STUDY = {
 
 
 def spec_of(kind: str, workdir: Path) -> ExecutorSpec:
-    return ExecutorSpec(kind=kind, workers=1 if kind == "inprocess" else 2,
-                        ray=RaySpec(num_cpus=1),
-                        slurm=SlurmSpec(gpus_per_job=0, cpus_per_job=1, mem_gb=0.25, time_min=10,
-                                        array_parallelism=2, folder=workdir / "slurm"))
+    return ExecutorSpec(
+        kind=kind,
+        workers=1 if kind == "inprocess" else 2,
+        ray=RaySpec(num_cpus=1),
+        slurm=SlurmSpec(
+            gpus_per_job=0,
+            cpus_per_job=1,
+            mem_gb=0.25,
+            time_min=10,
+            array_parallelism=2,
+            folder=workdir / "slurm",
+        ),
+    )
 
 
 def overhead(kind: str, jobs: int, workdir: Path) -> tuple[float, float]:
@@ -60,8 +73,9 @@ def study_seconds(kind: str, workdir: Path) -> tuple[float, int]:
 
     root = workdir / f"study-{kind}"
     shutil.rmtree(root, ignore_errors=True)
-    study = Study.model_validate({**STUDY, "workdir": str(root / "work"),
-                                  "report_dir": str(root / "report")})
+    study = Study.model_validate(
+        {**STUDY, "workdir": str(root / "work"), "report_dir": str(root / "report")}
+    )
     executor = make_executor(spec_of(kind, workdir), workdir)
     start = time.perf_counter()
     summary = run_study(study, progress=PlainProgress(), make_report=False, executor=executor)

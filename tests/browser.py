@@ -28,9 +28,16 @@ import pytest
 
 INSTALL_HINT = "apt-get install chromium chromium-driver"
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-quic",
-    "--disable-dev-shm-usage", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
 )
 WINDOW = (1600, 1200)
 # /usr/bin/chromium is Debian's shell launcher; the binary beside it starts the same browser
@@ -68,8 +75,9 @@ def free_port() -> int:
 
 def http_json(method: str, url: str, body: dict | None = None, timeout: float = 60) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read() or b"null")
@@ -77,8 +85,9 @@ def http_json(method: str, url: str, body: dict | None = None, timeout: float = 
         raise RuntimeError(f"{method} {url}: {err.code} {err.read()[:500]!r}") from None
 
 
-def wait_http(url: str, timeout_s: float, process: subprocess.Popen | None = None,
-              what: str = "server") -> None:
+def wait_http(
+    url: str, timeout_s: float, process: subprocess.Popen | None = None, what: str = "server"
+) -> None:
     """Poll `url` until it answers 200; fail with `what` and the elapsed time otherwise."""
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
@@ -169,8 +178,12 @@ def headless_chromium(timeout_s: float = 60) -> Iterator[Browser]:
     browser_bin, driver_bin = require_chromium()
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="chromedriver-", suffix=".log", delete=False)
-    driver = subprocess.Popen([driver_bin, f"--port={port}", "--allowed-ips=127.0.0.1"],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    driver = subprocess.Popen(
+        [driver_bin, f"--port={port}", "--allowed-ips=127.0.0.1"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     driver_url = f"http://127.0.0.1:{port}"
     session, ok = None, False
@@ -179,10 +192,16 @@ def headless_chromium(timeout_s: float = 60) -> Iterator[Browser]:
         window = f"--window-size={WINDOW[0]},{WINDOW[1]}"
         args = [*CHROMIUM_FLAGS, window, f"--user-data-dir={profile}"]
         options = {"binary": browser_bin, "args": args}
-        capabilities = {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options,
-                                        "pageLoadStrategy": "normal"}}
-        session = http_json("POST", f"{driver_url}/session", {"capabilities": capabilities},
-                            timeout=timeout_s)["value"]["sessionId"]
+        capabilities = {
+            "alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": options,
+                "pageLoadStrategy": "normal",
+            }
+        }
+        session = http_json(
+            "POST", f"{driver_url}/session", {"capabilities": capabilities}, timeout=timeout_s
+        )["value"]["sessionId"]
         yield Browser(driver_url, session)
         ok = True
     finally:
@@ -202,12 +221,23 @@ def mlflow_ui(backend_store_uri: str, timeout_s: float = 60) -> Iterator[str]:
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="mlflow-ui-", suffix=".log", delete=False)
-    command = [str(mlflow_bin), "ui", "--backend-store-uri", backend_store_uri,
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command = [
+        str(mlflow_bin),
+        "ui",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     # The UI needs no background job runner (it would start eight more Python processes).
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     base, ok = f"http://127.0.0.1:{port}", False
     try:
         wait_http(f"{base}/health", timeout_s, server, what=f"mlflow ui (log {log.name})")

@@ -57,14 +57,19 @@ def _answers() -> bool:
         out = _run("sinfo", "-h", "-o", "%t", timeout=10)
     except (OSError, subprocess.SubprocessError):
         return False
-    return out.returncode == 0 and any(s.startswith(("idle", "mix", "alloc"))
-                                       for s in out.stdout.split())
+    return out.returncode == 0 and any(
+        s.startswith(("idle", "mix", "alloc")) for s in out.stdout.split()
+    )
 
 
 def _munge_works() -> bool:
     try:
-        return subprocess.run("munge -n | unmunge", shell=True, capture_output=True,
-                              timeout=10).returncode == 0
+        return (
+            subprocess.run(
+                "munge -n | unmunge", shell=True, capture_output=True, timeout=10
+            ).returncode
+            == 0
+        )
     except subprocess.SubprocessError:
         return False
 
@@ -103,17 +108,26 @@ def _write_conf(root: Path) -> Path:
     for sub in ("state", "spool"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     conf = root / "slurm.conf"
-    conf.write_text(SLURM_CONF.format(host=socket.gethostname().split(".")[0], root=root,
-                                      ctld_port=_free_port(), d_port=_free_port(),
-                                      cpus=os.cpu_count() or 1, mem_mb=max(512, mem_mb // 2)))
+    conf.write_text(
+        SLURM_CONF.format(
+            host=socket.gethostname().split(".")[0],
+            root=root,
+            ctld_port=_free_port(),
+            d_port=_free_port(),
+            cpus=os.cpu_count() or 1,
+            mem_mb=max(512, mem_mb // 2),
+        )
+    )
     return conf
 
 
 def _why_not() -> str | None:
     missing = [b for b in BINARIES if shutil.which(b) is None]
     if missing:
-        return (f"Slurm not installed ({', '.join(missing)} missing); apt-get install -y "
-                "--no-install-recommends slurm-wlm munge")
+        return (
+            f"Slurm not installed ({', '.join(missing)} missing); apt-get install -y "
+            "--no-install-recommends slurm-wlm munge"
+        )
     if os.geteuid() != 0:
         return "starting munge/slurmctld/slurmd needs root, and no running Slurm answers sinfo"
     return None
@@ -138,15 +152,23 @@ def slurm_cluster(tmp_path_factory) -> Iterator[Path]:
     try:
         munge_pid = _start_munge()
         for daemon in ("slurmctld", "slurmd"):
-            processes.append(subprocess.Popen([daemon, "-D", "-f", str(conf)],
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+            processes.append(
+                subprocess.Popen(
+                    [daemon, "-D", "-f", str(conf)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                )
+            )
             time.sleep(1.0)
         deadline = time.monotonic() + 30
         while not _answers() and time.monotonic() < deadline:
             time.sleep(0.5)
         if not _answers():
-            logs = "".join((root / f).read_text()[-600:] for f in ("slurmctld.log", "slurmd.log")
-                           if (root / f).exists())
+            logs = "".join(
+                (root / f).read_text()[-600:]
+                for f in ("slurmctld.log", "slurmd.log")
+                if (root / f).exists()
+            )
             raise RuntimeError(f"node not idle within 30 s; logs:\n{logs}")
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         _stop(processes, munge_pid, old_conf)

@@ -53,8 +53,10 @@ def browser():
         yield session
 
 
-PIXEL = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNk+A8AAQUBAScY42YAAAAASUVORK5"
-         "CYII=")  # a valid 1x1 PNG
+PIXEL = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNk+A8AAQUBAScY42YAAAAASUVORK5"
+    "CYII="
+)  # a valid 1x1 PNG
 
 
 def test_missing_chromium_skips_with_the_install_line(monkeypatch):
@@ -71,8 +73,10 @@ def test_wait_http_gives_up_naming_the_server():
 def test_a_broken_image_is_caught(browser, tmp_path):
     """The decode check can fail: one valid and one corrupt embedded PNG."""
     page = tmp_path / "page.html"
-    page.write_text(f'<h2>Summary</h2><img src="data:image/png;base64,{PIXEL}" width="9">'
-                    '<img src="data:image/png;base64,AAAA" width="9">')
+    page.write_text(
+        f'<h2>Summary</h2><img src="data:image/png;base64,{PIXEL}" width="9">'
+        '<img src="data:image/png;base64,AAAA" width="9">'
+    )
     browser.get(page.as_uri())
     dom = browser.script(RENDERED_REPORT)
     assert dom["images"] == 2 and dom["decoded"] == 1
@@ -94,33 +98,61 @@ def _with_held_out_test_set(results: Results) -> Results:
     for variant in ("plain", "residual"):
         for model, fold in (("fold 0", 0), ("fold 1", 1), ("ensemble", -1)):
             for case, target, metric in itertools.product(
-                    [f"t{i}" for i in range(6)], ("kidney", "tumor"), ("dsc", "nsd")):
-                rows.append({"variant": variant, "arch": variant, "model": model, "fold": fold,
-                             "seed": 0, "case": case, "target": target, "metric": metric,
-                             "value": rng.uniform(0.7, 0.9)})
+                [f"t{i}" for i in range(6)], ("kidney", "tumor"), ("dsc", "nsd")
+            ):
+                rows.append(
+                    {
+                        "variant": variant,
+                        "arch": variant,
+                        "model": model,
+                        "fold": fold,
+                        "seed": 0,
+                        "case": case,
+                        "target": target,
+                        "metric": metric,
+                        "value": rng.uniform(0.7, 0.9),
+                    }
+                )
         for model in ("single", "ensemble"):
-            cost.append({"variant": variant, "arch": variant, "model": model, "fold": -1,
-                         "seed": 0, "infer_seconds_per_case": 1.0, "peak_infer_memory_mb": 9.0})
+            cost.append(
+                {
+                    "variant": variant,
+                    "arch": variant,
+                    "model": model,
+                    "fold": -1,
+                    "seed": 0,
+                    "infer_seconds_per_case": 1.0,
+                    "peak_infer_memory_mb": 9.0,
+                }
+            )
     return dataclasses.replace(results, test=pd.DataFrame(rows), test_cost=pd.DataFrame(cost))
 
 
 @pytest.mark.slow
 def test_report_renders_summary_tables_and_every_image(browser, tmp_path):
-    results = synthetic_results({"arch": ["plain", "residual"]}, n_cases=8, folds=2,
-                                effects={"residual": 0.05}, epochs=3)
+    results = synthetic_results(
+        {"arch": ["plain", "residual"]}, n_cases=8, folds=2, effects={"residual": 0.05}, epochs=3
+    )
     results = _with_held_out_test_set(results)
-    meta = {"name": "browser check", "baseline": "plain",
-            "nsd_tolerance_mm": {"kidney": 1.0, "tumor": 2.0}}
+    meta = {
+        "name": "browser check",
+        "baseline": "plain",
+        "nsd_tolerance_mm": {"kidney": 1.0, "tumor": 2.0},
+    }
     page = build_report(results, meta, tmp_path / "report")
     served_images = len(re.findall(r"<img\b", page.read_text(encoding="utf-8")))
 
     browser.get(page.absolute().as_uri())
-    rendered = browser.wait_for("return document.readyState === 'complete' && "
-                                "[...document.images].every(i => i.complete)", 30, "report")
+    rendered = browser.wait_for(
+        "return document.readyState === 'complete' && [...document.images].every(i => i.complete)",
+        30,
+        "report",
+    )
     assert rendered
     dom = browser.script(RENDERED_REPORT)
     assert all(any(h.startswith(s) for h in dom["headings"]) for s in REPORT_SECTIONS), dom[
-        "headings"]
+        "headings"
+    ]
     assert "Held-out test set" in dom["headings"]
     assert dom["summaryItems"] >= 1 and dom["summaryVisible"]
     assert dom["tables"] >= 4 and dom["tablesWithRows"] == dom["tables"]
@@ -152,11 +184,18 @@ def test_the_experiment_opens_on_its_runs(browser, tmp_path):
     with mlflow_ui(uri, timeout_s=120) as base:
         browser.get(experiment_link(base, tracker.experiment_id))
         names = ["browser_study", *run_ids]
-        browser.wait_for("return arguments[0].every(n => document.body.innerText.includes(n))",
-                         60, f"parent and child runs {names} without a click", names)
+        browser.wait_for(
+            "return arguments[0].every(n => document.body.innerText.includes(n))",
+            60,
+            f"parent and child runs {names} without a click",
+            names,
+        )
         assert "/traces" not in browser.script("return location.href")
-        text = browser.wait_for("const t = document.body.innerText; "
-                                "return t.includes('dsc_kidney') && t", 30, "the DSC column")
+        text = browser.wait_for(
+            "const t = document.body.innerText; return t.includes('dsc_kidney') && t",
+            30,
+            "the DSC column",
+        )
         assert "axis.arch" in text and "residual" in text  # the axis column and its values
         assert "0.875" in text and "synthetic-kits" in text  # a DSC value, the Datasets column
         assert text.index("eval residual") < text.index("eval plain")  # best DSC first
@@ -172,8 +211,9 @@ def _tiny_store(tmp_path) -> tuple[str, Tracker, dict[str, str]]:
     run_ids = {}
     for arch, dsc in DSC.items():
         name = f"eval {arch} fold 0"
-        run_id = tracker.start_job(f"eval-{arch}", name, "eval", {"fold": 0, "seed": 0}, {},
-                                   variant={"arch": arch})
+        run_id = tracker.start_job(
+            f"eval-{arch}", name, "eval", {"fold": 0, "seed": 0}, {}, variant={"arch": arch}
+        )
         tracker.log_metrics(run_id, {"dsc_kidney": dsc, "nsd_kidney": dsc - 0.05})
         tracker.end_job(run_id, ok=True)
         run_ids[name] = run_id
@@ -189,19 +229,28 @@ def test_mlflow_ui_lists_the_study_its_runs_and_their_dsc(browser, tmp_path):
         # MLflow 3 opens experiments in its GenAI view; the runs table is the ML view.
         browser.get(f"{experiment}/runs?workflowType=machine_learning")
         expanders = "document.querySelectorAll('button[data-component-id*=runnamecellrenderer]')"
-        browser.wait_for(f"return document.body.innerText.includes('browser_study') && "
-                         f"{expanders}.length > 0", 60, "the study's parent run in the runs table")
+        browser.wait_for(
+            f"return document.body.innerText.includes('browser_study') && {expanders}.length > 0",
+            60,
+            "the study's parent run in the runs table",
+        )
         browser.script(f"{expanders}.forEach(b => b.click())")  # child runs sit under the parent
         names = list(run_ids)
-        browser.wait_for("return arguments[0].every(n => document.body.innerText.includes(n))",
-                         30, f"child runs {names}", names)
+        browser.wait_for(
+            "return arguments[0].every(n => document.body.innerText.includes(n))",
+            30,
+            f"child runs {names}",
+            names,
+        )
         shot = browser.screenshot(tmp_path / "runs.png", full_page=False)
         _assert_real_screenshot(shot, min_width=1000)
 
         for (name, run_id), dsc in zip(run_ids.items(), DSC.values(), strict=True):
             browser.get(f"{experiment}/runs/{run_id}")
-            text = browser.wait_for("const t = document.body.innerText; "
-                                    "return t.includes('dsc_kidney') && t", 60,
-                                    f"metrics of run {name!r}")
+            text = browser.wait_for(
+                "const t = document.body.innerText; return t.includes('dsc_kidney') && t",
+                60,
+                f"metrics of run {name!r}",
+            )
             assert name in text and "browser_study" in text  # run and its parent
             assert re.search(rf"dsc_kidney\s+{dsc}\b", text), f"dsc_kidney {dsc} not listed"

@@ -86,12 +86,13 @@ def test_report_is_self_contained(tiny_study: Path) -> None:
     assert "<h2>Held-out test set</h2>" in html and "2 labelled cases drawn with seed" in html
     held_out = html.split("<h2>Held-out test set</h2>")[1].split("</section>")[0]
     assert "oracle" in held_out  # the external folder, compared on the test cases
-    assert "src=\"http" not in html and "href=\"http" not in html
+    assert 'src="http' not in html and 'href="http' not in html
 
 
 @pytest.mark.slow
 def test_held_out_cases_stay_out_of_planning_and_the_ensemble_averages_fold_probabilities(
-        tiny_study: Path) -> None:
+    tiny_study: Path,
+) -> None:
     import json
 
     import mlflow
@@ -107,17 +108,20 @@ def test_held_out_cases_stay_out_of_planning_and_the_ensemble_averages_fold_prob
 
     work = tiny_study / "work"
     client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
-                              "tags.`ablate.kind` = 'test'", max_results=100)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id],
+        "tags.`ablate.kind` = 'test'",
+        max_results=100,
+    )
     runs = [r for r in runs if "ablate.external" not in r.data.tags]
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     run = runs[0]
     metrics = run.data.metrics
     assert 0 <= metrics["ensemble_dsc_kidney"] <= 1 and 0 <= metrics["dsc_kidney"] <= 1
     assert metrics["dsc_kidney"] == pytest.approx(
-        (metrics["fold0_dsc_kidney"] + metrics["fold1_dsc_kidney"]) / 2)
-    table = pd.read_csv(client.download_artifacts(run.info.run_id, "per_case.csv",
-                                                  str(tiny_study)))
+        (metrics["fold0_dsc_kidney"] + metrics["fold1_dsc_kidney"]) / 2
+    )
+    table = pd.read_csv(client.download_artifacts(run.info.run_id, "per_case.csv", str(tiny_study)))
     assert set(table["model"]) == {"fold 0", "fold 1", "ensemble"}
     test_cases = sorted(set(table["case"]))
     assert len(test_cases) == 2
@@ -140,13 +144,14 @@ def test_held_out_cases_stay_out_of_planning_and_the_ensemble_averages_fold_prob
         # ensemble averages the exported probabilities (nnUNetv2_ensemble, the default)
         logits = [model_logits(model, data, plan, cfg, cpu) for model, _, _ in loaded]
         ensemble = np.mean([export_probabilities(x, props, plan) for x in logits], axis=0)
-        for name, expected in [("fold_0", export_labels(logits[0], props, plan)),
-                               ("fold_1", export_labels(logits[1], props, plan)),
-                               ("ensemble", np.argmax(ensemble, axis=0))]:
+        for name, expected in [
+            ("fold_0", export_labels(logits[0], props, plan)),
+            ("fold_1", export_labels(logits[1], props, plan)),
+            ("ensemble", np.argmax(ensemble, axis=0)),
+        ]:
             written, written_geometry = read_image(job_dir / name / f"{case}.nii.gz")
             np.testing.assert_array_equal(written, expected)
-            np.testing.assert_allclose(written_geometry.spacing_mm, geometry.spacing_mm,
-                                       rtol=1e-6)
+            np.testing.assert_allclose(written_geometry.spacing_mm, geometry.spacing_mm, rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -167,27 +172,39 @@ def test_a_cross_validation_ensemble_averages_its_members_fold_models(tiny_study
     work = tiny_study / "work"
     client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny").experiment_id
-    run = client.search_runs([experiment], "tags.`ablate.variant` = 'ds_both' and "
-                             "params.fold = '0'")[0]
-    members = [client.search_runs([experiment], f"tags.`ablate.job_key` = '{key}'")[0]
-               for key in run.data.tags["ablate.ensemble"].split(",")]
+    run = client.search_runs(
+        [experiment], "tags.`ablate.variant` = 'ds_both' and params.fold = '0'"
+    )[0]
+    members = [
+        client.search_runs([experiment], f"tags.`ablate.job_key` = '{key}'")[0]
+        for key in run.data.tags["ablate.ensemble"].split(",")
+    ]
     assert [m.data.params["axis.train.deep_supervision"] for m in members] == ["nnunet", "none"]
     assert all(m.data.params["axis.infer.tta"] == "1" for m in members)  # the baseline's
     assert all(m.data.params["fold"] == "0" for m in members)
     cpu = torch.device("cpu")
-    models = [load_model(work / "jobs" / m.data.tags["ablate.train_key"] / "checkpoint_final.pt",
-                         cpu) for m in members]
+    models = [
+        load_model(work / "jobs" / m.data.tags["ablate.train_key"] / "checkpoint_final.pt", cpu)
+        for m in members
+    ]
     plan = models[0][2]
     cache = next((work / "preprocessed").glob("*/splits.json")).parent
     for case in json.loads((cache / "splits.json").read_text())[0]["val"]:
         data = np.asarray(open_array(cache, f"{case}_data")[...])
         props = CaseProperties.from_json(json.loads((cache / f"{case}.json").read_text()))
-        mean = np.mean([export_probabilities(model_logits(m, data, plan, InferConfig(tta=1), cpu),
-                                             props, plan)
-                        for m, _, _ in models], axis=0)  # one member at a time
+        mean = np.mean(
+            [
+                export_probabilities(
+                    model_logits(m, data, plan, InferConfig(tta=1), cpu), props, plan
+                )
+                for m, _, _ in models
+            ],
+            axis=0,
+        )  # one member at a time
         expected = np.argmax(mean, axis=0)
-        written = read_image(work / "jobs" / run.data.tags["ablate.job_key"] / "predictions"
-                             / f"{case}.nii.gz")[0]
+        written = read_image(
+            work / "jobs" / run.data.tags["ablate.job_key"] / "predictions" / f"{case}.nii.gz"
+        )[0]
         np.testing.assert_array_equal(written, expected)
 
 
@@ -195,8 +212,10 @@ def test_a_cross_validation_ensemble_averages_its_members_fold_models(tiny_study
 def test_rerun_skips_finished_jobs(tiny_study: Path, capsys) -> None:
     assert main(["run", str(tiny_study / "tiny.yaml")]) == 0
     out = capsys.readouterr().out
-    assert ("trainings: 0 run, 4 already done; evaluations: 0 run, 8 already done; "
-            "ensembles: 0 run, 2 already done; test-set evaluations: 0 run, 4 already done") in out
+    assert (
+        "trainings: 0 run, 4 already done; evaluations: 0 run, 8 already done; "
+        "ensembles: 0 run, 2 already done; test-set evaluations: 0 run, 4 already done"
+    ) in out
 
 
 @pytest.mark.slow

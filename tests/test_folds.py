@@ -11,8 +11,12 @@ def test_folds_match_hand_computed_kfold():
     # RandomState(12345).shuffle(arange(10)) == [0 7 3 9 6 4 1 8 5 2]; 5 folds of 2, each sorted
     folds = make_folds(reversed(IDS), k=5, seed=12345)  # input order must not matter
     assert [f.val for f in folds] == [
-        ("case_00", "case_07"), ("case_03", "case_09"), ("case_04", "case_06"),
-        ("case_01", "case_08"), ("case_02", "case_05")]
+        ("case_00", "case_07"),
+        ("case_03", "case_09"),
+        ("case_04", "case_06"),
+        ("case_01", "case_08"),
+        ("case_02", "case_05"),
+    ]
     assert folds[0].train == tuple(i for i in IDS if i not in ("case_00", "case_07"))
 
 

@@ -7,8 +7,11 @@ from ablate.imageio import Geometry, read_image, write_image
 
 # a 30-degree rotation about z: non-identity, non-symmetric, orthonormal
 C, S = float(np.cos(np.pi / 6)), float(np.sin(np.pi / 6))
-ROTATED = Geometry(spacing_mm=(3.0, 0.8, 0.6), origin=(-12.5, 40.0, 7.25),
-                   direction=(C, -S, 0.0, S, C, 0.0, 0.0, 0.0, 1.0))
+ROTATED = Geometry(
+    spacing_mm=(3.0, 0.8, 0.6),
+    origin=(-12.5, 40.0, 7.25),
+    direction=(C, -S, 0.0, S, C, 0.0, 0.0, 0.0, 1.0),
+)
 
 
 def _ramp(shape=(3, 4, 5)) -> np.ndarray:

@@ -29,9 +29,14 @@ report_dir: report
 def _start(study: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([sys.executable, "-m", "ablate.cli", "run", str(study)],
-                            cwd=study.parent, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ablate.cli", "run", str(study)],
+        cwd=study.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _run(study: Path) -> str:
@@ -112,11 +117,17 @@ def test_sigterm_closes_the_running_job_as_failed_and_rerun_finishes(tmp_path: P
     assert out.startswith("exit 130") and "run the same command again to resume" in out
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("resume").experiment_id
-    interrupted = [r for r in client.search_runs([experiment])
-                   if r.data.tags.get("ablate.kind") == "train" and r.info.status != "FINISHED"]
+    interrupted = [
+        r
+        for r in client.search_runs([experiment])
+        if r.data.tags.get("ablate.kind") == "train" and r.info.status != "FINISHED"
+    ]
     assert len(interrupted) == 1 and interrupted[0].info.status == "FAILED"
     assert "interrupted" in interrupted[0].data.tags["ablate.error"]
     _run(tmp_path / "study.yaml")
-    states = [r.info.status for r in client.search_runs([experiment])
-              if r.data.tags.get("ablate.kind") == "train"]
+    states = [
+        r.info.status
+        for r in client.search_runs([experiment])
+        if r.data.tags.get("ablate.kind") == "train"
+    ]
     assert states.count("FINISHED") == 2

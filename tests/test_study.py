@@ -33,52 +33,105 @@ def _load(tmp_path: Path, extra: str = "", **kwargs) -> Study:
     return load_study(_write(tmp_path, BASE + textwrap.dedent(extra)), **kwargs)
 
 
-@pytest.mark.parametrize("extra, match", [
-    ("trian: {epochs: 1}\n", r"unknown key 'trian'; did you mean 'train'\?"),
-    ("infer: {ttta: 2}\n", r"unknown key 'infer.ttta'; did you mean 'tta'\?"),
-    ("infer: {count: 2}\n", r"unknown key 'infer.count'; valid keys: tta, mirror_axes"),
-    ("folds: {k: many}\n", r"folds.k: Input should be a valid integer.*got 'many'"),
-    ("axes: {train.los: [dice_ce]}\n", r"axes.train.los: unknown axis; did you mean 'train.loss'"),
-    ("axes: {colour: [red]}\n", r"axes.colour: unknown axis; axes are presets \(arch, ct_window"),
-    ("axes: {train.loss: [dice_ce, dice_tpk]}\n",
-     r"axes.train.loss\[1\]: train.loss: unknown value 'dice_tpk'; valid: dice_ce, dice_topk"),
-    ("axes: {train.deep_supervision: [last2]}\n", r"unknown mode .last2.; valid: last3, nnunet, none"),
-    ("axes: {infer.tta: [8, 3]}\n", r"axes.infer.tta\[1\]: invalid value 3: Input should be 1, 2"),
-    ("axes: {arch: [plain, resnet]}\n", r"axes.arch\[1\]: unknown value 'resnet' for preset axis"),
-    ("axes: {infer.tta: [8, 8]}\n", r"axes.infer.tta\[1\]: duplicate 8"),
-    ("axes: {infer.tta: [8, 2]}\nbaseline: {infer.tta: 4}\n",
-     r"baseline.infer.tta: 4 is not among the axis values"),
-    ("axes: {infer.tta: [8, 2]}\ninclude: [{train.loss: dice_ce}]\n",
-     r"include\[0\]: 'train.loss' is not an axis of this study; use one of: infer.tta"),
-    ("folds: {k: 3, run: [0, 3]}\n", r"folds.run \[3\] outside 0..2"),
-    ("train: {loss: focal}\n", r"train.loss: unknown value 'focal'"),
-    ("infer: {ensemble_folds: true}\n",
-     r"infer.ensemble_folds: .*declare a held-out test set \(dataset.test"),
-    ("dataset: {synthetic: {cases: 4}, test: {holdout: 1}}\naxes: {infer.ensemble_folds: [no]}\n",
-     r"axes.infer.ensemble_folds: not an axis: .*set infer.ensemble_folds instead"),
-    ("dataset: {synthetic: {cases: 4}, test: {holdout: 1, path: t}}\n",
-     r"dataset.test: give exactly one of dataset.test.holdout or dataset.test.path"),
-    ("dataset: {synthetic: {cases: 4}, test: {}}\n", r"dataset.test: give exactly one of"),
-    ("dataset: {synthetic: {cases: 4}, test: {holdout: 0}}\n",
-     r"dataset.test.holdout: Input should be greater than or equal to 1"),
-    ("dataset: {synthetic: {cases: 4}, test: {holdout: 1}}\ninfer: {ensemble_folds: true}\n"
-     "folds: {k: 3, run: [1]}\n", r"infer.ensemble_folds: folds.run \[1\] gives one fold model"),
-    ("axes: {arch: [plain, residual]}\nensembles: {both: [{arch: plain}]}\n",
-     r"ensembles.both: 1 member\(s\); an ensemble needs at least two grid cells"),
-    ("axes: {arch: [plain, residual]}\nensembles: {both: [{arch: plain}, {arch: preact}]}\n",
-     r"ensembles.both\[1\]: preact is not a cell of the grid"),
-    ("axes: {arch: [plain, residual]}\nensembles: {both: [{arch: plain}, {loss: x}]}\n",
-     r"ensembles.both\[1\]: 'loss' is not an axis of this study"),
-    ("axes: {arch: [plain, residual]}\nensembles: {both: [{arch: plain}, {arch: plain}]}\n",
-     r"ensembles.both\[1\]: plain is listed twice"),
-    ("axes: {arch: [plain, residual]}\nensembles: {plain: [{arch: plain}, {arch: residual}]}\n",
-     r"ensembles.plain: the name is already a variant's label"),
-    ("axes: {ct_window: ['on', 'off']}\nensembles: {w: [{ct_window: 'on'}, {ct_window: 'off'}]}\n",
-     r"ensembles.w: members differ in plan settings"),
-    ("infer: {ensemble_average: median}\n",
-     r"infer.ensemble_average: Input should be 'probabilities' or 'logits'"),
-    ("infer: {postprocess: always}\n", r"infer.postprocess: Input should be 'none', "),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        ("trian: {epochs: 1}\n", r"unknown key 'trian'; did you mean 'train'\?"),
+        ("infer: {ttta: 2}\n", r"unknown key 'infer.ttta'; did you mean 'tta'\?"),
+        ("infer: {count: 2}\n", r"unknown key 'infer.count'; valid keys: tta, mirror_axes"),
+        ("folds: {k: many}\n", r"folds.k: Input should be a valid integer.*got 'many'"),
+        (
+            "axes: {train.los: [dice_ce]}\n",
+            r"axes.train.los: unknown axis; did you mean 'train.loss'",
+        ),
+        (
+            "axes: {colour: [red]}\n",
+            r"axes.colour: unknown axis; axes are presets \(arch, ct_window",
+        ),
+        (
+            "axes: {train.loss: [dice_ce, dice_tpk]}\n",
+            r"axes.train.loss\[1\]: train.loss: unknown value 'dice_tpk'; "
+            r"valid: dice_ce, dice_topk",
+        ),
+        (
+            "axes: {train.deep_supervision: [last2]}\n",
+            r"unknown mode .last2.; valid: last3, nnunet, none",
+        ),
+        (
+            "axes: {infer.tta: [8, 3]}\n",
+            r"axes.infer.tta\[1\]: invalid value 3: Input should be 1, 2",
+        ),
+        (
+            "axes: {arch: [plain, resnet]}\n",
+            r"axes.arch\[1\]: unknown value 'resnet' for preset axis",
+        ),
+        ("axes: {infer.tta: [8, 8]}\n", r"axes.infer.tta\[1\]: duplicate 8"),
+        (
+            "axes: {infer.tta: [8, 2]}\nbaseline: {infer.tta: 4}\n",
+            r"baseline.infer.tta: 4 is not among the axis values",
+        ),
+        (
+            "axes: {infer.tta: [8, 2]}\ninclude: [{train.loss: dice_ce}]\n",
+            r"include\[0\]: 'train.loss' is not an axis of this study; use one of: infer.tta",
+        ),
+        ("folds: {k: 3, run: [0, 3]}\n", r"folds.run \[3\] outside 0..2"),
+        ("train: {loss: focal}\n", r"train.loss: unknown value 'focal'"),
+        (
+            "infer: {ensemble_folds: true}\n",
+            r"infer.ensemble_folds: .*declare a held-out test set \(dataset.test",
+        ),
+        (
+            "dataset: {synthetic: {cases: 4}, test: {holdout: 1}}\n"
+            "axes: {infer.ensemble_folds: [no]}\n",
+            r"axes.infer.ensemble_folds: not an axis: .*set infer.ensemble_folds instead",
+        ),
+        (
+            "dataset: {synthetic: {cases: 4}, test: {holdout: 1, path: t}}\n",
+            r"dataset.test: give exactly one of dataset.test.holdout or dataset.test.path",
+        ),
+        ("dataset: {synthetic: {cases: 4}, test: {}}\n", r"dataset.test: give exactly one of"),
+        (
+            "dataset: {synthetic: {cases: 4}, test: {holdout: 0}}\n",
+            r"dataset.test.holdout: Input should be greater than or equal to 1",
+        ),
+        (
+            "dataset: {synthetic: {cases: 4}, test: {holdout: 1}}\ninfer: {ensemble_folds: true}\n"
+            "folds: {k: 3, run: [1]}\n",
+            r"infer.ensemble_folds: folds.run \[1\] gives one fold model",
+        ),
+        (
+            "axes: {arch: [plain, residual]}\nensembles: {both: [{arch: plain}]}\n",
+            r"ensembles.both: 1 member\(s\); an ensemble needs at least two grid cells",
+        ),
+        (
+            "axes: {arch: [plain, residual]}\nensembles: {both: [{arch: plain}, {arch: preact}]}\n",
+            r"ensembles.both\[1\]: preact is not a cell of the grid",
+        ),
+        (
+            "axes: {arch: [plain, residual]}\nensembles: {both: [{arch: plain}, {loss: x}]}\n",
+            r"ensembles.both\[1\]: 'loss' is not an axis of this study",
+        ),
+        (
+            "axes: {arch: [plain, residual]}\nensembles: {both: [{arch: plain}, {arch: plain}]}\n",
+            r"ensembles.both\[1\]: plain is listed twice",
+        ),
+        (
+            "axes: {arch: [plain, residual]}\n"
+            "ensembles: {plain: [{arch: plain}, {arch: residual}]}\n",
+            r"ensembles.plain: the name is already a variant's label",
+        ),
+        (
+            "axes: {ct_window: ['on', 'off']}\n"
+            "ensembles: {w: [{ct_window: 'on'}, {ct_window: 'off'}]}\n",
+            r"ensembles.w: members differ in plan settings",
+        ),
+        (
+            "infer: {ensemble_average: median}\n",
+            r"infer.ensemble_average: Input should be 'probabilities' or 'logits'",
+        ),
+        ("infer: {postprocess: always}\n", r"infer.postprocess: Input should be 'none', "),
+    ],
+)
 def test_schema_errors_name_the_key_and_the_fix(tmp_path, extra, match):
     text = BASE.replace("train: {epochs: 2, iterations_per_epoch: 3}\n", "") + extra
     with pytest.raises(ConfigError, match=match) as info:
@@ -100,8 +153,11 @@ def test_dataset_needs_exactly_one_source(tmp_path):
 
 def test_missing_dataset_path_says_how_to_get_it(tmp_path):
     text = "name: x\ndataset: {path: data/kits19}\n"
-    with pytest.raises(ConfigError, match=r"data/kits19 does not exist; clone "
-                                          r"github.com/neheller/kits19"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data/kits19 does not exist; clone "
+        r"github.com/neheller/kits19",
+    ):
         load_study(_write(tmp_path, text))
     (tmp_path / "data" / "kits19").mkdir(parents=True)
     study = load_study(_write(tmp_path, text))
@@ -141,10 +197,13 @@ def test_keys_change_by_exactly_the_options_that_matter(tmp_path):
     assert keys("") == (base_train, base_eval)
     tta_train, tta_eval = keys("infer: {tta: 2}\n")
     assert tta_train == base_train and set(tta_eval).isdisjoint(base_eval)
-    assert set(keys("train: {epochs: 2, iterations_per_epoch: 3, loss: dice_topk}\n")[0]
-               ).isdisjoint(base_train)
+    assert set(
+        keys("train: {epochs: 2, iterations_per_epoch: 3, loss: dice_topk}\n")[0]
+    ).isdisjoint(base_train)
     assert keys("train: {epochs: 2, iterations_per_epoch: 3, data_workers: 0}\n") == (
-        base_train, base_eval)  # speed-only options do not re-run anything
+        base_train,
+        base_eval,
+    )  # speed-only options do not re-run anything
     assert keys("infer: {window_batch: 7}\n") == (base_train, base_eval)
     assert set(keys("", data_key="other")[0]).isdisjoint(base_train)
     eval_only = keys("evaluation: {nsd_tolerance_mm: 1.0}\n")
@@ -153,13 +212,16 @@ def test_keys_change_by_exactly_the_options_that_matter(tmp_path):
 
 def test_one_test_set_job_per_cell_and_seed_over_every_fold_model(tmp_path):
     def jobs(infer: str, test_key: str = "t1"):
-        study = _load(tmp_path, f"""
+        study = _load(
+            tmp_path,
+            f"""
             dataset: {{synthetic: {{cases: 9}}, test: {{holdout: 3}}}}
             infer: {infer}
             axes: {{train.loss: [dice_ce, dice_topk], infer.tta: [1, 2]}}
             folds: {{k: 3}}
             seeds: [0, 1]
-        """)
+        """,
+        )
         train_jobs, eval_jobs = expand(study, "d")
         return train_jobs, eval_jobs, expand_tests(study, eval_jobs, test_key)
 
@@ -171,7 +233,8 @@ def test_one_test_set_job_per_cell_and_seed_over_every_fold_model(tmp_path):
         assert [train_of[k].fold for k in job.train_keys] == [0, 1, 2]
         assert {train_of[k].seed for k in job.train_keys} == {job.seed}
         assert {train_of[k].variant["train.loss"] for k in job.train_keys} == {
-            job.variant["train.loss"]}
+            job.variant["train.loss"]
+        }
     assert all(j.eval_key in {e.key for e in eval_jobs} for j in tests)
     assert tests[0].name == "dice_ce · tta=1 · test · 3 fold models + ensemble · seed 0"
 
@@ -191,34 +254,43 @@ def test_one_test_set_job_per_cell_and_seed_over_every_fold_model(tmp_path):
 
 
 def test_cross_validation_ensembles_one_job_per_fold_and_seed(tmp_path):
-    study = _load(tmp_path, """
+    study = _load(
+        tmp_path,
+        """
         axes: {arch: [plain, residual, preact], infer.tta: [1, 2]}
         ensembles: {all3: [{arch: plain}, {arch: residual}, {arch: preact}],
                     tta2: [{arch: plain, infer.tta: 2}, {arch: residual, infer.tta: 2}]}
         folds: {k: 3}
         seeds: [0, 1]
-    """)
+    """,
+    )
     _, eval_jobs = expand(study, "d")
     jobs = expand_ensembles(study, eval_jobs)
     assert len(jobs) == 2 * 3 * 2 and len({j.key for j in jobs}) == 12  # ensembles x folds x seeds
     first = jobs[0]
     assert first.name == "all3 · ensemble · fold 0 · seed 0" and first.label == "all3"
     assert [m.variant for m in first.members] == [
-        {"arch": a, "infer.tta": 1} for a in ("plain", "residual", "preact")]  # baseline tta
+        {"arch": a, "infer.tta": 1} for a in ("plain", "residual", "preact")
+    ]  # baseline tta
     assert all(m.fold == first.fold and m.seed == first.seed for m in first.members)
     assert [m.variant["infer.tta"] for m in jobs[-1].members] == [2, 2]
-    logits = _load(tmp_path, """
+    logits = _load(
+        tmp_path,
+        """
         axes: {arch: [plain, residual, preact], infer.tta: [1, 2]}
         ensembles: {all3: [{arch: plain}, {arch: residual}, {arch: preact}],
                     tta2: [{arch: plain, infer.tta: 2}, {arch: residual, infer.tta: 2}]}
         infer: {ensemble_average: logits}
         folds: {k: 3}
         seeds: [0, 1]
-    """)
+    """,
+    )
     assert {j.key for j in expand_ensembles(logits, expand(logits, "d")[1])}.isdisjoint(
-        j.key for j in jobs)
+        j.key for j in jobs
+    )
     assert "ensemble all3: plain · tta=1, residual · tta=1, preact · tta=1" in describe(
-        study, expand(study, "d"))
+        study, expand(study, "d")
+    )
 
 
 def test_test_set_path_resolves_against_the_study_and_must_exist(tmp_path):
@@ -235,27 +307,35 @@ def test_test_set_path_resolves_against_the_study_and_must_exist(tmp_path):
 
 def test_keys_are_stable_across_processes(tmp_path):
     path = _write(tmp_path, BASE + GRID)
-    code = ("from ablate.expand import expand; from ablate.study_load import load_study; "
-            f"print(expand(load_study({str(path)!r}), 'd')[1][-1].key)")
+    code = (
+        "from ablate.expand import expand; from ablate.study_load import load_study; "
+        f"print(expand(load_study({str(path)!r}), 'd')[1][-1].key)"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "123", "OMP_NUM_THREADS": "1"}
-    other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                           check=True).stdout.strip()
+    other = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert other == expand(load_study(path), "d")[1][-1].key
 
 
 def test_include_exclude_and_baseline(tmp_path):
-    study = _load(tmp_path, """
+    study = _load(
+        tmp_path,
+        """
         axes: {train.loss: [dice_ce, dice_topk], infer.tta: [8, 2]}
         baseline: {train.loss: dice_topk}
         exclude: [{train.loss: dice_ce}]
         include: [{infer.tta: 1}]
         folds: {k: 2, run: [1]}
         seeds: [0, 7]
-    """)
+    """,
+    )
     cells = grid_cells(study)
-    assert cells == [{"train.loss": "dice_topk", "infer.tta": 8},
-                     {"train.loss": "dice_topk", "infer.tta": 2},
-                     {"train.loss": "dice_topk", "infer.tta": 1}]  # include: baseline + tta=1
+    assert cells == [
+        {"train.loss": "dice_topk", "infer.tta": 8},
+        {"train.loss": "dice_topk", "infer.tta": 2},
+        {"train.loss": "dice_topk", "infer.tta": 1},
+    ]  # include: baseline + tta=1
     train_jobs, eval_jobs = expand(study, "d")
     assert [(j.fold, j.seed) for j in train_jobs] == [(1, 0), (1, 7)]
     assert len(eval_jobs) == 6 and eval_jobs[0].name == "dice_topk · tta=8 · fold 1 · seed 0"
@@ -268,7 +348,8 @@ def test_presets_and_labels(tmp_path):
     assert resolve_variant(study, {"ct_window": "off"})[0].ct_window is None
     assert variant_label({"train.deep_supervision": "none", "infer.tta": 1}) == "ds=none · tta=1"
     assert variant_label({"plan.patch_size": [32, 64, 64], "infer.ensemble_folds": True}) == (
-        "patch_size=32x64x64 · ensemble=on")
+        "patch_size=32x64x64 · ensemble=on"
+    )
     assert variant_label({}) == "default"
 
 
@@ -332,8 +413,9 @@ def _stand_in_dataset(root: Path) -> None:
     (root / "dataset.json").write_text('{"labels": {"background": 0, "a": 1}}')
 
 
-@pytest.mark.parametrize("name, trainings, evaluations", [
-    ("kits", 15, 15), ("flare21", 30, 90), ("ich", 10, 10)])
+@pytest.mark.parametrize(
+    "name, trainings, evaluations", [("kits", 15, 15), ("flare21", 30, 90), ("ich", 10, 10)]
+)
 def test_seed_studies_load_and_expand(tmp_path, name, trainings, evaluations):
     # their data is not here: validate the schema without the path check, then again with a
     # stand-in folder put where the study expects it
