@@ -23,6 +23,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         train_jobs, eval_jobs = expand(study, data_key="dry-run")
         print(describe(study, (train_jobs, eval_jobs)))
+        _print_estimate(study)
         return 0
     from ablate.run.progress import for_terminal
 
@@ -71,6 +72,15 @@ def _print_best(study) -> None:
         print(f"held-out test set ({test.case.nunique()} cases), {best}: mean {target} DSC {shown}")
 
 
+def _print_estimate(study) -> None:
+    """Measured time estimate: a few real iterations and windows per distinct setting."""
+    from ablate.run.estimate import estimate_text, measure
+    from ablate.run.status import planned_capacity
+
+    times = measure(study, say=lambda text: print(text, flush=True))
+    print(estimate_text(times, planned_capacity(study)))
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from ablate.expand import describe, expand
     from ablate.nets.summary import describe_networks
@@ -78,6 +88,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     study, _ = _load(args.study)
     print(describe(study, expand(study, data_key="validate")))
     print(describe_networks(study))
+    if args.time:
+        _print_estimate(study)
     return 0
 
 
@@ -210,10 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="plan, preprocess, train and evaluate a study, then report")
     p.add_argument("study")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and jobs")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config and jobs, and the hours they take (measured here)",
+    )
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("validate", help="check a study and print its jobs")
+    p.add_argument("study")
+    p.add_argument(
+        "--time", action="store_true", help="also measure a few iterations and estimate hours"
+    )
+    p.set_defaults(func=cmd_validate)
     for name, func, text in [
-        ("validate", cmd_validate, "check a study and print its jobs"),
         ("report", cmd_report, "rebuild the report from MLflow"),
         ("status", cmd_status, "show each job's state"),
         ("preprocess", cmd_preprocess, "only plan and preprocess"),
