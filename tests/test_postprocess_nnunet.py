@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+from nnunet_plans import nnunet_plans  # tests/ is on sys.path under pytest
 from nnunetv2.evaluation import evaluate_predictions
 from nnunetv2.postprocessing import remove_connected_components
 from nnunetv2.postprocessing.remove_connected_components import determine_postprocessing
@@ -15,14 +16,7 @@ from ablate.imageio import Geometry, write_image
 from ablate.postprocess import decide_postprocessing, training_targets
 
 GEOMETRY = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-PLANS = {
-    "dataset_name": "Dataset999_Test",
-    "plans_name": "nnUNetPlans",
-    "image_reader_writer": "SimpleITKIO",
-    "transpose_forward": [0, 1, 2],
-    "transpose_backward": [0, 1, 2],
-    "configurations": {},
-}
+PLANS = nnunet_plans()
 
 
 def scenario(seed: int, n: int = 6):

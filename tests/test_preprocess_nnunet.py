@@ -3,6 +3,7 @@ transpose, crop, normalisation and resampling must give nnU-Net's arrays."""
 
 import numpy as np
 import pytest
+from nnunet_plans import nnunet_plans  # tests/ is on sys.path under pytest
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -33,63 +34,51 @@ def make_plan(target_spacing, normalization, transpose_forward=(0, 1, 2)) -> Pla
     )
 
 
-def nnunet_plans(plan: Plan) -> PlansManager:
+def plans_for(plan: Plan) -> PlansManager:
     """nnU-Net's plans for the same decisions (3d_fullres, its default resampling)."""
     resampling = "resample_data_or_seg_to_shape"
-    return PlansManager(
-        {
-            "dataset_name": "Dataset999_Test",
-            "plans_name": "nnUNetPlans",
-            "original_median_spacing_after_transp": list(plan.target_spacing_mm),
-            "original_median_shape_after_transp": list(plan.median_shape),
-            "image_reader_writer": "SimpleITKIO",
-            "transpose_forward": list(plan.transpose_forward),
-            "transpose_backward": list(plan.transpose_backward),
-            "configurations": {
-                "3d_fullres": {
-                    "data_identifier": "nnUNetPlans_3d_fullres",
-                    "architecture": {"network_class_name": "unused", "arch_kwargs": {}},
-                    "preprocessor_name": "DefaultPreprocessor",
-                    "spacing": list(plan.target_spacing_mm),
-                    "normalization_schemes": [
-                        {"ct": "CTNormalization", "zscore": "ZScoreNormalization"}[n.scheme]
-                        for n in plan.normalization
-                    ],
-                    "use_mask_for_norm": [n.use_mask for n in plan.normalization],
-                    "resampling_fn_data": resampling,
-                    "resampling_fn_data_kwargs": {
-                        "is_seg": False,
-                        "order": 3,
-                        "order_z": 0,
-                        "force_separate_z": None,
-                    },
-                    "resampling_fn_seg": resampling,
-                    "resampling_fn_seg_kwargs": {
-                        "is_seg": True,
-                        "order": 1,
-                        "order_z": 0,
-                        "force_separate_z": None,
-                    },
-                    "resampling_fn_probabilities": resampling,
-                    "resampling_fn_probabilities_kwargs": {
-                        "is_seg": False,
-                        "order": 1,
-                        "order_z": 0,
-                        "force_separate_z": None,
-                    },
-                }
-            },
-            "foreground_intensity_properties_per_channel": {
-                str(c): {
-                    "mean": n.mean,
-                    "std": n.std,
-                    "percentile_00_5": n.lower,
-                    "percentile_99_5": n.upper,
-                }
-                for c, n in enumerate(plan.normalization)
-            },
+    fullres = {
+        "data_identifier": "nnUNetPlans_3d_fullres",
+        "architecture": {"network_class_name": "unused", "arch_kwargs": {}},
+        "preprocessor_name": "DefaultPreprocessor",
+        "spacing": list(plan.target_spacing_mm),
+        "normalization_schemes": [
+            {"ct": "CTNormalization", "zscore": "ZScoreNormalization"}[n.scheme]
+            for n in plan.normalization
+        ],
+        "use_mask_for_norm": [n.use_mask for n in plan.normalization],
+        "resampling_fn_data": resampling,
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, **SEPARATE_Z},
+        "resampling_fn_seg": resampling,
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, **SEPARATE_Z},
+        "resampling_fn_probabilities": resampling,
+        "resampling_fn_probabilities_kwargs": {
+            "is_seg": False,
+            "order": 1,
+            "order_z": 0,
+            **SEPARATE_Z,
+        },
+    }
+    intensities = {
+        str(c): {
+            "mean": n.mean,
+            "std": n.std,
+            "percentile_00_5": n.lower,
+            "percentile_99_5": n.upper,
         }
+        for c, n in enumerate(plan.normalization)
+    }
+    return PlansManager(
+        nnunet_plans(
+            fullres,
+            plan.transpose_forward,
+            plan.transpose_backward,
+            foreground_intensity_properties_per_channel=intensities,
+        )
     )
+
+
+SEPARATE_Z = {"force_separate_z": None}  # nnU-Net decides per case (its planner's setting)
 
 
 def case(shape, channels, seed, body=True):
@@ -131,7 +120,7 @@ def test_preprocessed_arrays_equal_nnunets(name):
     data, seg = case(shape, len(norms), seed=len(name))
     geometry = Geometry(spacing, (0.0, 0.0, 0.0), IDENTITY)
     ours, our_seg, props = _transform(data.copy(), seg.copy(), geometry, plan, "c")
-    plans = nnunet_plans(plan)
+    plans = plans_for(plan)
     theirs, their_seg, their_props = DefaultPreprocessor(verbose=False).run_case_npy(
         data.copy(),
         seg[None].copy(),

@@ -5,6 +5,7 @@ import inspect
 
 import pytest
 import torch
+from nnunet_plans import nnunet_plans  # tests/ is on sys.path under pytest
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -12,32 +13,24 @@ from ablate.config import TrainConfig
 from ablate.train import poly_lr
 
 PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
-PLANS = {
-    "dataset_name": "Dataset999_Test",
-    "plans_name": "nnUNetPlans",
-    "image_reader_writer": "SimpleITKIO",
-    "transpose_forward": [0, 1, 2],
-    "transpose_backward": [0, 1, 2],
-    "original_median_spacing_after_transp": [1.0, 1.0, 1.0],
-    "configurations": {
-        "3d_fullres": {
-            "data_identifier": "unused",
-            "preprocessor_name": "DefaultPreprocessor",
-            "batch_size": 2,
-            "patch_size": [32, 32, 32],
-            "spacing": [1.0, 1.0, 1.0],
-            "normalization_schemes": ["ZScoreNormalization"],
-            "use_mask_for_norm": [False],
-            "batch_dice": True,
-            "architecture": {
-                "network_class_name": PLAIN_UNET,
-                "arch_kwargs": {},
-                "_kw_requires_import": [],
-            },
-        }
+PLANS = nnunet_plans(
+    {
+        "data_identifier": "unused",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2,
+        "patch_size": [32, 32, 32],
+        "spacing": [1.0, 1.0, 1.0],
+        "normalization_schemes": ["ZScoreNormalization"],
+        "use_mask_for_norm": [False],
+        "batch_dice": True,
+        "architecture": {
+            "network_class_name": PLAIN_UNET,
+            "arch_kwargs": {},
+            "_kw_requires_import": [],
+        },
     },
-    "foreground_intensity_properties_per_channel": {},
-}
+    original_median_spacing_after_transp=[1.0, 1.0, 1.0],
+)
 DATASET = {
     "labels": {"background": 0, "a": 1},
     "channel_names": {"0": "x"},
