@@ -22,6 +22,7 @@ from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner
 from nnunetv2.experiment_planning.experiment_planners.residual_unets import (
     residual_encoder_unet_planners as resenc,
 )
+from nnunetv2.utilities import utils as nnunet_utils
 
 from ablate.config import PRESET_GPU_MEMORY_GB, PlanConfig
 from ablate.data.dataset import read_nnunet_raw
@@ -52,6 +53,9 @@ def nnunet_dirs(tmp_path, monkeypatch):
         monkeypatch.setenv(name, str(path))
     threads = SimpleNamespace(get_context=lambda _method: SimpleNamespace(Pool=ThreadPool))
     monkeypatch.setattr(fingerprint_extractor, "multiprocessing", threads)
+    # the planner lists the dataset's files in a forked Pool, which deadlocks once other tests
+    # have left threads running in this process (Ray, MLflow): threads here too
+    monkeypatch.setattr(nnunet_utils, "Pool", ThreadPool)
     estimate = ExperimentPlanner.static_estimate_VRAM_usage
 
     def estimate_on_meta(*args, **kwargs):
