@@ -9,3 +9,12 @@ _NNUNET_ROOT = Path(tempfile.mkdtemp(prefix="ablate-nnunet-"))
 for _name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
     os.environ[_name] = str(_NNUNET_ROOT / _name)
     (_NNUNET_ROOT / _name).mkdir(exist_ok=True)
+
+# nnU-Net lists a dataset's files in a forked multiprocessing Pool (planner, integrity check).
+# A fork deadlocks once earlier tests have left threads running in this process (Ray, MLflow),
+# so the oracle's file listing runs in threads during the tests.
+from multiprocessing.pool import ThreadPool  # noqa: E402
+
+from nnunetv2.utilities import utils as _nnunet_utils  # noqa: E402
+
+_nnunet_utils.Pool = ThreadPool
