@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ablate.errors import AblateError
+from ablate.errors import AblateError, DataError
 
 
 def _load(path: str):
@@ -77,7 +77,11 @@ def _print_estimate(study) -> None:
     from ablate.run.estimate import estimate_text, measure
     from ablate.run.status import planned_capacity
 
-    times = measure(study, say=lambda text: print(text, flush=True))
+    try:
+        times = measure(study, say=lambda text: print(text, flush=True))
+    except DataError as error:  # the grid above stands without the data; the timing needs it
+        print(f"time estimate: not measured: {error}")
+        return
     print(estimate_text(times, planned_capacity(study)))
 
 

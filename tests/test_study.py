@@ -443,6 +443,8 @@ def test_dry_run_of_every_seed_study(tmp_path, name, capsys):
     out = capsys.readouterr().out
     train_jobs, eval_jobs = expand(study, "d")
     assert f"trainings: {len(train_jobs)}; evaluations: {len(eval_jobs)}" in out
+    if study.dataset.path is not None:  # an empty stand-in: the grid is shown, the timing is not
+        assert "time estimate: not measured: " in out
 
 
 def test_validate_prints_each_networks_topology_and_parameters(tmp_path, capsys):
