@@ -502,6 +502,7 @@ def build_study_report(study: Study, config_yaml: str = "", tracker=None) -> Pat
         "missing": list(results.missing),
         "nsd_tolerance_mm": study.evaluation.nsd_tolerance_mm,
         "test_set": test_set_text(study),
+        "analysis": study.analysis.model_dump(mode="json"),
     }
     plan_path = next(iter(sorted((workdir / "preprocessed").glob("*/plan.json"))), None)
     if plan_path is not None:
