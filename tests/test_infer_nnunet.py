@@ -21,6 +21,7 @@ from nnunetv2.inference import (  # the oracle is a test dependency: never skipp
 )
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from test_nets import dna_network  # tests/ is on sys.path under pytest
 from torch import nn
 
 from ablate.config import InferConfig, TrainConfig
@@ -326,25 +327,9 @@ def nnunet_fp32(monkeypatch):
 def dna_plain_unet(plan: Plan) -> nn.Module:
     """nnU-Net's PlainConvUNet for the plan, as nnU-Net builds it for inference (no deep
     supervision); tests/test_nets.py checks its parameters register in ablate's order."""
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
-
-    return PlainConvUNet(
-        input_channels=plan.num_input_channels,
-        n_stages=plan.num_stages,
-        features_per_stage=plan.features_per_stage,
-        conv_op=nn.Conv3d,
-        kernel_sizes=plan.conv_kernel_sizes,
-        strides=plan.pool_kernel_sizes,
-        n_conv_per_stage=2,
-        num_classes=plan.num_classes,
-        n_conv_per_stage_decoder=2,
-        conv_bias=True,
-        norm_op=nn.InstanceNorm3d,
-        norm_op_kwargs={"eps": 1e-5, "affine": True},
-        nonlin=nn.LeakyReLU,
-        nonlin_kwargs={"inplace": True},
-        deep_supervision=False,
-    )
+    network = dna_network("plain", plan, [])
+    network.decoder.deep_supervision = False
+    return network
 
 
 def same_weights(plan: Plan) -> tuple[nn.Module, nn.Module]:
