@@ -35,6 +35,7 @@ demo: install
 
 test: install $(VENV)/.test-references
 	$(BIN)/ruff check ablate tests bench
+	$(BIN)/ruff format --check ablate tests bench
 	OMP_NUM_THREADS=2 $(BIN)/pytest -q
 
 test-fast: install $(VENV)/.test-references
@@ -42,6 +43,7 @@ test-fast: install $(VENV)/.test-references
 
 lint: install
 	$(BIN)/ruff check ablate tests bench
+	$(BIN)/ruff format --check ablate tests bench
 
 bench: install
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

@@ -59,20 +59,29 @@ class CaseProperties:
     shape_after_resample: tuple[int, int, int]
 
     def to_json(self) -> dict:
-        return {"case_id": self.case_id, "geometry": self.geometry.to_json(),
-                "original_shape": list(self.original_shape),
-                "crop_bbox": [list(b) for b in self.crop_bbox],
-                "shape_after_crop": list(self.shape_after_crop),
-                "shape_after_resample": list(self.shape_after_resample)}
+        return {
+            "case_id": self.case_id,
+            "geometry": self.geometry.to_json(),
+            "original_shape": list(self.original_shape),
+            "crop_bbox": [list(b) for b in self.crop_bbox],
+            "shape_after_crop": list(self.shape_after_crop),
+            "shape_after_resample": list(self.shape_after_resample),
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> CaseProperties:
-        return cls(d["case_id"], Geometry.from_json(d["geometry"]), tuple(d["original_shape"]),
-                   tuple(tuple(b) for b in d["crop_bbox"]), tuple(d["shape_after_crop"]),
-                   tuple(d["shape_after_resample"]))
+        return cls(
+            d["case_id"],
+            Geometry.from_json(d["geometry"]),
+            tuple(d["original_shape"]),
+            tuple(tuple(b) for b in d["crop_bbox"]),
+            tuple(d["shape_after_crop"]),
+            tuple(d["shape_after_resample"]),
+        )
 
 
 # ---- resampling (nnU-Net's default_resampling, with scipy instead of skimage) ---------------
+
 
 def _separate_axis(current_spacing, new_spacing) -> int | None:
     """The coarse axis to resample separately, when either spacing is anisotropic (> 3)."""
@@ -116,12 +125,17 @@ def _resize_separate(array, new_shape, order: int, order_z: int, axis: int | Non
     return _resize(_resize(array, in_plane, order, slice_axis=axis), new_shape, order_z)
 
 
-def resample_data(data: np.ndarray, new_shape, current_spacing, new_spacing,
-                  order: int = 3, order_z: int = 0) -> np.ndarray:
+def resample_data(
+    data: np.ndarray, new_shape, current_spacing, new_spacing, order: int = 3, order_z: int = 0
+) -> np.ndarray:
     """(C, Z, Y, X) float images to new_shape (cubic; coarse axis nearest when anisotropic)."""
     axis = _separate_axis(current_spacing, new_spacing)
-    return np.stack([_resize_separate(c.astype(np.float32, copy=False), new_shape, order,
-                                      order_z, axis) for c in data]).astype(np.float32)
+    return np.stack(
+        [
+            _resize_separate(c.astype(np.float32, copy=False), new_shape, order, order_z, axis)
+            for c in data
+        ]
+    ).astype(np.float32)
 
 
 def resample_seg(seg: np.ndarray, new_shape, current_spacing, new_spacing) -> np.ndarray:
@@ -162,11 +176,13 @@ def _resize_labels(seg: np.ndarray, new_shape) -> np.ndarray:
 
 
 def new_shape_for(shape, spacing, target_spacing) -> tuple[int, int, int]:
-    return tuple(int(v) for v in np.round(np.array(spacing) / np.array(target_spacing)
-                                          * np.array(shape)))
+    return tuple(
+        int(v) for v in np.round(np.array(spacing) / np.array(target_spacing) * np.array(shape))
+    )
 
 
 # ---- normalisation ---------------------------------------------------------------------------
+
 
 def normalize(data: np.ndarray, seg: np.ndarray, schemes: list[ChannelNormalization]):
     """Per channel, in place on a float32 copy; `seg` (-1 outside the nonzero mask) masks zscore."""
@@ -194,6 +210,7 @@ def normalize(data: np.ndarray, seg: np.ndarray, schemes: list[ChannelNormalizat
 
 # ---- one case --------------------------------------------------------------------------------
 
+
 def to_plan_frame(values, plan: Plan) -> tuple:
     """Per-axis `values` of the image's (z, y, x) order in the plan's (transposed) order."""
     return tuple(values[a] for a in plan.transpose_forward)
@@ -217,8 +234,9 @@ def _transform(data, seg, geometry: Geometry, plan: Plan, case_id: str):
     return data, seg, props
 
 
-def preprocess_images(images: list[np.ndarray], geometry: Geometry,
-                      plan: Plan) -> tuple[np.ndarray, CaseProperties]:
+def preprocess_images(
+    images: list[np.ndarray], geometry: Geometry, plan: Plan
+) -> tuple[np.ndarray, CaseProperties]:
     """The training transform for unseen images (one (Z, Y, X) array per channel)."""
     data = np.stack([np.asarray(i, dtype=np.float32) for i in images])
     data, _, props = _transform(data, None, geometry, plan, case_id="")
@@ -240,8 +258,9 @@ def sample_class_locations(
         if len(coords) == 0:
             out[key] = np.zeros((0, seg.ndim), dtype=np.int64)
             continue
-        n = max(min(LOCATIONS_PER_LABEL, len(coords)),
-                int(np.ceil(len(coords) * MIN_LOCATION_COVERAGE)))
+        n = max(
+            min(LOCATIONS_PER_LABEL, len(coords)), int(np.ceil(len(coords) * MIN_LOCATION_COVERAGE))
+        )
         out[key] = coords[rs.choice(len(coords), n, replace=False)]
     return out
 
@@ -270,6 +289,7 @@ def _region_locations(root: Path, case_id: str, regions: tuple[tuple[int, ...], 
 
 
 # ---- the shared cache ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class PreprocessedData:
@@ -304,21 +324,27 @@ class PreprocessedData:
         """Foreground locations per region, as nnU-Net stores them for region training (the
         regions are a training setting, so they are sampled from the cached labels on first use
         and kept in memory)."""
-        return _region_locations(self.root, case_id,
-                                 tuple(tuple(int(v) for v in r) for r in regions))
+        return _region_locations(
+            self.root, case_id, tuple(tuple(int(v) for v in r) for r in regions)
+        )
 
 
 def cache_key(dataset, cfg, intensity_samples: float = FOREGROUND_SAMPLES_TOTAL) -> str:
     h = hashlib.sha256()
-    for part in (dataset.content_hash(), cfg.model_dump_json(), PREPROCESS_VERSION,
-                 repr(float(intensity_samples))):
+    for part in (
+        dataset.content_hash(),
+        cfg.model_dump_json(),
+        PREPROCESS_VERSION,
+        repr(float(intensity_samples)),
+    ):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
 
 
-def _build(dataset, cfg, folder: Path, folds: list[Fold], workers: int,
-           intensity_samples: float) -> None:
+def _build(
+    dataset, cfg, folder: Path, folds: list[Fold], workers: int, intensity_samples: float
+) -> None:
     started = time.time()
     fp = fingerprint(dataset, workers, intensity_samples)
     plan = make_plan(fp, dataset, cfg, workers)
@@ -332,16 +358,33 @@ def _build(dataset, cfg, folder: Path, folds: list[Fold], workers: int,
             _preprocess_case(case, plan, labels, folder)
     else:
         with ProcessPoolExecutor(workers) as pool:
-            list(pool.map(_preprocess_case, cases, [plan] * len(cases),
-                          [labels] * len(cases), [folder] * len(cases)))
+            list(
+                pool.map(
+                    _preprocess_case,
+                    cases,
+                    [plan] * len(cases),
+                    [labels] * len(cases),
+                    [folder] * len(cases),
+                )
+            )
     write_splits(folds, folder / "splits.json")
-    (folder / "build_info.json").write_text(json.dumps(
-        {"pid": os.getpid(), "seconds": time.time() - started, "version": PREPROCESS_VERSION}))
+    (folder / "build_info.json").write_text(
+        json.dumps(
+            {"pid": os.getpid(), "seconds": time.time() - started, "version": PREPROCESS_VERSION}
+        )
+    )
     (folder / "plan.json").write_text(json.dumps(plan.to_json(), indent=1))
 
 
-def _build_once(dataset, cfg, cache_root: Path, key: str, folds: list[Fold], workers: int,
-                intensity_samples: float) -> None:
+def _build_once(
+    dataset,
+    cfg,
+    cache_root: Path,
+    key: str,
+    folds: list[Fold],
+    workers: int,
+    intensity_samples: float,
+) -> None:
     """Build `<cache_root>/<key>` under an exclusive lock; the rename makes it appear whole."""
     final = cache_root / key
     with open(cache_root / f"{key}.lock", "w") as lock:
@@ -362,9 +405,16 @@ def _build_once(dataset, cfg, cache_root: Path, key: str, folds: list[Fold], wor
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def prepare(dataset, cfg, cache_root: Path, folds: int = 5, folds_seed: int = 12345,
-            workers: int = 2, intensity_samples: float = FOREGROUND_SAMPLES_TOTAL,
-            splits_file: Path | None = None) -> PreprocessedData:
+def prepare(
+    dataset,
+    cfg,
+    cache_root: Path,
+    folds: int = 5,
+    folds_seed: int = 12345,
+    workers: int = 2,
+    intensity_samples: float = FOREGROUND_SAMPLES_TOTAL,
+    splits_file: Path | None = None,
+) -> PreprocessedData:
     """Fingerprint, plan, preprocess and split `dataset` once; later calls reuse the cache.
 
     Folds come from `splits_file`, else `<dataset.root>/splits_final.json` when present
@@ -387,6 +437,12 @@ def prepare(dataset, cfg, cache_root: Path, folds: int = 5, folds_seed: int = 12
     root = cache_root / key
     plan = Plan.from_json(json.loads((root / "plan.json").read_text()))
     fp = Fingerprint.from_json(json.loads((root / "fingerprint.json").read_text()))
-    return PreprocessedData(root=root, key=key, plan=plan, fingerprint=fp, case_ids=case_ids,
-                            ignore_label=dataset.ignore_label,
-                            folds=split)
+    return PreprocessedData(
+        root=root,
+        key=key,
+        plan=plan,
+        fingerprint=fp,
+        case_ids=case_ids,
+        ignore_label=dataset.ignore_label,
+        folds=split,
+    )

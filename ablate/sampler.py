@@ -87,7 +87,6 @@ def _is_foreground(key: object) -> bool:
     return key == ANNOTATED or isinstance(key, tuple) or int(key) > 0
 
 
-
 def crop_padded(
     array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: float
 ) -> np.ndarray:

@@ -73,8 +73,12 @@ REGISTRIES = {
 }
 
 SHORT_NAMES = {
-    "train.deep_supervision": "ds", "train.base_features": "features", "infer.tta": "tta",
-    "infer.postprocess": "pp", "infer.ensemble_folds": "ensemble", "plan.ct_window": "window",
+    "train.deep_supervision": "ds",
+    "train.base_features": "features",
+    "infer.tta": "tta",
+    "infer.postprocess": "pp",
+    "infer.ensemble_folds": "ensemble",
+    "plan.ct_window": "window",
 }
 BARE_AXES = {"arch", "kits19_net", "plans", "train.arch", "train.loss", "plan.preset"}
 
@@ -86,8 +90,18 @@ class SyntheticSpec(Frozen):
 
 
 # the readers of ablate.data.formats.READERS (tests/test_layouts.py keeps the two equal)
-FORMATS = Literal["nnunet", "nnunet_v1", "msd", "kits19", "kits21", "kits23", "flare21", "ct_ich",
-                  "folder", "auto"]
+FORMATS = Literal[
+    "nnunet",
+    "nnunet_v1",
+    "msd",
+    "kits19",
+    "kits21",
+    "kits23",
+    "flare21",
+    "ct_ich",
+    "folder",
+    "auto",
+]
 
 
 class TestSetSpec(Frozen):
@@ -176,9 +190,9 @@ class AnalysisSpec(Frozen):
 
     # per metric, the largest loss a cheaper variant may show and still be called non-inferior,
     # in the metric's units (dsc, nsd, abs_rvd as fractions: 0.01 = 1 point; hd95, assd in mm)
-    noninferiority_margin: dict[
-        Literal["dsc", "nsd", "hd95", "assd", "abs_rvd"], float
-    ] = Field(default_factory=dict)
+    noninferiority_margin: dict[Literal["dsc", "nsd", "hd95", "assd", "abs_rvd"], float] = Field(
+        default_factory=dict
+    )
 
     @model_validator(mode="after")
     def _positive_margins(self) -> AnalysisSpec:
@@ -261,8 +275,9 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
-def resolve_variant(study: Study, variant: dict[str, Any]) -> tuple[PlanConfig, TrainConfig,
-                                                                       InferConfig]:
+def resolve_variant(
+    study: Study, variant: dict[str, Any]
+) -> tuple[PlanConfig, TrainConfig, InferConfig]:
     """The plan/train/infer configs of one grid cell (raises ValidationError/ConfigError).
 
     Only the settings the study wrote are carried over, so a preset's defaults (the memory
@@ -271,8 +286,10 @@ def resolve_variant(study: Study, variant: dict[str, Any]) -> tuple[PlanConfig, 
     for axis, value in variant.items():
         if axis in PRESETS:
             if value not in PRESETS[axis]:
-                raise ConfigError(f"unknown value {value!r} for preset axis {axis!r}; valid: "
-                                  f"{', '.join(PRESETS[axis])}")
+                raise ConfigError(
+                    f"unknown value {value!r} for preset axis {axis!r}; valid: "
+                    f"{', '.join(PRESETS[axis])}"
+                )
             settings = PRESETS[axis][value]
         else:
             settings = {axis: value}

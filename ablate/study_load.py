@@ -53,8 +53,9 @@ def load_study(path: str | Path, check_paths: bool = True) -> Study:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}: YAML syntax error at {where}: {problem}; fix the YAML") \
-            from None
+        raise ConfigError(
+            f"{source}: YAML syntax error at {where}: {problem}; fix the YAML"
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a study must be a YAML mapping with name, dataset, ...")
     if raw.get("workdir") is None and isinstance(raw.get("name"), str):
@@ -144,8 +145,10 @@ def _unknown_axis(source: str, axis: str) -> ConfigError:
     section = axis.split(".")[0]
     if section in SECTIONS and not close:
         hint = f"valid {section}.* axes: {', '.join(SECTIONS[section].model_fields)}; "
-    return ConfigError(f"{source}: axes.{axis}: unknown axis; {hint}axes are presets "
-                       f"({', '.join(PRESETS)}) or dotted paths into plan/train/infer")
+    return ConfigError(
+        f"{source}: axes.{axis}: unknown axis; {hint}axes are presets "
+        f"({', '.join(PRESETS)}) or dotted paths into plan/train/infer"
+    )
 
 
 def _is_known_axis(axis: str) -> bool:
@@ -177,40 +180,51 @@ def check_study(study: Study, source: str = "study") -> None:
             where = f"{source}: {name}" + (f"[{i}]" if name != "baseline" else "")
             unknown = [a for a in partial if a not in study.axes]
             if unknown:
-                raise ConfigError(f"{where}: {unknown[0]!r} is not an axis of this study; use one "
-                                  f"of: {', '.join(study.axes) or '(no axes)'}")
+                raise ConfigError(
+                    f"{where}: {unknown[0]!r} is not an axis of this study; use one "
+                    f"of: {', '.join(study.axes) or '(no axes)'}"
+                )
             _check_cell(study, partial, where)
     for axis, value in (study.baseline or {}).items():
         if value not in study.axes[axis]:
-            raise ConfigError(f"{source}: baseline.{axis}: {value!r} is not among the axis values "
-                              f"{study.axes[axis]}; pick one of them")
+            raise ConfigError(
+                f"{source}: baseline.{axis}: {value!r} is not among the axis values "
+                f"{study.axes[axis]}; pick one of them"
+            )
     if study.axes and not grid_cells(study):
         raise ConfigError(f"{source}: exclude removes every grid cell; loosen exclude")
     for name in study.ensembles:
         _check_ensemble(study, name, f"{source}: ensembles.{name}")
     for axis in sorted(TEST_ONLY_FIELDS):
         if f"infer.{axis}" in study.axes:
-            raise ConfigError(f"{source}: axes.infer.{axis}: not an axis: cross-validation cases "
-                              "are always scored by the one fold model that did not train on "
-                              f"them; set infer.{axis} instead, and every variant is scored on "
-                              "dataset.test by each fold model and by the ensemble")
+            raise ConfigError(
+                f"{source}: axes.infer.{axis}: not an axis: cross-validation cases "
+                "are always scored by the one fold model that did not train on "
+                f"them; set infer.{axis} instead, and every variant is scored on "
+                "dataset.test by each fold model and by the ensemble"
+            )
     runs = study.folds.run if study.folds.run is not None else range(study.folds.k)
     if study.infer.ensemble_folds and len(runs) < 2:
-        raise ConfigError(f"{source}: infer.ensemble_folds: folds.run {list(runs)} gives one "
-                          "fold model, nothing to ensemble; run at least two folds")
+        raise ConfigError(
+            f"{source}: infer.ensemble_folds: folds.run {list(runs)} gives one "
+            "fold model, nothing to ensemble; run at least two folds"
+        )
     if study.infer.ensemble_folds and study.dataset.test is None:
-        raise ConfigError(f"{source}: infer.ensemble_folds: a fold ensemble scored on "
-                          "cross-validation cases would use models that trained on them; declare "
-                          "a held-out test set (dataset.test: {holdout: N} or {path: ...}) or set "
-                          "it to false")
+        raise ConfigError(
+            f"{source}: infer.ensemble_folds: a fold ensemble scored on "
+            "cross-validation cases would use models that trained on them; declare "
+            "a held-out test set (dataset.test: {holdout: N} or {path: ...}) or set "
+            "it to false"
+        )
 
 
 def _check_ensemble(study: Study, name: str, where: str) -> None:
     """Two or more distinct grid cells sharing plan settings and output kind; a new name."""
     partials = study.ensembles[name]
     if len(partials) < 2:
-        raise ConfigError(f"{where}: {len(partials)} member(s); an ensemble needs at least two "
-                          "grid cells")
+        raise ConfigError(
+            f"{where}: {len(partials)} member(s); an ensemble needs at least two grid cells"
+        )
     grid = grid_cells(study)
     if name in {variant_label(c) for c in grid} | set(study.external):
         raise ConfigError(f"{where}: the name is already a variant's label; rename the ensemble")
@@ -218,20 +232,28 @@ def _check_ensemble(study: Study, name: str, where: str) -> None:
     for i, (partial, cell) in enumerate(zip(partials, cells, strict=True)):
         unknown = [a for a in partial if a not in study.axes]
         if unknown:
-            raise ConfigError(f"{where}[{i}]: {unknown[0]!r} is not an axis of this study; use "
-                              f"one of: {', '.join(study.axes) or '(no axes)'}")
+            raise ConfigError(
+                f"{where}[{i}]: {unknown[0]!r} is not an axis of this study; use "
+                f"one of: {', '.join(study.axes) or '(no axes)'}"
+            )
         if cell not in grid:
-            raise ConfigError(f"{where}[{i}]: {variant_label(cell)} is not a cell of the grid "
-                              "(unnamed axes take the baseline value); name an existing cell")
+            raise ConfigError(
+                f"{where}[{i}]: {variant_label(cell)} is not a cell of the grid "
+                "(unnamed axes take the baseline value); name an existing cell"
+            )
         if cell in cells[:i]:
             raise ConfigError(f"{where}[{i}]: {variant_label(cell)} is listed twice; remove it")
     configs = [resolve_variant(study, cell) for cell in cells]
     if any(plan != configs[0][0] for plan, _, _ in configs):
-        raise ConfigError(f"{where}: members differ in plan settings; members are averaged at one "
-                          "plan's spacing, so ensemble cells that share the plan")
+        raise ConfigError(
+            f"{where}: members differ in plan settings; members are averaged at one "
+            "plan's spacing, so ensemble cells that share the plan"
+        )
     if any(train.regions != configs[0][1].regions for _, train, _ in configs):
-        raise ConfigError(f"{where}: members differ in train.regions; softmax and region "
-                          "(sigmoid) outputs cannot be averaged")
+        raise ConfigError(
+            f"{where}: members differ in train.regions; softmax and region "
+            "(sigmoid) outputs cannot be averaged"
+        )
 
 
 def _check_cell(study: Study, variant: dict[str, Any], where: str) -> None:
@@ -266,17 +288,25 @@ def _check_paths(study: Study, source: str) -> None:
     spec = study.dataset
     if spec.path is not None and not spec.path.exists():
         fmt = spec.format if spec.format != "auto" else guess_format(spec.path)
-        raise ConfigError(f"{source}: dataset.path {spec.path} does not exist; "
-                          f"{DATASET_HINTS[fmt]}, or fix the path")
+        raise ConfigError(
+            f"{source}: dataset.path {spec.path} does not exist; "
+            f"{DATASET_HINTS[fmt]}, or fix the path"
+        )
     test = spec.test
     if test is not None and test.path is not None and not test.path.exists():
-        raise ConfigError(f"{source}: dataset.test.path {test.path} does not exist; point it at a "
-                          "labelled dataset with the training set's channels and labels")
+        raise ConfigError(
+            f"{source}: dataset.test.path {test.path} does not exist; point it at a "
+            "labelled dataset with the training set's channels and labels"
+        )
     for name, folder in study.external.items():
         if not folder.is_dir():
-            raise ConfigError(f"{source}: external.{name}: {folder} is not a folder; point it at "
-                              "a folder of predicted label maps named <case id><file ending>")
+            raise ConfigError(
+                f"{source}: external.{name}: {folder} is not a folder; point it at "
+                "a folder of predicted label maps named <case id><file ending>"
+            )
     splits = study.folds.splits_file
     if splits is not None and not splits.exists():
-        raise ConfigError(f"{source}: folds.splits_file {splits} does not exist; fix the path "
-                          "or remove the key to use seeded folds")
+        raise ConfigError(
+            f"{source}: folds.splits_file {splits} does not exist; fix the path "
+            "or remove the key to use seeded folds"
+        )

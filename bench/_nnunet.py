@@ -26,10 +26,18 @@ SEED = 0
 
 
 def add_common_arguments(parser) -> None:
-    parser.add_argument("--nnunet-python", type=Path, default=None,
-                        help="python of a venv with nnunetv2 installed; omitted: skip nnU-Net")
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/ablate-bench"),
-                        help="scratch folder for datasets, caches and nnU-Net outputs")
+    parser.add_argument(
+        "--nnunet-python",
+        type=Path,
+        default=None,
+        help="python of a venv with nnunetv2 installed; omitted: skip nnU-Net",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("/tmp/ablate-bench"),
+        help="scratch folder for datasets, caches and nnU-Net outputs",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
 
 
@@ -58,20 +66,23 @@ def make_dataset(work_dir: Path, cases: int = CASES, fov_mm=FOV_MM):
     """The synthetic dataset in nnU-Net raw layout (regenerated: identical bytes per seed)."""
     from ablate.data.synthetic import make_synthetic_dataset
 
-    return make_synthetic_dataset(dataset_dir(work_dir), cases=cases, seed=SEED,
-                                  fov_mm=tuple(fov_mm))
+    return make_synthetic_dataset(
+        dataset_dir(work_dir), cases=cases, seed=SEED, fov_mm=tuple(fov_mm)
+    )
 
 
 def nnunet_env(work_dir: Path, threads: int, extra: dict[str, str] | None = None) -> dict:
     """The subprocess environment: nnU-Net's three folders, thread counts, no compile."""
     env = dict(os.environ)
-    env.update({
-        "nnUNet_raw": str(raw_root(work_dir)),
-        "nnUNet_preprocessed": str(work_dir / "nnUNet_preprocessed"),
-        "nnUNet_results": str(work_dir / "nnUNet_results"),
-        "OMP_NUM_THREADS": str(threads),
-        "nnUNet_compile": "false",
-    })
+    env.update(
+        {
+            "nnUNet_raw": str(raw_root(work_dir)),
+            "nnUNet_preprocessed": str(work_dir / "nnUNet_preprocessed"),
+            "nnUNet_results": str(work_dir / "nnUNet_results"),
+            "OMP_NUM_THREADS": str(threads),
+            "nnUNet_compile": "false",
+        }
+    )
     env.update(extra or {})
     return env
 
@@ -88,8 +99,10 @@ def run_nnunet(python: Path, code: str, argv: list[str], env: dict) -> tuple[flo
     return seconds, done.stdout
 
 
-PLAN_AND_PREPROCESS = ("from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints "
-                       "import plan_and_preprocess_entry; plan_and_preprocess_entry()")
+PLAN_AND_PREPROCESS = (
+    "from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints "
+    "import plan_and_preprocess_entry; plan_and_preprocess_entry()"
+)
 
 
 def nnunet_plan_and_preprocess(python: Path, work_dir: Path, threads: int) -> float:
@@ -116,16 +129,31 @@ def nnunet_plan_summary(plans: dict) -> dict:
     """nnU-Net's 3d_fullres plan in ablate's axis order (its arrays are z, y, x too)."""
     config = plans["configurations"]["3d_fullres"]
     arch = config["architecture"]["arch_kwargs"]
-    return summary(config["spacing"], config["patch_size"], arch["strides"],
-                   config["batch_size"], config["normalization_schemes"],
-                   arch["features_per_stage"])
+    return summary(
+        config["spacing"],
+        config["patch_size"],
+        arch["strides"],
+        config["batch_size"],
+        config["normalization_schemes"],
+        arch["features_per_stage"],
+    )
 
 
 def ablate_plan_summary(plan) -> dict:
-    schemes = [{"ct": "CTNormalization", "zscore": "ZScoreNormalization",
-                "noNorm": "NoNormalization"}.get(n.scheme, n.scheme) for n in plan.normalization]
-    return summary(plan.target_spacing_mm, plan.patch_size, plan.pool_kernel_sizes,
-                   plan.batch_size, schemes, plan.features_per_stage)
+    schemes = [
+        {"ct": "CTNormalization", "zscore": "ZScoreNormalization", "noNorm": "NoNormalization"}.get(
+            n.scheme, n.scheme
+        )
+        for n in plan.normalization
+    ]
+    return summary(
+        plan.target_spacing_mm,
+        plan.patch_size,
+        plan.pool_kernel_sizes,
+        plan.batch_size,
+        schemes,
+        plan.features_per_stage,
+    )
 
 
 def summary(spacing, patch, strides, batch, schemes, features) -> dict:
@@ -144,14 +172,16 @@ def nnunet_configuration_from(plan, base: dict, batch_size: int) -> dict:
     config = json.loads(json.dumps(base))
     arch = config["architecture"]["arch_kwargs"]
     stages = plan.num_stages
-    arch.update({
-        "n_stages": stages,
-        "features_per_stage": list(plan.features_per_stage),
-        "kernel_sizes": [list(k) for k in plan.conv_kernel_sizes],
-        "strides": [list(p) for p in plan.pool_kernel_sizes],
-        "n_conv_per_stage": [2] * stages,
-        "n_conv_per_stage_decoder": [2] * (stages - 1),
-    })
+    arch.update(
+        {
+            "n_stages": stages,
+            "features_per_stage": list(plan.features_per_stage),
+            "kernel_sizes": [list(k) for k in plan.conv_kernel_sizes],
+            "strides": [list(p) for p in plan.pool_kernel_sizes],
+            "n_conv_per_stage": [2] * stages,
+            "n_conv_per_stage_decoder": [2] * (stages - 1),
+        }
+    )
     config["patch_size"] = list(plan.patch_size)
     config["batch_size"] = int(batch_size)
     return config

@@ -36,10 +36,17 @@ from ablate.plan import ChannelNormalization, Plan  # noqa: E402
 
 def small_plan(patch: tuple[int, int, int]) -> Plan:
     return Plan(
-        target_spacing_mm=(1.0, 1.0, 1.0), patch_size=patch, batch_size=2,
-        pool_kernel_sizes=[(1, 1, 1), (2, 2, 2), (2, 2, 2)], conv_kernel_sizes=[(3, 3, 3)] * 3,
-        features_per_stage=[8, 16, 32], num_input_channels=1, num_classes=3,
-        normalization=[ChannelNormalization("zscore")], median_shape=patch, anisotropic=False,
+        target_spacing_mm=(1.0, 1.0, 1.0),
+        patch_size=patch,
+        batch_size=2,
+        pool_kernel_sizes=[(1, 1, 1), (2, 2, 2), (2, 2, 2)],
+        conv_kernel_sizes=[(3, 3, 3)] * 3,
+        features_per_stage=[8, 16, 32],
+        num_input_channels=1,
+        num_classes=3,
+        normalization=[ChannelNormalization("zscore")],
+        median_shape=patch,
+        anisotropic=False,
     )
 
 
@@ -136,11 +143,15 @@ print(json.dumps(out))
 def time_nnunet(args, plan: Plan) -> dict:
     """nnU-Net's predictor on a PlainConvUNet of `plan`'s topology, timed in its own venv."""
     job = {
-        "threads": args.threads, "repeats": args.repeats, "shape": list(args.shape),
-        "patch": list(plan.patch_size), "features": list(plan.features_per_stage),
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "shape": list(args.shape),
+        "patch": list(plan.patch_size),
+        "features": list(plan.features_per_stage),
         "kernels": [list(k) for k in plan.conv_kernel_sizes],
         "strides": [list(s) for s in plan.pool_kernel_sizes],
-        "in_channels": plan.num_input_channels, "classes": plan.num_classes,
+        "in_channels": plan.num_input_channels,
+        "classes": plan.num_classes,
     }
     env = _nnunet.nnunet_env(args.work_dir, args.threads)
     _, stdout = _nnunet.run_nnunet(args.nnunet_python, NNUNET_SCRIPT, [json.dumps(job)], env)
@@ -153,15 +164,21 @@ def compare_nnunet(args, plan: Plan, ours: dict, our_parameters: int) -> None:
         print(f"nnU-Net predictor comparison skipped: {skip}")
         return
     theirs = time_nnunet(args, plan)
-    print(f"nnU-Net predictor (torch {theirs['torch']}, {theirs['threads']} threads, "
-          f"window batch 1): PlainConvUNet {theirs['parameters']} parameters "
-          f"(ours {our_parameters}{'' if theirs['parameters'] == our_parameters else ' MISMATCH'})")
+    print(
+        f"nnU-Net predictor (torch {theirs['torch']}, {theirs['threads']} threads, "
+        f"window batch 1): PlainConvUNet {theirs['parameters']} parameters "
+        f"(ours {our_parameters}{'' if theirs['parameters'] == our_parameters else ' MISMATCH'})"
+    )
     for k in (1, 8):
-        print(f"nnU-Net TTA {k}: {theirs[f'tta{k}']:.3f} s/case, {theirs[f'forwards_tta{k}']} "
-              f"window forwards (ours {ours['forwards'][k]})")
+        print(
+            f"nnU-Net TTA {k}: {theirs[f'tta{k}']:.3f} s/case, {theirs[f'forwards_tta{k}']} "
+            f"window forwards (ours {ours['forwards'][k]})"
+        )
     for k in (1, 8):
-        ratios = "   ".join(f"window batch {wb}: {ours[wb][k] / theirs[f'tta{k}']:.2f}"
-                           for wb in sorted(ours["batches"]))
+        ratios = "   ".join(
+            f"window batch {wb}: {ours[wb][k] / theirs[f'tta{k}']:.2f}"
+            for wb in sorted(ours["batches"])
+        )
         print(f"ratio ours/nnU-Net TTA {k}: {ratios}  (goal <= 1)")
 
 
@@ -175,8 +192,9 @@ def compare_monai(args, net: WindowCounter, volume, patch, device) -> None:
     def monai():
         with torch.inference_mode():
             x = volume[None].to(device)  # (1, C, Z, Y, X)
-            return sliding_window_inference(x, patch, args.window_batch, net, overlap=0.5,
-                                            mode="gaussian", sigma_scale=0.125)
+            return sliding_window_inference(
+                x, patch, args.window_batch, net, overlap=0.5, mode="gaussian", sigma_scale=0.125
+            )
 
     def ours():
         return sliding_window_logits(net, volume, patch, 0.5, [()], args.window_batch, device)
@@ -185,17 +203,19 @@ def compare_monai(args, net: WindowCounter, volume, patch, device) -> None:
     monai()
     monai_windows = net.windows
     t_ours, t_monai = timed_alternately([ours, monai], device, max(args.repeats, 5))
-    print(f"MONAI sliding_window_inference: {t_monai:.3f} s/case, {monai_windows} windows; "
-          f"ours TTA 1 timed in turns with it: {t_ours:.3f} s/case")
+    print(
+        f"MONAI sliding_window_inference: {t_monai:.3f} s/case, {monai_windows} windows; "
+        f"ours TTA 1 timed in turns with it: {t_ours:.3f} s/case"
+    )
     print(f"ratio ours/MONAI (TTA 1): {t_ours / t_monai:.2f}  (goal <= 1 with equal windows)")
 
 
 def time_ours(args, net: WindowCounter, volume, patch, device) -> dict:
     """{window batch: {k: seconds}}, plus window forwards per k and the batches timed."""
+
     def ours(k: int, window_batch: int):
         combos = mirror_combinations((0, 1, 2), k)
-        return lambda: sliding_window_logits(net, volume, patch, 0.5, combos, window_batch,
-                                             device)
+        return lambda: sliding_window_logits(net, volume, patch, 0.5, combos, window_batch, device)
 
     forwards = {}
     for k in (1, 8):
@@ -204,8 +224,9 @@ def time_ours(args, net: WindowCounter, volume, patch, device) -> dict:
         forwards[k] = net.windows
     batches = sorted({args.window_batch, 1})  # 1 is nnU-Net's: one window per forward
     result = {"forwards": forwards, "batches": batches}
-    result[args.window_batch] = {k: timed(ours(k, args.window_batch), device, args.repeats)
-                                 for k in (8, 4, 2, 1)}
+    result[args.window_batch] = {
+        k: timed(ours(k, args.window_batch), device, args.repeats) for k in (8, 4, 2, 1)
+    }
     if args.window_batch != 1:
         result[1] = {k: timed(ours(k, 1), device, args.repeats) for k in (8, 1)}
     return result
@@ -231,12 +252,16 @@ def main() -> None:
 
     ours = time_ours(args, net, volume, patch, device)
     times = ours[args.window_batch]
-    print(f"device {device}, {torch.get_num_threads()} threads, volume {tuple(args.shape)}, "
-          f"patch {patch}, plain U-Net {count_parameters(unet)} parameters, "
-          f"{ours['forwards'][1]} windows")
+    print(
+        f"device {device}, {torch.get_num_threads()} threads, volume {tuple(args.shape)}, "
+        f"patch {patch}, plain U-Net {count_parameters(unet)} parameters, "
+        f"{ours['forwards'][1]} windows"
+    )
     for k in (8, 4, 2, 1):
-        print(f"ours TTA {k} (window batch {args.window_batch}): {times[k]:.3f} s/case   "
-              f"time/(k * time TTA1) = {times[k] / (k * times[1]):.2f}")
+        print(
+            f"ours TTA {k} (window batch {args.window_batch}): {times[k]:.3f} s/case   "
+            f"time/(k * time TTA1) = {times[k] / (k * times[1]):.2f}"
+        )
     if args.window_batch != 1:
         print(f"ours window batch 1: TTA 1 {ours[1][1]:.3f} s/case, TTA 8 {ours[1][8]:.3f} s/case")
     compare_monai(args, net, volume, patch, device)

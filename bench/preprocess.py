@@ -63,8 +63,9 @@ def print_intensities(ours: list[dict], theirs: list[dict] | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     _nnunet.add_common_arguments(parser)
     parser.add_argument("--repeats", type=int, default=1, help="cold runs per side (median)")
     parser.add_argument("--cases", type=int, default=_nnunet.CASES)
@@ -82,8 +83,9 @@ def main() -> None:
         ours.append(seconds)
         ours_small.append(time_ours(dataset, work_dir, 1e6)[0])
         if not skip:
-            theirs.append(_nnunet.nnunet_plan_and_preprocess(args.nnunet_python, work_dir,
-                                                             args.threads))
+            theirs.append(
+                _nnunet.nnunet_plan_and_preprocess(args.nnunet_python, work_dir, args.threads)
+            )
     mine = statistics.median(ours)
     print(f"\n{n} cases, {args.repeats} cold run(s) per side, median seconds")
     print(f"ablate prepare (1e8 samples):  {mine:7.1f} s  {n / mine:6.3f} cases/s")
@@ -93,8 +95,10 @@ def main() -> None:
     if theirs:
         other = statistics.median(theirs)
         print(f"nnUNetv2_plan_and_preprocess:  {other:7.1f} s  {n / other:6.3f} cases/s")
-        print(f"speed ratio ablate/nnU-Net (1e8 samples): {other / mine:.2f}x "
-              f"({'goal met' if other >= mine else 'goal NOT met'}: ours at least as fast)")
+        print(
+            f"speed ratio ablate/nnU-Net (1e8 samples): {other / mine:.2f}x "
+            f"({'goal met' if other >= mine else 'goal NOT met'}: ours at least as fast)"
+        )
         their_plan = _nnunet.nnunet_plan_summary(_nnunet.nnunet_plans(work_dir))
         their_intensities = _nnunet.nnunet_intensity_properties(work_dir)
     differ = print_agreement(_nnunet.ablate_plan_summary(data.plan), their_plan)

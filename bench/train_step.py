@@ -52,12 +52,19 @@ def plan_config(name: str, kits_patch) -> PlanConfig:
     return PlanConfig(patch_size=tuple(kits_patch))
 
 
-def time_trainer(data, augmentation: str, epochs: int, iterations: int, work_dir: Path,
-                 bare) -> tuple[list[float], list[float]]:
+def time_trainer(
+    data, augmentation: str, epochs: int, iterations: int, work_dir: Path, bare
+) -> tuple[list[float], list[float]]:
     """Seconds per iteration of ablate.train (epoch_seconds / N, no validation) for epochs 2..,
     each paired with a bare-step median timed right after that epoch (load is shared alike)."""
-    cfg = TrainConfig(augmentation=augmentation, data_workers=1, epochs=epochs,
-                      iterations_per_epoch=iterations, val_iterations=0, batch_size=BATCH_SIZE)
+    cfg = TrainConfig(
+        augmentation=augmentation,
+        data_workers=1,
+        epochs=epochs,
+        iterations_per_epoch=iterations,
+        val_iterations=0,
+        batch_size=BATCH_SIZE,
+    )
     trainer_times, bare_times = [], []
 
     def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -82,13 +89,15 @@ def bare_stepper(plan):
         torch.manual_seed(0)
         net = build_network(cfg, plan)
     net.deep_supervision = True
-    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True,
-                                weight_decay=3e-5)
+    optimizer = torch.optim.SGD(
+        net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5
+    )
     loss_fn = deep_supervision_loss(build_loss(cfg.loss, False), cfg.deep_supervision)
     shape = (BATCH_SIZE, plan.num_input_channels, *plan.patch_size)
     data = torch.randn(shape, generator=gen)  # (B, C, Z, Y, X)
-    target = torch.randint(0, plan.num_classes, (BATCH_SIZE, 1, *plan.patch_size),
-                           generator=gen)  # (B, 1, Z, Y, X)
+    target = torch.randint(
+        0, plan.num_classes, (BATCH_SIZE, 1, *plan.patch_size), generator=gen
+    )  # (B, 1, Z, Y, X)
     net.train()
 
     def steps(count: int) -> list[float]:
@@ -142,17 +151,26 @@ def time_nnunet(python: Path, work_dir: Path, plan, steps: int, threads: int) ->
     if not (plans_path.parent / "nnUNetPlans_3d_fullres").is_dir():
         _nnunet.nnunet_plan_and_preprocess(python, work_dir, threads)
     plans = _nnunet.nnunet_plans(work_dir)
-    config = _nnunet.nnunet_configuration_from(plan, plans["configurations"]["3d_fullres"],
-                                               BATCH_SIZE)
-    args = {"threads": threads, "plans": str(plans_path), "configuration": config,
-            "dataset_json": str(_nnunet.dataset_dir(work_dir) / "dataset.json"), "steps": steps}
+    config = _nnunet.nnunet_configuration_from(
+        plan, plans["configurations"]["3d_fullres"], BATCH_SIZE
+    )
+    args = {
+        "threads": threads,
+        "plans": str(plans_path),
+        "configuration": config,
+        "dataset_json": str(_nnunet.dataset_dir(work_dir) / "dataset.json"),
+        "steps": steps,
+    }
     env = _nnunet.nnunet_env(work_dir, threads, {"nnUNet_n_proc_DA": "0"})
     shutil.rmtree(work_dir / "nnUNet_results", ignore_errors=True)
     _, stdout = _nnunet.run_nnunet(python, NNUNET_STEPS, [json.dumps(args)], env)
     line = next(s for s in stdout.splitlines() if s.startswith("BENCH="))
-    result = json.loads(line[len("BENCH="):])
-    return {"iteration": result["iteration"][1:], "bare": result["bare"][1:],
-            "parameters": int(result["parameters"])}
+    result = json.loads(line[len("BENCH=") :])
+    return {
+        "iteration": result["iteration"][1:],
+        "bare": result["bare"][1:],
+        "parameters": int(result["parameters"]),
+    }
 
 
 def median_ratio(numerators: list[float], denominators: list[float]) -> float:
@@ -162,28 +180,42 @@ def median_ratio(numerators: list[float], denominators: list[float]) -> float:
 def print_row(label: str, measured: list[float], paired: list[float]) -> None:
     """Median and minimum (the least disturbed by other jobs) of the iteration and its paired
     bare step, the median paired ratio and the min/min ratio, then the raw samples."""
-    print(f"  {label:<30} {statistics.median(measured):8.3f} {min(measured):8.3f} "
-          f"{statistics.median(paired):8.3f} {min(paired):8.3f} "
-          f"{median_ratio(measured, paired):7.2f} {min(measured) / min(paired):7.2f}", flush=True)
-    print(f"  {'':30} samples {[round(t, 2) for t in measured]} / "
-          f"{[round(t, 2) for t in paired]}", flush=True)
+    print(
+        f"  {label:<30} {statistics.median(measured):8.3f} {min(measured):8.3f} "
+        f"{statistics.median(paired):8.3f} {min(paired):8.3f} "
+        f"{median_ratio(measured, paired):7.2f} {min(measured) / min(paired):7.2f}",
+        flush=True,
+    )
+    print(
+        f"  {'':30} samples {[round(t, 2) for t in measured]} / {[round(t, 2) for t in paired]}",
+        flush=True,
+    )
 
 
 def bench_configuration(name: str, args, dataset, skip: str | None) -> None:
     cfg = plan_config(name, args.kits_patch)
-    data = prepare(dataset, cfg, args.work_dir / "ablate_cache_train", workers=2,
-                   intensity_samples=cfg.intensity_samples)
+    data = prepare(
+        dataset,
+        cfg,
+        args.work_dir / "ablate_cache_train",
+        workers=2,
+        intensity_samples=cfg.intensity_samples,
+    )
     plan = data.plan
     epochs, iterations, steps = SCHEDULE[name]
-    print(f"\n[{name}] patch {plan.patch_size}, batch {BATCH_SIZE}, features "
-          f"{plan.features_per_stage}, {epochs} epochs x {iterations} iterations", flush=True)
+    print(
+        f"\n[{name}] patch {plan.patch_size}, batch {BATCH_SIZE}, features "
+        f"{plan.features_per_stage}, {epochs} epochs x {iterations} iterations",
+        flush=True,
+    )
     bare, params = bare_stepper(plan)
-    print(f"  {'seconds per iteration':<30} {'median':>8} {'min':>8} {'bare med':>8} "
-          f"{'bare min':>8} {'ratio':>7} {'min/min':>7}   (goal ratio <= 1.10)")
+    print(
+        f"  {'seconds per iteration':<30} {'median':>8} {'min':>8} {'bare med':>8} "
+        f"{'bare min':>8} {'ratio':>7} {'min/min':>7}   (goal ratio <= 1.10)"
+    )
     ours = {}
     for augmentation in ("nnunet", "mirror"):
-        trainer, paired = time_trainer(data, augmentation, epochs, iterations, args.work_dir,
-                                       bare)
+        trainer, paired = time_trainer(data, augmentation, epochs, iterations, args.work_dir, bare)
         ours[augmentation] = min(trainer)
         print_row(f"ablate trainer, aug {augmentation}", trainer, paired)
     print(f"  ablate network: {params} parameters", flush=True)
@@ -192,13 +224,17 @@ def bench_configuration(name: str, args, dataset, skip: str | None) -> None:
         return
     theirs = time_nnunet(args.nnunet_python, args.work_dir, plan, steps, args.threads)
     print_row("nnU-Net trainer, its aug", theirs["iteration"], theirs["bare"])
-    print(f"  nnU-Net network: {theirs['parameters']} parameters; min ablate trainer (aug nnunet)"
-          f" / min nnU-Net trainer = {ours['nnunet'] / min(theirs['iteration']):.2f}", flush=True)
+    print(
+        f"  nnU-Net network: {theirs['parameters']} parameters; min ablate trainer (aug nnunet)"
+        f" / min nnU-Net trainer = {ours['nnunet'] / min(theirs['iteration']):.2f}",
+        flush=True,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     _nnunet.add_common_arguments(parser)
     parser.add_argument("--configs", nargs="+", default=["demo", "kits"], choices=SCHEDULE)
     parser.add_argument("--kits-patch", type=int, nargs=3, default=(32, 96, 96))

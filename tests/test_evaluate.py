@@ -116,8 +116,14 @@ def test_matches_monai_dice_and_subvoxel_surface_dice():
     dsc = metrics.compute_dice(onehot(pred), onehot(ref), include_background=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        nsd = metrics.compute_surface_dice(onehot(pred), onehot(ref), [1.5], spacing=SPACING,
-                                           include_background=False, use_subvoxels=True)
+        nsd = metrics.compute_surface_dice(
+            onehot(pred),
+            onehot(ref),
+            [1.5],
+            spacing=SPACING,
+            include_background=False,
+            use_subvoxels=True,
+        )
     assert m["dsc"] == pytest.approx(float(dsc), abs=1e-6)
     assert m["nsd"] == pytest.approx(float(nsd), abs=1e-6)
 
@@ -128,8 +134,16 @@ def test_evaluate_case_regions_and_rows():
     pred = ref.copy()
     pred[pred == 2] = 1  # label 2 predicted as 1: region (1, 2) perfect, label 2 missed
     rows = evaluate_case(pred, ref, SPACING, {"whole": (1, 2), "two": (2,)}, {"whole": 1, "two": 1})
-    assert {r["metric"] for r in rows} == {"dsc", "nsd", "hd95", "assd", "rvd", "vol_ref_ml",
-                                           "vol_pred_ml", "empty"}
+    assert {r["metric"] for r in rows} == {
+        "dsc",
+        "nsd",
+        "hd95",
+        "assd",
+        "rvd",
+        "vol_ref_ml",
+        "vol_pred_ml",
+        "empty",
+    }
     assert as_dict(rows, "whole")["dsc"] == 1.0
     two = as_dict(rows, "two")
     assert two["dsc"] == 0.0 and two["empty"] == 2 and two["rvd"] == -1.0
@@ -154,8 +168,9 @@ def test_a_prediction_on_a_reoriented_grid_is_scored_against_the_reference(tmp_p
     from ablate.data.orient import reorient_to_identity
 
     write_image(*reorient_to_identity(ref, kits), tmp_path / "pred.nii.gz")
-    table = evaluate_files([("a", tmp_path / "pred.nii.gz", tmp_path / "ref.nii.gz")],
-                           {"one": (1,)}, 1.0)
+    table = evaluate_files(
+        [("a", tmp_path / "pred.nii.gz", tmp_path / "ref.nii.gz")], {"one": (1,)}, 1.0
+    )
     assert table[table.metric == "dsc"].value.item() == 1.0
 
 

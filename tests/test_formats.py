@@ -28,9 +28,12 @@ def _write(path, array=None, geometry=GEOMETRY):
 
 def _msd(root, modalities, four_d_channels=0):
     root.mkdir()
-    meta = {"name": "Task99", "modality": {str(i): m for i, m in enumerate(modalities)},
-            "labels": {"0": "background", "1": "edema", "2": "tumour"},
-            "training": [{"image": "./imagesTr/p_1.nii.gz", "label": "./labelsTr/p_1.nii.gz"}]}
+    meta = {
+        "name": "Task99",
+        "modality": {str(i): m for i, m in enumerate(modalities)},
+        "labels": {"0": "background", "1": "edema", "2": "tumour"},
+        "training": [{"image": "./imagesTr/p_1.nii.gz", "label": "./labelsTr/p_1.nii.gz"}],
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     (root / "imagesTr").mkdir()
     if four_d_channels:
@@ -106,15 +109,19 @@ def test_msd_4d_is_split_into_channel_files(tmp_path):
 
 def test_msd_channel_count_mismatch(tmp_path):
     root = _msd(tmp_path / "Task01", ["FLAIR", "T1w", "T2w"], four_d_channels=2)
-    with pytest.raises(DataError, match=r"p_1.nii.gz: has 2 channel\(s\) in 4D but dataset.json "
-                                        r"declares 3 modalities"):
+    with pytest.raises(
+        DataError,
+        match=r"p_1.nii.gz: has 2 channel\(s\) in 4D but dataset.json "
+        r"declares 3 modalities",
+    ):
         read_dataset(root)
 
 
 # KiTS19-like storage: sitk x runs along world -z (slices), y along +y, z along -x
 KITS_DIRECTION = (0.0, 0.0, -1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0)
-KITS_GEOMETRY = Geometry(spacing_mm=(0.7, 0.8, 3.0), origin=(10.0, -5.0, 40.0),
-                         direction=KITS_DIRECTION)  # spacing (z,y,x) of the *stored* axes
+KITS_GEOMETRY = Geometry(
+    spacing_mm=(0.7, 0.8, 3.0), origin=(10.0, -5.0, 40.0), direction=KITS_DIRECTION
+)  # spacing (z,y,x) of the *stored* axes
 
 
 def _world(path, index_xyz):
@@ -147,8 +154,11 @@ def test_kits19_is_reoriented_into_the_cache(tmp_path):
     root = tmp_path / "kits19"
     stored = _ramp((5, 3, 2))
     _write(root / "data" / "case_00000" / "imaging.nii.gz", stored, KITS_GEOMETRY)
-    _write(root / "data" / "case_00000" / "segmentation.nii.gz", (stored % 3).astype(np.uint8),
-           KITS_GEOMETRY)
+    _write(
+        root / "data" / "case_00000" / "segmentation.nii.gz",
+        (stored % 3).astype(np.uint8),
+        KITS_GEOMETRY,
+    )
     _write(root / "data" / "case_00210" / "imaging.nii.gz", stored, KITS_GEOMETRY)
     ds = read_dataset(root)
     assert ds.name == "KiTS19" and ds.targets() == {"kidney": (1, 2), "tumor": (2,)}

@@ -26,7 +26,7 @@ def _volume(shift: int):
     image = np.zeros((8, 20, 24), np.int16)
     image[1:7, 2:18, 3:21] = -50
     seg = np.zeros(image.shape, np.uint8)
-    seg[3:6, 6 + shift:12 + shift, 8:16] = 1
+    seg[3:6, 6 + shift : 12 + shift, 8:16] = 1
     image[seg == 1] = 100
     return image, seg
 
@@ -38,18 +38,33 @@ def _make_dataset(root, n=3):
         image, seg = _volume(i)
         write_image(image, geometry, root / "imagesTr" / f"c{i}_0000.nii.gz")
         write_image(seg, geometry, root / "labelsTr" / f"c{i}.nii.gz")
-    (root / "dataset.json").write_text(json.dumps(
-        {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1},
-         "numTraining": n, "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "CT"},
+                "labels": {"background": 0, "organ": 1},
+                "numTraining": n,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     return read_nnunet_raw(root)
 
 
 def _plan(**kw) -> Plan:
-    base = dict(target_spacing_mm=(1.5, 1.0, 1.0), patch_size=(8, 16, 16), batch_size=2,
-                pool_kernel_sizes=[(1, 1, 1), (2, 2, 2)], conv_kernel_sizes=[(3, 3, 3)] * 2,
-                features_per_stage=[4, 8], num_input_channels=1, num_classes=2,
-                normalization=[ChannelNormalization("ct", False, 10.0, 5.0, 0.0, 30.0)],
-                median_shape=(16, 20, 30), anisotropic=False)
+    base = dict(
+        target_spacing_mm=(1.5, 1.0, 1.0),
+        patch_size=(8, 16, 16),
+        batch_size=2,
+        pool_kernel_sizes=[(1, 1, 1), (2, 2, 2)],
+        conv_kernel_sizes=[(3, 3, 3)] * 2,
+        features_per_stage=[4, 8],
+        num_input_channels=1,
+        num_classes=2,
+        normalization=[ChannelNormalization("ct", False, 10.0, 5.0, 0.0, 30.0)],
+        median_shape=(16, 20, 30),
+        anisotropic=False,
+    )
     base.update(kw)
     return Plan(**base)
 
@@ -147,18 +162,43 @@ def test_prepare_takes_the_study_splits_file_and_refuses_unknown_cases(tmp_path)
     ds = _make_dataset(tmp_path / "raw")
     custom = [Fold(("c0", "c1"), ("c2",)), Fold(("c2",), ("c0", "c1"))]
     write_splits(custom, tmp_path / "mine.json")
-    data = prepare(ds, CFG, tmp_path / "cache", folds=2, workers=0, intensity_samples=1000,
-                   splits_file=tmp_path / "mine.json")
+    data = prepare(
+        ds,
+        CFG,
+        tmp_path / "cache",
+        folds=2,
+        workers=0,
+        intensity_samples=1000,
+        splits_file=tmp_path / "mine.json",
+    )
     assert data.folds == custom
     with pytest.raises(DataError, match=r"mine.json: 2 folds but the study's folds.k is 3"):
-        prepare(ds, CFG, tmp_path / "cache", folds=3, workers=0, intensity_samples=1000,
-                splits_file=tmp_path / "mine.json")
-    write_splits([Fold(("c0", "c1"), ("c2",)), Fold(("c2", "held"), ("c0", "c1"))],
-                 tmp_path / "leaky.json")
-    with pytest.raises(DataError, match=r"fold 1 names case 'held', which is not a "
-                                        r"cross-validation case \(missing, or held out"):
-        prepare(ds, CFG, tmp_path / "cache", folds=2, workers=0, intensity_samples=1000,
-                splits_file=tmp_path / "leaky.json")
+        prepare(
+            ds,
+            CFG,
+            tmp_path / "cache",
+            folds=3,
+            workers=0,
+            intensity_samples=1000,
+            splits_file=tmp_path / "mine.json",
+        )
+    write_splits(
+        [Fold(("c0", "c1"), ("c2",)), Fold(("c2", "held"), ("c0", "c1"))], tmp_path / "leaky.json"
+    )
+    with pytest.raises(
+        DataError,
+        match=r"fold 1 names case 'held', which is not a "
+        r"cross-validation case \(missing, or held out",
+    ):
+        prepare(
+            ds,
+            CFG,
+            tmp_path / "cache",
+            folds=2,
+            workers=0,
+            intensity_samples=1000,
+            splits_file=tmp_path / "leaky.json",
+        )
 
 
 def test_prepare_with_process_pool_matches_in_process(tmp_path):

@@ -84,8 +84,19 @@ def test_training_regions_checks_the_loss():
 
 
 def test_network_plan_and_json_keep_order():
-    plan = Plan((1.0, 1.0, 1.0), (4, 4, 4), 2, [(1, 1, 1)], [(3, 3, 3)], [4], 1, 4,
-                [ChannelNormalization("zscore")], (4, 4, 4), False)
+    plan = Plan(
+        (1.0, 1.0, 1.0),
+        (4, 4, 4),
+        2,
+        [(1, 1, 1)],
+        [(3, 3, 3)],
+        [4],
+        1,
+        4,
+        [ChannelNormalization("zscore")],
+        (4, 4, 4),
+        False,
+    )
     assert network_plan(plan, KITS23).num_classes == 3 and network_plan(plan, None) is plan
     text = regions_to_json(KITS23)
     assert list(regions_from_json(text)) == ["kidney", "masses", "tumor"]

@@ -57,7 +57,8 @@ def test_same_seed_gives_identical_arrays_and_other_seed_differs(small_dataset, 
         assert ia.tobytes() == ib.tobytes() and la.tobytes() == lb.tobytes() and ga == gb
     first, _, _, _ = _arrays(small_dataset.cases[0])
     assert first.shape != _arrays(other.cases[0])[0].shape or not np.array_equal(
-        first, _arrays(other.cases[0])[0])
+        first, _arrays(other.cases[0])[0]
+    )
 
 
 def test_dtypes_geometry_and_label_values(small_dataset):

@@ -19,16 +19,21 @@ GEOMETRY = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1
 
 def _raw(root, ids, labels=None, channels=("CT",), unlabelled=()):
     (root / "imagesTr").mkdir(parents=True)
-    meta = {"channel_names": {str(i): c for i, c in enumerate(channels)},
-            "labels": labels or {"background": 0, "kidney": 1}, "file_ending": ".nii.gz"}
+    meta = {
+        "channel_names": {str(i): c for i, c in enumerate(channels)},
+        "labels": labels or {"background": 0, "kidney": 1},
+        "file_ending": ".nii.gz",
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     for cid in ids:
         for c in range(len(channels)):
-            write_image(np.zeros((2, 3, 4), np.int16), GEOMETRY,
-                        root / "imagesTr" / f"{cid}_{c:04d}.nii.gz")
+            write_image(
+                np.zeros((2, 3, 4), np.int16), GEOMETRY, root / "imagesTr" / f"{cid}_{c:04d}.nii.gz"
+            )
         if cid not in unlabelled:
-            write_image(np.zeros((2, 3, 4), np.uint8), GEOMETRY,
-                        root / "labelsTr" / f"{cid}.nii.gz")
+            write_image(
+                np.zeros((2, 3, 4), np.uint8), GEOMETRY, root / "labelsTr" / f"{cid}.nii.gz"
+            )
     return read_nnunet_raw(root)
 
 
@@ -50,8 +55,11 @@ def test_holdout_is_seeded_disjoint_and_labelled_only(tmp_path):
 def test_holdout_must_leave_a_case_per_fold(tmp_path):
     dataset = _raw(tmp_path / "ds", ["a", "b", "c", "d"])
     hold_out(dataset, 2, seed=0, folds=2)
-    with pytest.raises(DataError, match=r"dataset.test.holdout: 3 of 4 labelled cases would leave "
-                                        r"fewer than folds.k = 2"):
+    with pytest.raises(
+        DataError,
+        match=r"dataset.test.holdout: 3 of 4 labelled cases would leave "
+        r"fewer than folds.k = 2",
+    ):
         hold_out(dataset, 3, seed=0, folds=2)
 
 
@@ -60,10 +68,14 @@ def test_a_separate_test_set_must_match_the_training_set(tmp_path):
     assert [c.case_id for c in check_test_dataset(train, _raw(tmp_path / "ok", ["x"]))] == ["x"]
     bad = {
         "channels": (_raw(tmp_path / "mr", ["x"], channels=("T1",)), r"channels \['T1'\] differ"),
-        "labels": (_raw(tmp_path / "lab", ["x"], labels={"background": 0, "liver": 1}),
-                   r"labels .*liver.* differ from the training set's"),
-        "unlabelled": (_raw(tmp_path / "unl", ["x", "y"], unlabelled=("y",)),
-                       r"case y has no label \(1 in all\)"),
+        "labels": (
+            _raw(tmp_path / "lab", ["x"], labels={"background": 0, "liver": 1}),
+            r"labels .*liver.* differ from the training set's",
+        ),
+        "unlabelled": (
+            _raw(tmp_path / "unl", ["x", "y"], unlabelled=("y",)),
+            r"case y has no label \(1 in all\)",
+        ),
         "overlap": (_raw(tmp_path / "dup", ["b", "x"]), r"case b is also a training case"),
         "empty": (_raw(tmp_path / "none", []), r"no cases found"),
     }
@@ -91,8 +103,9 @@ def test_a_study_with_a_separate_test_set_loads_both_and_verifies_them(tmp_path)
     _raw(tmp_path / "train", ["a", "b", "c"])
     _raw(tmp_path / "held", ["x", "y"])
     path = tmp_path / "study.yaml"
-    path.write_text("name: s\ndataset: {path: train, format: nnunet, test: {path: held}}\n"
-                    "folds: {k: 2}\n")
+    path.write_text(
+        "name: s\ndataset: {path: train, format: nnunet, test: {path: held}}\nfolds: {k: 2}\n"
+    )
     dataset, test = load_dataset(load_study(path), check=True)
     assert [c.case_id for c in dataset.cases] == ["a", "b", "c"]
     assert [c.case_id for c in test] == ["x", "y"]
@@ -111,8 +124,9 @@ def test_external_folders_predict_all_of_a_set_or_none(tmp_path):
     test = (Case("x", (), None), Case("y", (), None))
     folder = tmp_path / "pred"
     folder.mkdir()
-    study = Study.model_validate({"name": "s", "dataset": {"synthetic": {"cases": 4}},
-                                  "external": {"nnunet": str(folder)}})
+    study = Study.model_validate(
+        {"name": "s", "dataset": {"synthetic": {"cases": 4}}, "external": {"nnunet": str(folder)}}
+    )
 
     def jobs():
         jobs = expand_externals(study, "k", folds, ".nii.gz", test)
@@ -122,12 +136,17 @@ def test_external_folders_predict_all_of_a_set_or_none(tmp_path):
         for c in ids:
             (folder / f"{c}.nii.gz").write_bytes(b"")
 
-    with pytest.raises(DataError, match=r"external.nnunet: .*pred predicts 0 of the 2 "
-                                        r"cross-validation cases \(a.nii.gz is missing\)"):
+    with pytest.raises(
+        DataError,
+        match=r"external.nnunet: .*pred predicts 0 of the 2 "
+        r"cross-validation cases \(a.nii.gz is missing\)",
+    ):
         jobs()
     touch("a", "b")
-    assert jobs() == [(0, ("a",), "nnunet · external · fold 0"),
-                      (1, ("b",), "nnunet · external · fold 1")]
+    assert jobs() == [
+        (0, ("a",), "nnunet · external · fold 0"),
+        (1, ("b",), "nnunet · external · fold 1"),
+    ]
     touch("x")
     with pytest.raises(DataError, match=r"predicts 1 of the 2 held-out test cases \(y.nii.gz"):
         jobs()

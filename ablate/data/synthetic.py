@@ -79,8 +79,11 @@ def _jitter(rng: np.random.Generator, value: float, rel: float) -> float:
 def _draw_kidney(rng: np.random.Generator, fov: tuple[float, float, float], side: int) -> Ellipsoid:
     fz, fy, fx = fov
     center = (_u(rng, -0.08, 0.08) * fz, _u(rng, 0.08, 0.15) * fy, side * _u(rng, 0.21, 0.26) * fx)
-    semi = (_jitter(rng, 0.24 * fz, 0.12), _jitter(rng, 0.11 * fy, 0.12),
-            _jitter(rng, 0.08 * fx, 0.12))
+    semi = (
+        _jitter(rng, 0.24 * fz, 0.12),
+        _jitter(rng, 0.11 * fy, 0.12),
+        _jitter(rng, 0.08 * fx, 0.12),
+    )
     return Ellipsoid(center, semi, yaw_deg=side * _u(rng, 5.0, 25.0), tilt_deg=_u(rng, -10.0, 10.0))
 
 
@@ -95,8 +98,9 @@ def _draw_tumour(rng: np.random.Generator, kidney: Ellipsoid, min_radius_mm: flo
     return Ellipsoid(center, (radius, radius, radius))
 
 
-def draw_case(rng: np.random.Generator, fov_mm: tuple[float, float, float],
-              has_tumour: bool) -> CaseSpec:
+def draw_case(
+    rng: np.random.Generator, fov_mm: tuple[float, float, float], has_tumour: bool
+) -> CaseSpec:
     """Sample one case's spacing, anatomy, intensities and noise."""
     fz, fy, fx = fov_mm
     in_plane = _u(rng, 0.7, 0.95)
@@ -107,8 +111,11 @@ def draw_case(rng: np.random.Generator, fov_mm: tuple[float, float, float],
     chosen = kidneys[int(rng.integers(2))]
     tumour = _draw_tumour(rng, chosen, 0.75 * spacing[0]) if has_tumour else None
     liver_center = (_u(rng, 0.0, 0.15) * fz, _u(rng, -0.12, -0.04) * fy, _u(rng, -0.22, -0.15) * fx)
-    liver_semi = (_jitter(rng, 0.4 * fz, 0.1), _jitter(rng, 0.17 * fy, 0.1),
-                  _jitter(rng, 0.2 * fx, 0.1))
+    liver_semi = (
+        _jitter(rng, 0.4 * fz, 0.1),
+        _jitter(rng, 0.17 * fy, 0.1),
+        _jitter(rng, 0.2 * fx, 0.1),
+    )
     liver = Ellipsoid(liver_center, liver_semi, yaw_deg=_u(rng, -15.0, 15.0))
     return CaseSpec(
         spacing_mm=spacing,
@@ -144,8 +151,10 @@ def _rotation(yaw_deg: float, tilt_deg: float) -> np.ndarray:
 
 def _grid_mm(spec: CaseSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Voxel-centre coordinates in mm relative to the FOV centre, broadcastable to (Z, Y, X)."""
-    axes = [((np.arange(n) + 0.5) * s - n * s / 2).astype(np.float32)
-            for n, s in zip(spec.shape, spec.spacing_mm, strict=True)]
+    axes = [
+        ((np.arange(n) + 0.5) * s - n * s / 2).astype(np.float32)
+        for n, s in zip(spec.shape, spec.spacing_mm, strict=True)
+    ]
     return axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
 
 
@@ -160,8 +169,12 @@ def _ellipsoid_radius(e: Ellipsoid, grid: tuple[np.ndarray, ...]) -> np.ndarray:
     return np.sqrt(total)
 
 
-def _disc(grid: tuple[np.ndarray, ...], center: tuple[float, float], semi: tuple[float, float],
-          shape: tuple[int, int, int]) -> np.ndarray:
+def _disc(
+    grid: tuple[np.ndarray, ...],
+    center: tuple[float, float],
+    semi: tuple[float, float],
+    shape: tuple[int, int, int],
+) -> np.ndarray:
     """A cylinder along z with an elliptic (y, x) cross-section; (Z, Y, X) bool."""
     dy, dx = (grid[1] - center[0]) / semi[0], (grid[2] - center[1]) / semi[1]
     r2 = dy**2 + dx**2  # (1, Y, X)
@@ -211,16 +224,22 @@ def _prepare_out_dir(out_dir: Path) -> None:
         except json.JSONDecodeError:
             meta = {}
         if "ablate_synthetic" not in meta:
-            raise DataError(f"{meta_path}: exists and is not an ablate synthetic dataset; "
-                            "choose an empty output folder")
+            raise DataError(
+                f"{meta_path}: exists and is not an ablate synthetic dataset; "
+                "choose an empty output folder"
+            )
     for sub in ("imagesTr", "labelsTr"):
         for stale in (out_dir / sub).glob("case_*.nii.gz"):
             stale.unlink()
 
 
-def make_synthetic_dataset(out_dir: str | Path, cases: int, seed: int,
-                           fov_mm: tuple[float, float, float] = DEFAULT_FOV_MM,
-                           name: str = "SyntheticKiTS") -> Dataset:
+def make_synthetic_dataset(
+    out_dir: str | Path,
+    cases: int,
+    seed: int,
+    fov_mm: tuple[float, float, float] = DEFAULT_FOV_MM,
+    name: str = "SyntheticKiTS",
+) -> Dataset:
     """Write `cases` KiTS-like CT cases (case_00000, ...) in nnU-Net v2 raw layout; return them.
 
     Deterministic: the same (seed, fov_mm) gives byte-identical arrays. Rewriting an existing
@@ -229,8 +248,10 @@ def make_synthetic_dataset(out_dir: str | Path, cases: int, seed: int,
     if cases < 1:
         raise DataError(f"make_synthetic_dataset: cases must be >= 1, got {cases}")
     if len(fov_mm) != 3 or min(fov_mm) <= 0:
-        raise DataError("make_synthetic_dataset: fov_mm must be three positive mm values "
-                        f"(z, y, x), got {fov_mm}")
+        raise DataError(
+            "make_synthetic_dataset: fov_mm must be three positive mm values "
+            f"(z, y, x), got {fov_mm}"
+        )
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir)
     fov = tuple(float(f) for f in fov_mm)
