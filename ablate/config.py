@@ -54,8 +54,15 @@ class PlanConfig(Frozen):
     clip_percentiles: tuple[float, float] | None = None  # None = nnU-Net's (0.5, 99.5)
     # nnU-Net samples 1e8 foreground voxels in all for its intensity statistics; fewer is faster
     intensity_samples: int = Field(100_000_000, ge=1000)
-    # the 3d_fullres loss's batch Dice; None = nnU-Net's rule (on exactly when 3d_lowres survives)
+    # the loss's batch Dice; None = nnU-Net's rule (2d: on; 3d_lowres: off; 3d_fullres and the
+    # cascade: on exactly when nnU-Net creates 3d_lowres)
     batch_dice: bool | None = None
+    # nnU-Net's configurations: "2d" (slices of the 3d_fullres data at the cases' own slice
+    # spacing), "3d_fullres", "3d_lowres" (its coarser spacing) and "3d_cascade_fullres" (the
+    # 3d_fullres plan fed the 3d_lowres predictions as one-hot input channels). 3d_lowres and the
+    # cascade exist only where nnU-Net would create 3d_lowres; elsewhere they are refused.
+    configuration: Literal["2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"] = "3d_fullres"
+    max_features_2d: int = Field(512, ge=1)  # nnU-Net's UNet_max_features_2d
 
     @model_validator(mode="before")
     @classmethod
@@ -68,7 +75,15 @@ class PlanConfig(Frozen):
 
     @model_serializer(mode="wrap")
     def _omit_new_defaults(self, handler):
-        return omit_defaults(handler(self), {"preset": "nnunet", "batch_dice": None})
+        return omit_defaults(
+            handler(self),
+            {
+                "preset": "nnunet",
+                "batch_dice": None,
+                "configuration": "3d_fullres",
+                "max_features_2d": 512,
+            },
+        )
 
 
 class TrainConfig(Frozen):

@@ -7,23 +7,24 @@ below. Add fields freely; do not rename or remove.
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from scipy.ndimage import binary_fill_holes
 
-from ablate.errors import DataError
+from ablate.errors import ConfigError, DataError
 from ablate.imageio import Geometry, read_image
 from ablate.topology import (
     PLANNER_PRESETS,
-    REFERENCE_BATCH_3D,
+    Topology,
     determine_transpose,
     features_per_stage,
     fit_patch,
-    lowres_survives,
+    lowres_stage,
     memory_reference,
     planner_estimate,
     pool_and_conv_props,
+    reference_batch,
 )
 
 
@@ -93,10 +94,26 @@ class Plan:
     transpose_backward: tuple[int, int, int] = (0, 1, 2)
     batch_dice: bool = False  # nnU-Net's 3d_fullres: True exactly when 3d_lowres survives
     preset: str = "nnunet"  # the planner (ablate.topology.PLANNER_PRESETS)
+    # nnU-Net's configuration. A "2d" plan is held as a flat 3D plan: patch (1, Y, X), pooling
+    # and kernels (1, ...) on plan axis 0, which is nnU-Net's slice axis; its data keep each
+    # case's own slice spacing (target_spacing_mm[0] is 3d_fullres's, for reference only)
+    configuration: str = "3d_fullres"
+    # the cascade's full-resolution stage: the labels whose one-hot masks of the 3d_lowres
+    # prediction follow the image channels (nnU-Net's foreground labels)
+    previous_stage_labels: tuple[int, ...] = ()
 
     @property
     def num_stages(self) -> int:
         return len(self.features_per_stage)
+
+    @property
+    def is_2d(self) -> bool:
+        return self.configuration == "2d"
+
+    @property
+    def network_input_channels(self) -> int:
+        """Image channels plus the cascade's one-hot previous-stage channels."""
+        return self.num_input_channels + len(self.previous_stage_labels)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -110,6 +127,7 @@ class Plan:
             "median_shape",
             "transpose_forward",
             "transpose_backward",
+            "previous_stage_labels",
         ):
             if k in d:
                 d[k] = tuple(d[k])
@@ -319,20 +337,43 @@ def _normalizations(fp: Fingerprint, dataset, cfg, workers: int) -> list[Channel
 
 
 def _batch_size(
-    estimate: int, reference: float, patch, n_voxels_dataset: float, max_covered: float
+    estimate: int,
+    reference: float,
+    patch,
+    n_voxels_dataset: float,
+    max_covered: float,
+    ref_batch: int = 2,
 ) -> int:
     """Budget headroom scales the batch; at most `max_covered` of the dataset per step (5 % for
     nnUNetPlans, all of it for ResEnc M/L/XL); at least 2."""
-    batch = round(reference / estimate * REFERENCE_BATCH_3D)
+    batch = round(reference / estimate * ref_batch)
     cap = round(n_voxels_dataset * max_covered / np.prod(patch, dtype=np.float64))
     return int(max(min(batch, cap), MIN_BATCH))
 
 
+@dataclass(frozen=True)
+class _Configured:
+    """One configuration's planner outputs, in the plan's frame (2D: the in-plane axes)."""
+
+    spacing: tuple[float, ...]
+    median_shape: tuple[float, ...]
+    topology: Topology
+    batch_size: int
+    features: list[int]
+    batch_dice: bool
+
+
+CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+
+
 def make_plan(fp: Fingerprint, dataset, cfg, workers: int = 2) -> Plan:
-    """nnU-Net v2's 3d_fullres plan by cfg's planner preset, under its memory budget and overrides.
+    """nnU-Net v2's plan of cfg.configuration by cfg's planner preset, under its memory budget
+    and overrides (nnU-Net's ExperimentPlanner.plan_experiment, one configuration of it).
 
     `cfg.target_spacing_mm` and `cfg.patch_size` are in the image's (z, y, x) order (nnU-Net's
-    overwrite_target_spacing is too); the plan holds them in its transposed frame.
+    overwrite_target_spacing is too); the plan holds them in its transposed frame. A patch
+    override applies to the configuration planned (for 2d it needs 1 on the slice axis).
+    Raises ConfigError for 3d_lowres and the cascade where nnU-Net would not create 3d_lowres.
     """
     spacing = np.array(cfg.target_spacing_mm or target_spacing(fp), dtype=float)
     forward, backward = determine_transpose(spacing)
@@ -342,41 +383,136 @@ def make_plan(fp: Fingerprint, dataset, cfg, workers: int = 2) -> Plan:
     ]
     median_shape = np.median(np.array(new_shapes), axis=0)[list(forward)]
     spacing = spacing[list(forward)]
-    n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * len(fp.spacings_mm))
-    num_classes = dataset.num_classes
-    preset = PLANNER_PRESETS[cfg.preset]
-    reference = memory_reference(preset, cfg.gpu_memory_gb)
-    widths = (cfg.base_features, cfg.max_features)
-    if cfg.patch_size is not None:
-        topo = pool_and_conv_props(spacing, [cfg.patch_size[a] for a in forward])
-        estimate = planner_estimate(topo, num_classes, *widths, preset)
+    n_cases = len(fp.spacings_mm)
+    override = None if cfg.patch_size is None else [cfg.patch_size[a] for a in forward]
+    configuration = getattr(cfg, "configuration", "3d_fullres")
+    fullres, lowres, why_not = _plan_3d(
+        spacing, median_shape, n_cases, dataset, cfg, override, configuration
+    )
+    if configuration == "2d":
+        chosen = _plan_2d(spacing, median_shape, n_cases, dataset, cfg, override)
+    elif configuration == "3d_lowres":
+        chosen = lowres
+    elif configuration == "3d_cascade_fullres":
+        chosen = fullres if lowres is not None else None
     else:
-        topo, estimate = fit_patch(spacing, median_shape, reference, num_classes, *widths, preset)
-    lowres = lowres_survives(
-        spacing, median_shape, topo.patch_size, reference, num_classes, *widths, preset
-    )
-    batch = _batch_size(
-        estimate, reference, topo.patch_size, n_voxels_dataset, preset.max_dataset_covered
-    )
+        chosen = fullres
+    if chosen is None:
+        raise ConfigError(f"plan.configuration: {configuration}: {why_not}")
+    topo = chosen.topology
+    flat = configuration == "2d"
+    lift = (lambda t: (1, *t)) if flat else tuple
+    target = (float(spacing[0]), *chosen.spacing) if flat else chosen.spacing
+    median = median_shape if flat else chosen.median_shape
     median_spacing = np.median(np.array(fp.spacings_mm, dtype=float), axis=0)
     return Plan(
-        target_spacing_mm=tuple(float(s) for s in spacing),
-        patch_size=tuple(int(p) for p in topo.patch_size),
-        batch_size=batch,
-        pool_kernel_sizes=[tuple(int(v) for v in p) for p in topo.pool_kernel_sizes],
-        conv_kernel_sizes=[tuple(int(v) for v in k) for k in topo.conv_kernel_sizes],
-        features_per_stage=features_per_stage(
-            len(topo.pool_kernel_sizes), cfg.base_features, cfg.max_features
-        ),
+        target_spacing_mm=tuple(float(s) for s in target),
+        patch_size=tuple(int(p) for p in lift(topo.patch_size)),
+        batch_size=chosen.batch_size,
+        pool_kernel_sizes=[tuple(int(v) for v in lift(p)) for p in topo.pool_kernel_sizes],
+        conv_kernel_sizes=[tuple(int(v) for v in lift(k)) for k in topo.conv_kernel_sizes],
+        features_per_stage=chosen.features,
         num_input_channels=len(dataset.channels),
-        num_classes=num_classes,
+        num_classes=dataset.num_classes,
         normalization=_normalizations(fp, dataset, cfg, workers),
-        median_shape=tuple(int(round(m)) for m in median_shape),
-        anisotropic=bool(is_anisotropic(spacing) or is_anisotropic(median_spacing)),
-        cascade_recommended=lowres,
-        batch_dice=lowres if cfg.batch_dice is None else cfg.batch_dice,
+        median_shape=tuple(int(round(m)) for m in median),
+        anisotropic=bool(is_anisotropic(target) or is_anisotropic(median_spacing)),
+        cascade_recommended=lowres is not None,
+        batch_dice=chosen.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
         memory_budget_gb=float(cfg.gpu_memory_gb),
         preset=cfg.preset,
         transpose_forward=forward,
         transpose_backward=backward,
+        configuration=configuration,
+        previous_stage_labels=(
+            foreground_labels(dataset) if configuration == "3d_cascade_fullres" else ()
+        ),
     )
+
+
+def foreground_labels(dataset) -> tuple[int, ...]:
+    """nnU-Net's label_manager.foreground_labels: every label but background and ignore."""
+    labels = getattr(dataset, "labels", None)
+    if not labels:
+        return tuple(range(1, dataset.num_classes))
+    values = set()
+    for value in labels.values():
+        values.update(value if isinstance(value, (list, tuple)) else [value])
+    ignore = getattr(dataset, "ignore_label", None)
+    return tuple(sorted(int(v) for v in values if v != 0 and v != ignore))
+
+
+def _plan_3d(spacing, median_shape, n_cases, dataset, cfg, override, configuration):
+    """3d_fullres, then nnU-Net's 3d_lowres search from its patch: (fullres, lowres or None,
+    why there is no lowres). A patch override replaces the patch of the configuration planned;
+    the lowres search starts from the fullres patch nnU-Net would use (the override, when the
+    configuration planned is a full-resolution one)."""
+    preset = PLANNER_PRESETS[cfg.preset]
+    reference = memory_reference(preset, cfg.gpu_memory_gb)
+    widths = (cfg.base_features, cfg.max_features)
+    num_classes = dataset.num_classes
+    fullres_override = override if configuration in ("3d_fullres", "3d_cascade_fullres") else None
+    if fullres_override is not None:
+        topo = pool_and_conv_props(spacing, fullres_override)
+        estimate = planner_estimate(topo, num_classes, *widths, preset)
+    else:
+        topo, estimate = fit_patch(spacing, median_shape, reference, num_classes, *widths, preset)
+    stage, why_not = lowres_stage(
+        spacing, median_shape, topo.patch_size, reference, num_classes, *widths, preset
+    )
+    n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * n_cases)
+    batch = _batch_size(
+        estimate, reference, topo.patch_size, n_voxels_dataset, preset.max_dataset_covered
+    )
+    features = features_per_stage(len(topo.pool_kernel_sizes), *widths)
+    fullres = _Configured(tuple(spacing), tuple(median_shape), topo, batch, features, True)
+    if stage is None:
+        return replace(fullres, batch_dice=False), None, why_not
+    lowres_topo, lowres_estimate = stage.topology, stage.estimate
+    if configuration == "3d_lowres" and override is not None:
+        lowres_topo = pool_and_conv_props(stage.spacing, override)
+        lowres_estimate = planner_estimate(lowres_topo, num_classes, *widths, preset)
+    lowres_batch = _batch_size(
+        lowres_estimate,
+        reference,
+        lowres_topo.patch_size,
+        float(stage.median_voxels * n_cases),
+        preset.max_dataset_covered,
+    )
+    lowres_features = features_per_stage(len(lowres_topo.pool_kernel_sizes), *widths)
+    lowres = _Configured(
+        stage.spacing, stage.median_shape, lowres_topo, lowres_batch, lowres_features, False
+    )
+    return fullres, lowres, ""
+
+
+def _plan_2d(spacing, median_shape, n_cases, dataset, cfg, override) -> _Configured:
+    """nnU-Net's 2d configuration: the in-plane axes of the 3d_fullres spacing and median, the
+    2D budget (batch 12 reference, max 512 features), the dataset cap on 3D voxels, batch Dice."""
+    preset = PLANNER_PRESETS[cfg.preset]
+    reference = memory_reference(preset, cfg.gpu_memory_gb, dim=2)
+    widths = (cfg.base_features, cfg.max_features_2d)
+    spacing2, median2 = spacing[1:], median_shape[1:]
+    if override is not None:
+        if override[0] != 1:
+            raise ConfigError(
+                "plan.patch_size: a 2d patch has 1 voxel on the slice axis (the coarsest); "
+                f"got {override[0]} there"
+            )
+        topo = pool_and_conv_props(spacing2, override[1:])
+        estimate = planner_estimate(topo, dataset.num_classes, *widths, preset)
+    else:
+        topo, estimate = fit_patch(
+            spacing2, median2, reference, dataset.num_classes, *widths, preset
+        )
+    n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * n_cases)
+    batch = _batch_size(
+        estimate,
+        reference,
+        topo.patch_size,
+        n_voxels_dataset,
+        preset.max_dataset_covered,
+        reference_batch(2),
+    )
+    features = features_per_stage(len(topo.pool_kernel_sizes), *widths)
+    return _Configured(tuple(spacing2), tuple(median2), topo, batch, features, True)

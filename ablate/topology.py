@@ -163,29 +163,64 @@ class PlannerPreset:
     max_dataset_covered: float  # the batch covers at most this share of the dataset's voxels
     encoder_blocks: tuple[int, ...]  # convs (plain) or residual blocks per stage, cut to depth
     decoder_convs: int  # convs per decoder stage
+    reference_2d: float  # the 2D budget at reference_gb and batch 12
+    # nnUNetPlans shrinks the patch while estimate / ref_batch * 2 > budget (the same as
+    # estimate > budget in 3D, where ref_batch is 2, but 6x the budget in 2D); ResEnc's
+    # planners compare the estimate with the budget directly
+    fit_scales_by_batch: bool = True
 
 
 RESENC_ENCODER_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
 PLANNER_PRESETS: dict[str, PlannerPreset] = {
-    "nnunet": PlannerPreset("nnUNetPlans", "plain", 560e6, 8.0, 0.05, (2,) * 14, 2),
+    "nnunet": PlannerPreset("nnUNetPlans", "plain", 560e6, 8.0, 0.05, (2,) * 14, 2, 85e6),
     # ResEnc M/L/XL: their own references, max_dataset_covered 1 (no 5 % cap; the batch still
     # never covers more than the whole dataset)
     "resenc_m": PlannerPreset(
-        "nnUNetResEncUNetMPlans", "residual", 680e6, 8.0, 1.0, RESENC_ENCODER_BLOCKS, 1
+        "nnUNetResEncUNetMPlans",
+        "residual",
+        680e6,
+        8.0,
+        1.0,
+        RESENC_ENCODER_BLOCKS,
+        1,
+        135e6,
+        fit_scales_by_batch=False,
     ),
     "resenc_l": PlannerPreset(
-        "nnUNetResEncUNetLPlans", "residual", 2100e6, 24.0, 1.0, RESENC_ENCODER_BLOCKS, 1
+        "nnUNetResEncUNetLPlans",
+        "residual",
+        2100e6,
+        24.0,
+        1.0,
+        RESENC_ENCODER_BLOCKS,
+        1,
+        380e6,
+        fit_scales_by_batch=False,
     ),
     "resenc_xl": PlannerPreset(
-        "nnUNetResEncUNetXLPlans", "residual", 3600e6, 40.0, 1.0, RESENC_ENCODER_BLOCKS, 1
+        "nnUNetResEncUNetXLPlans",
+        "residual",
+        3600e6,
+        40.0,
+        1.0,
+        RESENC_ENCODER_BLOCKS,
+        1,
+        560e6,
+        fit_scales_by_batch=False,
     ),
 }
 NNUNET = PLANNER_PRESETS["nnunet"]
 
 
-def memory_reference(preset: PlannerPreset, gpu_memory_gb: float) -> float:
+def memory_reference(preset: PlannerPreset, gpu_memory_gb: float, dim: int = 3) -> float:
     """The proxy budget for a memory target (nnU-Net: reference_val * target / corresp_GB)."""
-    return preset.reference_3d * gpu_memory_gb / preset.reference_gb
+    reference = preset.reference_3d if dim == 3 else preset.reference_2d
+    return reference * gpu_memory_gb / preset.reference_gb
+
+
+def reference_batch(dim: int) -> int:
+    """The batch size nnU-Net's budgets were measured at: 2 in 3D, 12 in 2D."""
+    return REFERENCE_BATCH_3D if dim == 3 else REFERENCE_BATCH_2D
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,6 +228,8 @@ def memory_reference(preset: PlannerPreset, gpu_memory_gb: float) -> float:
 # ----------------------------------------------------------------------------------------------
 
 REFERENCE_BATCH_3D = 2  # the batch size nnU-Net's proxy budget was measured at
+REFERENCE_BATCH_2D = 12
+MAX_FEATURES_2D = 512  # nnU-Net's UNet_max_features_2d
 LOWRES_THRESHOLD = 0.25  # a 3d_lowres stage is tried while the patch covers less
 LOWRES_SPACING_STEP = 1.03  # lowres spacing grows by 3 % per try
 
@@ -219,10 +256,14 @@ def planner_estimate(
 
 
 def _initial_patch(spacing, median_shape) -> list[float]:
-    """The 256^3-volume patch with the spacing's aspect ratio, clipped to the (float) median
-    shape; nnU-Net keeps a fractional median (e.g. 40.5) here and pads it up later."""
+    """The 256^3-volume (2D: 2048^2-area) patch with the spacing's aspect ratio, clipped to the
+    (float) median shape; nnU-Net keeps a fractional median (e.g. 40.5) here and pads it up
+    later."""
     inv = 1 / np.array(spacing, dtype=float)
-    patch = [round(v) for v in inv * (256**3 / np.prod(inv)) ** (1 / 3)]
+    if len(spacing) == 3:
+        patch = [round(v) for v in inv * (256**3 / np.prod(inv)) ** (1 / 3)]
+    else:
+        patch = [round(v) for v in inv * (2048**2 / np.prod(inv)) ** (1 / 2)]
     return [min(p, float(m)) for p, m in zip(patch, median_shape, strict=True)]
 
 
@@ -235,16 +276,18 @@ def fit_patch(
     max_features: int = 320,
     preset: PlannerPreset = NNUNET,
 ) -> tuple[Topology, int]:
-    """Start from the 256^3-volume patch clipped to the median shape; shrink the axis with the
-    largest patch/median ratio (the last one on ties) by one divisibility step until the
-    proxy fits `reference`. Returns the topology and its proxy estimate."""
+    """Start from the 256^3-volume (2D: 2048^2) patch clipped to the median shape; shrink the
+    axis with the largest patch/median ratio (the last one on ties) by one divisibility step
+    until the proxy fits `reference` (the preset's rule). The dimension is len(spacing).
+    Returns the topology and its proxy estimate."""
 
     def estimate(t: Topology) -> int:
         return planner_estimate(t, num_classes, base_features, max_features, preset)
 
+    ref_batch = reference_batch(len(spacing)) if preset.fit_scales_by_batch else 2
     topo = pool_and_conv_props(spacing, _initial_patch(spacing, median_shape))
     current = estimate(topo)
-    while current / REFERENCE_BATCH_3D * 2 > reference:
+    while current / ref_batch * 2 > reference:
         patch = list(topo.patch_size)
         ratios = [p / float(m) for p, m in zip(patch, median_shape, strict=True)]
         axis = int(np.argsort(ratios)[-1])
@@ -271,6 +314,70 @@ def determine_transpose(spacing) -> tuple[tuple[int, int, int], tuple[int, int, 
     return forward, tuple(forward.index(a) for a in range(3))
 
 
+@dataclass(frozen=True)
+class LowresStage:
+    """nnU-Net's 3d_lowres configuration before its batch size (in the plan's frame)."""
+
+    spacing: tuple[float, ...]
+    median_shape: tuple[int, ...]  # the fullres median scaled to this spacing, rounded
+    median_voxels: float  # the same unrounded, multiplied out (the dataset-size estimate)
+    topology: Topology
+    estimate: int
+
+
+def lowres_stage(
+    spacing,
+    median_shape,
+    fullres_patch,
+    reference: float,
+    num_classes: int,
+    base_features: int = 32,
+    max_features: int = 320,
+    preset: PlannerPreset = NNUNET,
+) -> tuple[LowresStage | None, str]:
+    """nnU-Net's 3d_lowres stage (inputs in the plan's frame), or None and why it has none.
+
+    While the patch covers < 25 % of the median shape's voxels, the lowres spacing grows by 3 %
+    (only the axes more than 2x finer than the coarsest, else all) and a patch is fitted to the
+    shrunken, rounded median. The stage is kept only if it was created and the fullres median
+    has at least twice its voxels. nnU-Net's 3d_fullres uses batch Dice exactly then.
+    """
+    fullres_spacing = np.array(spacing, dtype=float)
+    median = np.array(median_shape, dtype=float)
+    median_voxels = np.prod(median, dtype=np.float64)
+    patch_voxels = np.prod(fullres_patch, dtype=np.float64)
+    coverage = patch_voxels / median_voxels
+    lowres_spacing, stage = fullres_spacing.copy(), None
+    while patch_voxels / median_voxels < LOWRES_THRESHOLD:
+        finer = lowres_spacing.max() / lowres_spacing > 2
+        if np.any(finer):
+            lowres_spacing[finer] *= LOWRES_SPACING_STEP
+        else:
+            lowres_spacing *= LOWRES_SPACING_STEP
+        lowres_median = fullres_spacing / lowres_spacing * median
+        median_voxels = np.prod(lowres_median, dtype=np.float64)
+        rounded = tuple(round(v) for v in lowres_median)
+        topo, estimate = fit_patch(
+            lowres_spacing, rounded, reference, num_classes, base_features, max_features, preset
+        )
+        patch_voxels = np.prod(topo.patch_size, dtype=np.int64)
+        stage = LowresStage(
+            tuple(float(v) for v in lowres_spacing), rounded, float(median_voxels), topo, estimate
+        )
+    if stage is None:
+        return None, (
+            f"the 3d_fullres patch already covers {coverage:.0%} of the median image "
+            f"(nnU-Net plans 3d_lowres only below {LOWRES_THRESHOLD:.0%})"
+        )
+    shrink = float(np.prod(median, dtype=np.float64) / median_voxels)
+    if shrink < 2:
+        return None, (
+            f"3d_lowres would keep {1 / shrink:.0%} of the 3d_fullres voxels "
+            "(nnU-Net drops it unless it halves them)"
+        )
+    return stage, ""
+
+
 def lowres_survives(
     spacing,
     median_shape,
@@ -281,35 +388,6 @@ def lowres_survives(
     max_features: int = 320,
     preset: PlannerPreset = NNUNET,
 ) -> bool:
-    """Whether nnU-Net's planner keeps a 3d_lowres configuration (inputs in the plan's frame).
-
-    While the patch covers < 25 % of the median shape's voxels, the lowres spacing grows by 3 %
-    (only the axes more than 2x finer than the coarsest, else all) and a patch is fitted to the
-    shrunken median. The stage is kept only if it was created and the fullres median has at
-    least twice its voxels. nnU-Net's 3d_fullres uses batch Dice exactly then.
-    """
-    fullres_spacing = np.array(spacing, dtype=float)
-    median = np.array(median_shape, dtype=float)
-    median_voxels = np.prod(median, dtype=np.float64)
-    patch_voxels = np.prod(fullres_patch, dtype=np.float64)
-    lowres_spacing, created = fullres_spacing.copy(), False
-    while patch_voxels / median_voxels < LOWRES_THRESHOLD:
-        finer = lowres_spacing.max() / lowres_spacing > 2
-        if np.any(finer):
-            lowres_spacing[finer] *= LOWRES_SPACING_STEP
-        else:
-            lowres_spacing *= LOWRES_SPACING_STEP
-        lowres_median = fullres_spacing / lowres_spacing * median
-        median_voxels = np.prod(lowres_median, dtype=np.float64)
-        topo, _ = fit_patch(
-            lowres_spacing,
-            [round(v) for v in lowres_median],
-            reference,
-            num_classes,
-            base_features,
-            max_features,
-            preset,
-        )
-        patch_voxels = np.prod(topo.patch_size, dtype=np.int64)
-        created = True
-    return bool(created and np.prod(median, dtype=np.float64) / median_voxels >= 2)
+    """Whether nnU-Net's planner keeps a 3d_lowres configuration (see `lowres_stage`)."""
+    args = (fullres_patch, reference, num_classes, base_features, max_features, preset)
+    return lowres_stage(spacing, median_shape, *args)[0] is not None

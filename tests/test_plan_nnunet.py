@@ -26,8 +26,9 @@ from nnunetv2.utilities import utils as nnunet_utils
 
 from ablate.config import PRESET_GPU_MEMORY_GB, PlanConfig
 from ablate.data.dataset import read_nnunet_raw
+from ablate.errors import ConfigError
 from ablate.imageio import Geometry, write_image
-from ablate.plan import Fingerprint, fingerprint, make_plan
+from ablate.plan import CONFIGURATIONS, Fingerprint, fingerprint, make_plan
 from ablate.topology import PLANNER_PRESETS
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -244,19 +245,39 @@ def _assert_fingerprints_equal(ours: Fingerprint, theirs: dict):
             assert mine[key] == pytest.approx(value, rel=1e-9, abs=1e-9), (c, key)
 
 
-def _assert_plans_equal(plan, plans: dict):
-    """Every field of nnU-Net's 3d_fullres configuration that ablate's Plan carries."""
-    full = plans["configurations"]["3d_fullres"]
+def _nnunet_configuration(plans: dict, name: str) -> dict:
+    """nnU-Net's configuration `name`, the cascade's resolved through its inherits_from."""
+    config = plans["configurations"][name]
+    if "inherits_from" in config:
+        config = {**plans["configurations"][config["inherits_from"]], **config}
+    return config
+
+
+def _assert_plans_equal(plan, plans: dict, name: str = "3d_fullres"):
+    """Every field of nnU-Net's configuration `name` that ablate's Plan carries (a 2d plan is
+    ablate's flat 3D plan: its in-plane axes are nnU-Net's 2D ones)."""
+    full = _nnunet_configuration(plans, name)
     arch = full["architecture"]["arch_kwargs"]
+    flat = slice(1, None) if name == "2d" else slice(None)
+    assert plan.configuration == name
     assert plans["transpose_forward"] == list(plan.transpose_forward)
     assert plans["transpose_backward"] == list(plan.transpose_backward)
-    assert list(plan.target_spacing_mm) == pytest.approx(list(full["spacing"]), rel=1e-12)
-    assert list(plan.median_shape) == [round(v) for v in full["median_image_size_in_voxels"]]
-    assert list(plan.patch_size) == list(full["patch_size"])
+    assert list(plan.target_spacing_mm[flat]) == pytest.approx(list(full["spacing"]), rel=1e-12)
+    assert list(plan.median_shape[flat]) == [round(v) for v in full["median_image_size_in_voxels"]]
+    assert list(plan.patch_size[flat]) == list(full["patch_size"])
     assert plan.batch_size == full["batch_size"]
     assert plan.num_stages == arch["n_stages"]
-    assert [list(p) for p in plan.pool_kernel_sizes] == [list(p) for p in arch["strides"]]
-    assert [list(k) for k in plan.conv_kernel_sizes] == [list(k) for k in arch["kernel_sizes"]]
+    assert [list(p[flat]) for p in plan.pool_kernel_sizes] == [list(p) for p in arch["strides"]]
+    assert [list(k[flat]) for k in plan.conv_kernel_sizes] == [
+        list(k) for k in arch["kernel_sizes"]
+    ]
+    if name == "2d":  # the slice axis is never pooled nor convolved across
+        assert (
+            {p[0] for p in plan.pool_kernel_sizes} == {1} == {k[0] for k in plan.conv_kernel_sizes}
+        )
+        assert plan.patch_size[0] == 1
+    cascade = full.get("previous_stage") == "3d_lowres"
+    assert (len(plan.previous_stage_labels) > 0) is cascade
     assert list(plan.features_per_stage) == list(arch["features_per_stage"])
     assert [NNUNET_SCHEME[n.scheme] for n in plan.normalization] == full["normalization_schemes"]
     assert [n.use_mask for n in plan.normalization] == list(full["use_mask_for_norm"])
@@ -285,6 +306,18 @@ def _assert_plans_equal(plan, plans: dict):
     assert list(arch["n_conv_per_stage_decoder"]) == [preset.decoder_convs] * (plan.num_stages - 1)
 
 
+def _assert_every_configuration(fp, dataset, cfg: PlanConfig, plans: dict) -> None:
+    """ablate's plan of each configuration nnU-Net created equals nnU-Net's; each one it did
+    not create (3d_lowres and the cascade when its drop rule removed them) is refused."""
+    for name in CONFIGURATIONS:
+        config = cfg.model_copy(update={"configuration": name})
+        if name in plans["configurations"]:
+            _assert_plans_equal(make_plan(fp, dataset, config, workers=0), plans, name)
+        else:
+            with pytest.raises(ConfigError, match=f"plan.configuration: {name}: .*3d_lowres"):
+                make_plan(fp, dataset, config, workers=0)
+
+
 def _compare(raw_root: Path, gpu_memory_gb: float | None = 8.0, preset: str = "nnunet"):
     theirs_fp, theirs = _nnunet_fingerprint_and_plans(raw_root.name, gpu_memory_gb, preset)
     dataset = read_nnunet_raw(raw_root)
@@ -292,6 +325,7 @@ def _compare(raw_root: Path, gpu_memory_gb: float | None = 8.0, preset: str = "n
     _assert_fingerprints_equal(ours_fp, theirs_fp)
     plan = make_plan(ours_fp, dataset, _plan_config(gpu_memory_gb, preset), workers=0)
     _assert_plans_equal(plan, theirs)
+    _assert_every_configuration(ours_fp, dataset, _plan_config(gpu_memory_gb, preset), theirs)
     assert plan.num_input_channels == len(theirs_fp["foreground_intensity_properties_per_channel"])
     return plan, theirs
 
@@ -383,6 +417,7 @@ def _plan_both(
     base_features: int = 32,
     max_features: int = 320,
     preset: str = "nnunet",
+    max_features_2d: int = 512,
 ):
     """ablate's plan and nnU-Net's plans for the same fingerprint. nnU-Net's raw folder holds one
     tiny case only for its reader detection; numTraining is the fingerprint's case count.
@@ -390,13 +425,19 @@ def _plan_both(
     _write_fingerprint_dataset(dirs, name, fp, channels, labels)
     planner = _planner(name, gpu_memory_gb, preset)
     planner.UNet_base_num_features, planner.UNet_max_features_3d = base_features, max_features
+    planner.UNet_max_features_2d = max_features_2d
     theirs = planner.plan_experiment()
     dataset = SimpleNamespace(channels=tuple(channels.values()), num_classes=len(labels))
     cfg = _plan_config(
-        gpu_memory_gb, preset, base_features=base_features, max_features=max_features
+        gpu_memory_gb,
+        preset,
+        base_features=base_features,
+        max_features=max_features,
+        max_features_2d=max_features_2d,
     )
     plan = make_plan(fp, dataset, cfg, workers=0)
     _assert_plans_equal(plan, theirs)
+    _assert_every_configuration(fp, dataset, cfg, theirs)
     return plan, theirs
 
 
@@ -597,3 +638,39 @@ def test_presets_hold_nnunets_planner_settings(nnunet_dirs):
         assert preset.encoder_blocks[: len(encoder)] == tuple(encoder)
         assert {preset.decoder_convs} == set(planner.UNet_blocks_per_stage_decoder)
         assert PlanConfig(preset=name).gpu_memory_gb == planner.UNet_vram_target_GB
+
+
+# ----------------------------------------------------------------------------------------------
+# configurations: 2d, 3d_lowres and the cascade (compared above for every dataset and preset)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_kits_like_lowres_and_cascade_plans_match_nnunet(nnunet_dirs):
+    fp = _fingerprint(
+        [(z, 0.78, 0.78) for z in (2.5, 3.0, 3.5, 4.0, 4.5, 5.0)], [(100, 512, 512)] * 6
+    )
+    _, theirs = _plan_both(nnunet_dirs, "Dataset960_KiTSLike", fp, {"0": "CT"}, CT_LABELS, 8.0)
+    assert {"2d", "3d_lowres", "3d_cascade_fullres"} <= set(theirs["configurations"])
+    dataset = SimpleNamespace(channels=("CT",), num_classes=3, labels=CT_LABELS)
+    plans = {
+        name: make_plan(fp, dataset, PlanConfig(configuration=name), workers=0)
+        for name in CONFIGURATIONS
+    }
+    lowres, fullres = plans["3d_lowres"], plans["3d_fullres"]
+    coarser = np.array(lowres.target_spacing_mm) / np.array(fullres.target_spacing_mm)
+    assert (coarser >= 1).all() and (coarser > 1).any()
+    assert not lowres.batch_dice and fullres.batch_dice and plans["2d"].batch_dice
+    cascade = plans["3d_cascade_fullres"]
+    assert cascade.patch_size == fullres.patch_size and cascade.previous_stage_labels == (1, 2)
+    assert cascade.network_input_channels == 3 and fullres.network_input_channels == 1
+    # 2d keeps 3d_fullres's slice-axis spacing for reference; its patch is one slice
+    assert plans["2d"].patch_size[0] == 1 and plans["2d"].features_per_stage[-1] == 512
+
+
+def test_a_2d_patch_override_needs_one_slice(nnunet_dirs):
+    fp = _fingerprint([(3.0, 1.0, 1.0)] * 4, [(30, 130, 130)] * 4)
+    dataset = SimpleNamespace(channels=("CT",), num_classes=3)
+    plan = make_plan(fp, dataset, PlanConfig(configuration="2d", patch_size=(1, 96, 64)), workers=0)
+    assert plan.patch_size == (1, 96, 64)
+    with pytest.raises(ConfigError, match="plan.patch_size: a 2d patch has 1 voxel"):
+        make_plan(fp, dataset, PlanConfig(configuration="2d", patch_size=(8, 96, 64)), workers=0)
