@@ -82,10 +82,14 @@ def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1 / 8) -
 def window_starts(size: int, patch: int, step: float = 0.5) -> list[int]:
     """Window start positions along one axis (nnU-Net's compute_steps_for_sliding_window).
 
-    ceil((size - patch) / (patch * step)) + 1 windows spread evenly from 0 to size - patch.
+    ceil((size - patch) / (patch * step)) + 1 windows spread evenly from 0 to size - patch. A
+    patch of one voxel (a 2d plan's slice axis) visits every position once, as nnU-Net's 2D
+    sliding window predicts slice by slice.
     """
     if size < patch:
         raise ValueError(f"size {size} < patch {patch}: pad the image first")
+    if patch == 1:
+        return list(range(size))
     n = int(np.ceil((size - patch) / (patch * step))) + 1
     if n == 1:
         return [0]
@@ -188,8 +192,15 @@ ACTIVATIONS = {  # logits (K, Z, Y, X) -> probabilities; sigmoid for region-base
 def model_logits(
     model: nn.Module, data: np.ndarray, plan: Plan, cfg: InferConfig, device: torch.device
 ) -> torch.Tensor:
-    """One model's sliding-window logits (K, Z, Y, X) on `device`, with cfg's TTA and step."""
-    combos = mirror_combinations(tuple(cfg.mirror_axes), cfg.tta, cfg.mirror_order)
+    """One model's sliding-window logits (K, Z, Y, X) on `device`, with cfg's TTA and step.
+
+    A 2d plan mirrors in-plane only (nnU-Net's 2D mirror axes): the slice axis is dropped from
+    cfg.mirror_axes and TTA k takes at most the 4 combinations that leaves."""
+    axes, k = tuple(cfg.mirror_axes), cfg.tta
+    if getattr(plan, "is_2d", False):
+        axes = tuple(a for a in axes if a != 0)
+        k = min(k, 2 ** len(axes))
+    combos = mirror_combinations(axes, k, cfg.mirror_order)
     return sliding_window_logits(
         model, data, plan.patch_size, cfg.step_size, combos, cfg.window_batch, device
     )
@@ -237,11 +248,13 @@ def resample_logits(logits: np.ndarray | torch.Tensor, props, plan: Plan) -> np.
 
     if isinstance(logits, torch.Tensor):
         logits = logits.detach().float().cpu().numpy()
+    from ablate.plan import data_spacing_mm
+
     spacing_mm = _preprocessed_order(props.geometry.spacing_mm, plan)
     return resample_data(
         np.asarray(logits, dtype=np.float32),
         props.shape_after_crop,
-        plan.target_spacing_mm,
+        data_spacing_mm(plan, spacing_mm) if hasattr(plan, "is_2d") else plan.target_spacing_mm,
         spacing_mm,
         order=1,
         order_z=0,

@@ -430,6 +430,15 @@ def make_plan(fp: Fingerprint, dataset, cfg, workers: int = 2) -> Plan:
     )
 
 
+def data_spacing_mm(plan: Plan, case_spacing_mm) -> tuple[float, float, float]:
+    """The spacing a case is preprocessed to, in the plan's frame, from the case's own spacing
+    in that frame: the plan's, except that a 2d plan keeps the case's slice spacing (nnU-Net
+    resamples 2d data in-plane only)."""
+    if plan.is_2d:
+        return (float(case_spacing_mm[0]), *plan.target_spacing_mm[1:])
+    return tuple(plan.target_spacing_mm)
+
+
 def foreground_labels(dataset) -> tuple[int, ...]:
     """nnU-Net's label_manager.foreground_labels: every label but background and ignore."""
     labels = getattr(dataset, "labels", None)

@@ -36,6 +36,7 @@ from ablate.plan import (
     Fingerprint,
     Plan,
     crop_to_nonzero,
+    data_spacing_mm,
     fingerprint,
     make_plan,
     read_case_arrays,
@@ -226,10 +227,11 @@ def _transform(data, seg, geometry: Geometry, plan: Plan, case_id: str):
     original_shape = tuple(int(s) for s in data.shape[1:])
     data, seg, bbox = crop_to_nonzero(data, seg)
     shape_after_crop = tuple(int(s) for s in data.shape[1:])
-    new_shape = new_shape_for(shape_after_crop, spacing_mm, plan.target_spacing_mm)
+    target_mm = data_spacing_mm(plan, spacing_mm)  # 2d: the case's own slice spacing
+    new_shape = new_shape_for(shape_after_crop, spacing_mm, target_mm)
     data = normalize(data, seg, plan.normalization)
-    data = resample_data(data, new_shape, spacing_mm, plan.target_spacing_mm)
-    seg = resample_seg(seg, new_shape, spacing_mm, plan.target_spacing_mm)
+    data = resample_data(data, new_shape, spacing_mm, target_mm)
+    seg = resample_seg(seg, new_shape, spacing_mm, target_mm)
     props = CaseProperties(case_id, geometry, original_shape, bbox, shape_after_crop, new_shape)
     return data, seg, props
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ablate.augment import augment_sample, sample_size_for
+from ablate.cascade import CascadeSource, cascade_augment
 from ablate.checkpoint import BEST, FINAL, LATEST, resume, save_checkpoint
 from ablate.config import TrainConfig
 from ablate.device import peak_memory_mb, reset_peak_memory, select_device, synchronize
@@ -59,11 +60,14 @@ def train(
     out_dir: Path,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     regions: dict[str, tuple[int, ...]] | None = None,
+    previous_stage: Path | None = None,
 ) -> TrainResult:
     """Train one fold; resumes from out_dir/checkpoint_latest.pt when present.
 
     `regions` (default: `cfg.regions` where TrainConfig has it) switches to region-based training:
     one sigmoid output per region, targets from ablate.regions.labels_to_regions.
+    `previous_stage`: for a 3d_cascade_fullres plan, the folder of the 3d_lowres stage's
+    cross-validation predictions on the 3d_fullres grid (ablate.cascade), one per case.
     """
     from ablate.nets import build_network  # lazy: nets is a sibling stage
 
@@ -94,7 +98,7 @@ def train(
             out_dir / LATEST, cfg, net, optimizer, scaler, device, regions
         )
         loss_fn = training_loss(cfg, plan, regions, data.ignore_label)
-        loaders = _Loaders(cfg, data, split, batch_size, seed, regions)
+        loaders = _Loaders(cfg, data, split, batch_size, seed, regions, previous_stage)
         reset_peak_memory(device)
         for epoch in range(start_epoch, cfg.epochs):
             metrics = _run_epoch(
@@ -275,7 +279,16 @@ def _to_device(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
 class _Loaders:
     """Train batches augmented per cfg.augmentation; validation batches plain, same sampling."""
 
-    def __init__(self, cfg: TrainConfig, data, split, batch_size: int, seed: int, regions=None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data,
+        split,
+        batch_size: int,
+        seed: int,
+        regions=None,
+        previous_stage: Path | None = None,
+    ):
         self.cfg, self.data, self.split, self.batch_size, self.seed = (
             cfg,
             data,
@@ -283,6 +296,16 @@ class _Loaders:
             batch_size,
             seed,
         )
+        self.cascade = tuple(getattr(data.plan, "previous_stage_labels", ()))
+        if self.cascade:
+            if previous_stage is None:
+                raise ConfigError(
+                    "plan.configuration: 3d_cascade_fullres trains on the 3d_lowres stage's "
+                    "cross-validation predictions; run its 3d_lowres folds first"
+                )
+            self.source = CascadeSource(data, previous_stage)
+        else:
+            self.source = data
         self.regions = regions  # forced crops sample per region, as nnU-Net's region training
         self.patch_size = tuple(data.plan.patch_size)
         # no validation batches: no pseudo Dice, so no best checkpoint (nnU-Net always validates)
@@ -293,6 +316,9 @@ class _Loaders:
 
         def augment(d, s, rng):
             return augment_sample(d, s, rng, mode, patch)[:2]
+
+        if self.cascade:
+            augment = cascade_augment(self.cascade, mode, patch)
 
         return self._batches(
             self.split.train,
@@ -306,8 +332,9 @@ class _Loaders:
     def val(self, epoch: int):
         if not self.split.val:
             return iter(())
+        plain = cascade_augment(self.cascade, None, self.patch_size) if self.cascade else None
         return self._batches(
-            self.split.val, epoch, VAL_SPLIT, self.cfg.val_iterations, self.patch_size, None
+            self.split.val, epoch, VAL_SPLIT, self.cfg.val_iterations, self.patch_size, plain
         )
 
     def _batches(self, case_ids: Sequence[str], epoch: int, split: int, count: int, size, augment):
@@ -318,7 +345,7 @@ class _Loaders:
         def make(i: int):
             rng = batch_rng(self.seed, epoch, split, i)
             return sample_batch(
-                self.data,
+                self.source,
                 case_ids,
                 self.batch_size,
                 size,
@@ -355,7 +382,7 @@ def _count(net: nn.Module, plan: Plan) -> tuple[int, int]:
     parameters = (
         count_parameters(net) if count_parameters else sum(p.numel() for p in net.parameters())
     )
-    flops = count_flops(net, plan.patch_size, plan.num_input_channels) if count_flops else 0
+    flops = count_flops(net, plan.patch_size, plan.network_input_channels) if count_flops else 0
     return int(parameters), int(flops)
 
 

@@ -22,6 +22,7 @@ from torch.nn.functional import grid_sample
 Params = dict[str, Any] | None
 MAX_ROTATION_DEG = 30.0
 MAX_ROTATION_DUMMY_2D_DEG = 180.0
+MAX_ROTATION_2D_ELONGATED_DEG = 15.0
 SCALE_RANGE = (0.7, 1.4)
 ANISO_THRESHOLD = 3.0
 P_ROTATION = 0.2
@@ -33,6 +34,15 @@ ONEHOT_SCALE = 1000.0  # bgv2 scales the one-hot channels before comparing them 
 def is_dummy_2d(patch_size: Sequence[int]) -> bool:
     """nnU-Net augments flat patches slice by slice: max(patch) / patch[0] > 3."""
     return max(patch_size) / patch_size[0] > ANISO_THRESHOLD
+
+
+def max_rotation_deg_for(patch_size: Sequence[int]) -> float:
+    """nnU-Net's rotation range: ±30° in 3D, ±180° for a dummy-2D patch; a 2d configuration's
+    patch (one slice: (1, Y, X)) ±180°, or ±15° when its in-plane aspect exceeds 1.5
+    (configure_rotation_dummyDA_mirroring_and_inital_patch_size)."""
+    if patch_size[0] == 1 and max(patch_size[1:]) / min(patch_size[1:]) > 1.5:
+        return MAX_ROTATION_2D_ELONGATED_DEG
+    return MAX_ROTATION_DUMMY_2D_DEG if is_dummy_2d(patch_size) else MAX_ROTATION_DEG
 
 
 def _rad(deg: float) -> float:
@@ -59,7 +69,9 @@ def enlarged_patch_size(
     elementwise maximum, / 0.85 and truncated. A dummy-2D patch uses 180° and keeps its slice axis.
     """
     dummy_2d = is_dummy_2d(patch_size)
-    angle = min(_rad(90), _rad(MAX_ROTATION_DUMMY_2D_DEG if dummy_2d else max_rotation_deg))
+    if dummy_2d:
+        max_rotation_deg = max_rotation_deg_for(patch_size)
+    angle = min(_rad(90), _rad(max_rotation_deg))
     coords = np.array(patch_size)
     final_shape = np.copy(coords)
     for rotation in (_rotation_x(angle), _rotation_y(angle), _rotation_z(angle)):
@@ -195,7 +207,7 @@ def draw_spatial(
     rotate, scale_it = rng.uniform() < p_rotation, rng.uniform() < p_scaling
     if not (rotate or scale_it):
         return None
-    max_rad = _rad(MAX_ROTATION_DUMMY_2D_DEG if dummy_2d else MAX_ROTATION_DEG)
+    max_rad = _rad(max_rotation_deg_for(patch_size))
     n_angles = 1 if dummy_2d else 3
     angles = rng.uniform(-max_rad, max_rad, n_angles) if rotate else np.zeros(n_angles)
     scale = float(rng.uniform(*SCALE_RANGE)) if scale_it else 1.0

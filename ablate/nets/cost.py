@@ -16,7 +16,7 @@ def count_parameters(net: nn.Module, trainable_only: bool = False) -> int:
 
 def _conv_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
     kernel_volume = math.prod(module.kernel_size)
-    if isinstance(module, nn.ConvTranspose3d):
+    if isinstance(module, (nn.ConvTranspose3d, nn.ConvTranspose2d)):
         # every input voxel scatters a full kernel into every output channel
         in_voxels = inputs[0].shape[0] * math.prod(inputs[0].shape[2:])
         return in_voxels * module.in_channels * module.out_channels * kernel_volume // module.groups
@@ -39,7 +39,7 @@ def count_flops(net: nn.Module, patch_size: tuple[int, ...], in_channels: int) -
         total += _conv_macs(module, inputs, output)
 
     for module in meta_net.modules():
-        if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+        if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d, nn.Conv2d, nn.ConvTranspose2d)):
             module.register_forward_hook(hook)
     with torch.no_grad():
         meta_net(torch.zeros((1, in_channels, *patch_size), device="meta"))  # (1, C, Z, Y, X)

@@ -22,6 +22,8 @@ def fixed_plan(cfg: PlanConfig, num_classes: int, num_input_channels: int = 1) -
     batch Dice, z-score normalisation; do not preprocess or train with this plan."""
     if cfg.target_spacing_mm is None or cfg.patch_size is None:
         return None
+    if cfg.configuration != "3d_fullres":  # 2d and 3d_lowres derive their grid from the data
+        return None
     forward, backward = determine_transpose(cfg.target_spacing_mm)
     spacing = [float(cfg.target_spacing_mm[a]) for a in forward]
     topo = pool_and_conv_props(spacing, [cfg.patch_size[a] for a in forward])

@@ -19,6 +19,12 @@ Isensee 2019 (KiTS19): v1's blocks (a strided 1x1x1 conv shortcut), a 3x3x3 stem
 transposed convs and heads; preact_v1 normalises and activates each skip, then decodes with plain
 conv-norm-act units. They are initialised He only, as v1 (no zeroed residual branch).
 
+A 2d plan (nnU-Net's 2d configuration, held as a flat plan: patch (1, Y, X)) gets the same
+skeleton in 2D: it is built with (1, k, k) kernels and (1, s, s) strides, then every 3D op is
+swapped for its 2D twin with the same weights (`flatten_to_2d`), and `forward` drops the
+singleton slice axis on the way in and restores it on the way out, so callers keep passing
+(B, C, 1, Y, X) patches, as nnU-Net's 2D loader does internally before it squeezes.
+
 Nonlinearity: nnU-Net's LeakyReLU(0.01) everywhere, or with `cfg.nonlin = "relu"` ReLU everywhere
 (Isensee 2019's residual networks on KiTS19). Initialisation stays nnU-Net's (He, a = 0.01).
 """
@@ -27,7 +33,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -131,6 +137,7 @@ class UNet(nn.Module):
     ):
         super().__init__()
         self.deep_supervision = True
+        self.flat = False  # a 2D network fed (B, C, 1, Y, X) patches (see flatten_to_2d)
         stem_kernel = spec.stem_kernel or kernels[0]
         self.stem = spec.stem(in_channels, features[0], stem_kernel) if spec.stem else nn.Identity()
         channels = features[0] if spec.stem else in_channels
@@ -158,6 +165,14 @@ class UNet(nn.Module):
                 self.skip_units.append(spec.skip_unit(f))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.flat:
+            out = self._forward(x[:, :, 0])  # (B, C, Y, X)
+            if isinstance(out, list):
+                return [o[:, :, None] for o in out]
+            return out[:, :, None]  # (B, K, 1, Y, X)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         x = self.stem(x)  # (B, C0, Z, Y, X)
         skips = []
         for stage in self.encoder:
@@ -221,9 +236,12 @@ def build_network(cfg: TrainConfig, plan: Plan, generator: torch.Generator | Non
     """
     spec = get_arch(cfg.arch)
     _check_plan(plan)
+    flat = getattr(plan, "is_2d", False)
+    if flat and spec.stem_kernel is not None:
+        spec = replace(spec, stem_kernel=(1, *spec.stem_kernel[1:]))
     net = UNet(
         spec,
-        in_channels=plan.num_input_channels,
+        in_channels=getattr(plan, "network_input_channels", plan.num_input_channels),
         num_classes=plan.num_classes,
         features=stage_features(cfg, plan),
         kernels=[tuple(k) for k in plan.conv_kernel_sizes],
@@ -233,7 +251,58 @@ def build_network(cfg: TrainConfig, plan: Plan, generator: torch.Generator | Non
     if cfg.nonlin == "relu":
         use_relu(net)
     blocks.init_weights(net, generator)
+    if flat:
+        flatten_to_2d(net)
     net.deep_supervision = cfg.deep_supervision != "none"
+    return net
+
+
+def _conv_2d(conv: nn.Conv3d | nn.ConvTranspose3d) -> nn.Module:
+    """The 2D twin of a conv whose kernel, stride and padding are 1 / 0 on the slice axis."""
+    if conv.kernel_size[0] != 1 or conv.stride[0] != 1 or conv.padding[0] != 0:
+        raise ConfigError(f"a 2d plan needs kernels and strides of 1 on the slice axis; got {conv}")
+    kind = nn.ConvTranspose2d if isinstance(conv, nn.ConvTranspose3d) else nn.Conv2d
+    twin = kind(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size[1:],
+        conv.stride[1:],
+        conv.padding[1:],
+        bias=conv.bias is not None,
+    )
+    with torch.no_grad():
+        twin.weight.copy_(conv.weight[:, :, 0])
+        if conv.bias is not None:
+            twin.bias.copy_(conv.bias)
+    return twin
+
+
+def _op_2d(module: nn.Module) -> nn.Module | None:
+    if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+        return _conv_2d(module)
+    if isinstance(module, nn.InstanceNorm3d):
+        twin = nn.InstanceNorm2d(module.num_features, module.eps, affine=module.affine)
+        if module.affine:
+            with torch.no_grad():
+                twin.weight.copy_(module.weight)
+                twin.bias.copy_(module.bias)
+        return twin
+    if isinstance(module, nn.AvgPool3d):
+        kernel, stride = module.kernel_size, module.stride
+        return nn.AvgPool2d(tuple(kernel[1:]), tuple(stride[1:]))
+    return None
+
+
+def flatten_to_2d(net: UNet) -> UNet:
+    """Swap every 3D op of a network built on a flat plan for its 2D twin, weights kept, so the
+    network is nnU-Net's 2D U-Net (Conv2d, InstanceNorm2d); `forward` still takes and returns
+    (B, C, 1, Y, X)."""
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            twin = _op_2d(child)
+            if twin is not None:
+                setattr(module, name, twin)
+    net.flat = True
     return net
 
 
