@@ -36,6 +36,10 @@ def report(tmp_path_factory):
 def test_summary_tables_and_sections(report):
     _, page = report
     summary = page.split("<h2>Summary</h2>")[1].split("</section>")[0]
+    answer = page.split("<h2>The answer</h2>")[1].split("</section>")[0]
+    assert page.index("<h2>The answer</h2>") < page.index("<h2>Summary</h2>")
+    assert "in words" in answer and "<figure>" in answer  # the forest plots and sentences
+    assert "significantly better (configuration level)" in answer
     assert "residual vs plain, kidney DSC (training): mean paired difference +" in summary
     assert "(configuration level, family H-DSC): significantly better" in summary
     assert "Case level, these trained models: Wilcoxon" in summary
@@ -55,12 +59,26 @@ def test_summary_tables_and_sections(report):
 def test_every_figure_is_embedded_and_nothing_is_fetched(report):
     _, page = report
     sources = re.findall(r'<img[^>]*src="([^"]*)"', page)
-    # 2 targets x 2 metrics violins, differences, significance maps, rank stability, cost bars,
-    # pareto, curves
-    assert len(sources) == 10
+    # forest per target (2), 2 targets x 2 metrics violins, significance maps, rank stability,
+    # cost bars, pareto, curves
+    assert len(sources) == 11
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', page)
-    assert "<link" not in page and "<script" not in page
+    # one inline script (sorting, filtering), nothing loaded
+    assert "<link" not in page and page.count("<script") == 1 and "<script src" not in page
+
+
+def test_table_of_contents_folding_sections_and_sortable_tables(report):
+    _, page = report
+    toc = page.split('<nav class="toc"')[1].split("</nav>")[0]
+    sections = re.findall(r'<section id="([^"]+)"><details( open)?>', page)
+    assert [s for s, _ in sections] == re.findall(r'href="#([^"]+)"', toc)
+    assert {"answer", "summary", "cases", "statistics", "methods"} <= {s for s, _ in sections}
+    assert dict(sections)["answer"] == " open"
+    tables = re.findall(r'<table class="sortable" id="([^"]+)"', page)
+    assert len(tables) == len(set(tables)) == page.count("<table")
+    filters = re.findall(r'<input type="search" class="filter" data-table="([^"]+)"', page)
+    assert filters and set(filters) <= set(tables)  # tables past 8 rows get a filter box
 
 
 def test_strings_from_data_are_escaped(report):

@@ -14,6 +14,7 @@ from ablate.report.collect import (
     check_results,
     composite_dice,
     empty_case_counts,
+    empty_predictions,
     missing_value_counts,
     variant_axes,
     variant_order,
@@ -35,6 +36,7 @@ from ablate.report.stats import (
     seed_spread,
     significance_map,
 )
+from ablate.study import is_training_axis, variant_label
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ class Analysis:
     margins: dict[str, float] = field(default_factory=dict)
     families: list[Family] = field(default_factory=list)  # every Holm family of the report
     n_folds: int = 0
+    # per target and variant: cases, empty predictions, empty references (collect.py)
+    empty_predictions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    case_folds: pd.Series | None = None  # case -> its validation fold (None: no single fold)
+    trained_as: dict[str, str] = field(default_factory=dict)  # variant -> its training variant
 
 
 # overlap (higher is better), then distances and |RVD| (lower is better); only those present
@@ -147,6 +153,9 @@ def analyse(results: Results, meta: dict, seed: int = 0, n_boot: int = 2000) -> 
         margins=margins,
         families=report_families(compare, posthoc, sig_maps, effects, held_out, baseline, ni),
         n_folds=0 if folds is None else int(folds.nunique()),
+        empty_predictions=empty_predictions(tidy),
+        case_folds=folds,
+        trained_as=training_variants(results),
     )
 
 
@@ -195,6 +204,23 @@ def inference_only_variants(results: Results, baseline: str) -> dict[str, bool]:
     for variant, row in axes.iterrows():
         gridded = row.notna().any() and base.notna().any()
         out[str(variant)] = bool(gridded and all(_same(row[a], base[a]) for a in train_axes))
+    return out
+
+
+def training_variants(results: Results) -> dict[str, str]:
+    """Variant -> the label its training runs carry: the variant's training-axis values only
+    (ablate.expand names a TrainJob so), since inference axes (TTA, postprocessing) reuse the
+    trained models. Variants without axis values keep their own label."""
+    axes = variant_axes(results)
+    if axes.empty:
+        return {}
+    train_axes = [a for a in results.axes if is_training_axis(a)]
+    out = {}
+    for variant, row in axes.iterrows():
+        if row.isna().all():
+            out[str(variant)] = str(variant)
+            continue
+        out[str(variant)] = variant_label({a: row[a] for a in train_axes})
     return out
 
 

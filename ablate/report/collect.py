@@ -111,6 +111,29 @@ def empty_case_counts(tidy: pd.DataFrame) -> pd.DataFrame:
     return out.reindex(targets).fillna(0).astype(int).reset_index()
 
 
+def empty_predictions(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Per target and variant: cases scored, cases whose prediction is empty (flag 2 or 3) and
+    cases whose reference is empty (flag 1 or 3), from ablate.evaluate's `empty` rows (seeds
+    pooled: a case counts as empty when every seed's prediction is). Empty without the flags."""
+    flags = tidy[tidy["metric"] == "empty"]
+    columns = ["target", "variant", "cases", "empty_prediction", "empty_reference"]
+    if flags.empty:
+        return pd.DataFrame(columns=columns)
+    per_case = (
+        flags.assign(pred=flags["value"].isin([2, 3]), ref=flags["value"].isin([1, 3]))
+        .groupby(["target", "variant", "case"], sort=False)[["pred", "ref"]]
+        .all()
+    )
+    out = per_case.groupby(level=[0, 1], sort=False).agg(["size", "sum"])
+    return pd.DataFrame(
+        {
+            "cases": out[("pred", "size")],
+            "empty_prediction": out[("pred", "sum")].astype(int),
+            "empty_reference": out[("ref", "sum")].astype(int),
+        }
+    ).reset_index()[columns]
+
+
 def missing_value_counts(tidy: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Count of NaN values per target and metric (dropped pairwise before every test)."""
     sub = tidy[tidy["metric"].isin(metrics)]
@@ -127,7 +150,8 @@ def missing_value_counts(tidy: pd.DataFrame, metrics: list[str]) -> pd.DataFrame
 def composite_dice(
     tidy: pd.DataFrame, parts: tuple[str, ...] = ("kidney", "tumor")
 ) -> pd.DataFrame:
-    """KiTS composite Dice: per case the mean of the parts' DSC (seed 004); empty without a part.
+    """KiTS composite Dice: per case the mean of the parts' DSC (Isensee 2019, KiTS19); empty
+    without a part.
 
     Returns variant, seed, case, target="composite", metric="dsc", value.
     """

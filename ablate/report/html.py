@@ -1,20 +1,36 @@
 """Assemble the report: compute (stats), render (plots), then write one self-contained HTML file
-plus CSV/Parquet exports and Markdown/LaTeX tables. Every string from data is HTML-escaped."""
+plus CSV/Parquet exports and Markdown/LaTeX tables. The page leads with the answer (forest plots
+and one sentence per variant), then folds out the details; every string from data is escaped
+(ablate.report.page)."""
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from ablate.errors import ConfigError
 from ablate.report import plots
 from ablate.report.analysis import Analysis, analyse
+from ablate.report.case_table import case_tables
+from ablate.report.exports import export
+from ablate.report.headline import Headline, collapsed_keys, headline
 from ablate.report.held_out import held_out_figures, held_out_tables
+from ablate.report.labels import VariantLabels, variant_labels
+from ablate.report.page import (
+    Section,
+    figure_html,
+    page_html,
+    paragraphs,
+    pre_html,
+    table_html,
+    table_id,
+)
+from ablate.report.pictures import CaseFiles, CasePicture, case_pictures
 from ablate.report.stats import HIGHER_IS_BETTER
 from ablate.report.summary import methods_text, summary_lines
 from ablate.report.tables import (
@@ -32,21 +48,14 @@ from ablate.report.tables import (
     table4,
 )
 
-CSS = """
-body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:13px}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th{background:#f0f3f7} td:first-child,th:first-child{text-align:left}
-.scroll{overflow-x:auto} .note{color:#555;font-size:13px} pre{background:#f6f6f6;padding:.8em;
-overflow-x:auto;font-size:12px} img{max-width:100%} ul.summary li{margin:.25em 0}
-"""
 
-
-def build_report(results, meta: dict, out_dir: Path) -> Path:
-    """Write out_dir/index.html (self-contained) plus tidy/cost CSV + Parquet and tables.md/.tex.
+def build_report(results, meta: dict, out_dir: Path, cases: CaseFiles | None = None) -> Path:
+    """Write out_dir/index.html (self-contained) plus tidy/cost CSV + Parquet, tables.md/.tex
+    and, with `cases` (where the images and predictions are), the case pictures as
+    out_dir/cases/<anchor>.png (also embedded in the page).
 
     meta: name (required), baseline, config_yaml, plan, environment, nsd_tolerance_mm,
-    tracking_uri, missing, empty_mask_policy.
+    tracking_uri, missing, empty_mask_policy, test_set, analysis.
     """
     if not meta.get("name"):
         raise ConfigError("report meta: 'name' is missing; pass the study name")
@@ -55,13 +64,30 @@ def build_report(results, meta: dict, out_dir: Path) -> Path:
     result = analyse(results, meta)
     device = str((meta.get("environment") or {}).get("device", "cuda"))
     memory_label = "peak RSS" if device == "cpu" else "GPU memory"
+    labels = variant_labels(result.order)
+    head = headline(result)
+    pictures = case_pictures(result, cases, labels)
     tables = build_tables(result, memory_label)
-    figures = render_figures(result, memory_label)
-    page = assemble(result, tables, figures, meta)
+    tables["cases"] = case_tables(result, pictures, labels)
+    figures = render_figures(result, memory_label, labels, head)
+    page = assemble(result, tables, figures, meta, head, pictures, labels)
     path = out_dir / "index.html"
     path.write_text(page, encoding="utf-8")
+    write_pictures(pictures, out_dir / "cases")
     export(results, result, tables, out_dir)
     return path
+
+
+def write_pictures(pictures: list[CasePicture], folder: Path) -> list[Path]:
+    """Each case picture as <folder>/<anchor>.png (what the run logs to MLflow)."""
+    paths = []
+    if pictures:
+        folder.mkdir(parents=True, exist_ok=True)
+    for p in pictures:
+        path = folder / f"{p.anchor}.png"
+        path.write_bytes(p.png)
+        paths.append(path)
+    return paths
 
 
 def build_tables(a: Analysis, memory_label: str = "GPU memory") -> dict[str, dict[str, Table]]:
@@ -159,157 +185,111 @@ def _in_points(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return out
 
 
-def render_figures(
-    a: Analysis, memory_label: str = "GPU memory"
-) -> dict[str, list[tuple[str, bytes]]]:
-    """Section name -> list of (caption, PNG bytes)."""
-    figs: dict[str, list[tuple[str, bytes]]] = {
+def make_figures(
+    a: Analysis, memory_label: str, labels: VariantLabels, head: Headline
+) -> dict[str, list[tuple[str, Figure]]]:
+    """Section name -> list of (caption, Figure); every caption says what one mark is."""
+    figs: dict[str, list[tuple[str, Figure]]] = {
+        "answer": [],
         "violins": [],
         "stats": [],
         "cost": [],
-        "held_out": [],
     }
+    named = " (labels: see the legend above)" if labels.abbreviated else ""
+    for target, panels in head.panels.items():
+        figs["answer"].append(
+            (_forest_caption(a, target), plots.forest(panels, labels, a.baseline))
+        )
+    skip = collapsed_keys(a, head.collapsed)
     for (target, metric), m in a.matrices.items():
+        if (target, metric) in skip or m.isna().all().all():
+            continue
         long = m[a.order].melt(var_name="variant", value_name="value").dropna()
+        long["variant"] = long["variant"].map(labels)
         if metric_unit(metric) == "%":
             long["value"] *= 100
         title = f"{target} {metric_label(metric)} per case"
-        ylabel = f"{metric_label(metric)} ({metric_unit(metric)})"
-        figs["violins"].append((title, plots.violin(long, a.order, title, ylabel)))
-    if not a.compare.empty:
-        table = a.compare.copy()
-        scale = np.where(table["metric"].isin(["dsc", "nsd", "abs_rvd"]), 100.0, 1.0)
-        for col in ("mean_diff", "ci_low", "ci_high"):
-            table[col] = table[col] * scale
+        xlabel = f"{metric_label(metric)} ({metric_unit(metric)})"
         caption = (
-            f"Mean paired difference to {a.baseline} with its unadjusted 95% CI, configuration "
-            "level for training variants, case level for inference-only ones (points; mm for "
-            "distances; red: significant after Holm)"
+            f"{title}: one dot = one case (its value averaged over seeds); one violin = the "
+            f"distribution of a variant's cases{named}."
         )
-        figs["stats"].append((caption, plots.paired_differences(table, a.baseline)))
-    if a.sig_maps:
+        figs["violins"].append(
+            (caption, plots.violin_figure(long, labels.many(a.order), title, xlabel))
+        )
+    maps = {k: v for k, v in a.sig_maps.items() if k not in skip}
+    if maps:
         caption = (
-            "Significance maps (one-sided case-level Wilcoxon: these trained models; Holm "
-            "per map, families S-<target>-<metric>; alpha 0.05; lower is better for "
-            "distances)"
+            "Significance maps: one cell = one ordered pair, dark when the row variant is "
+            "significantly better than the column variant (one-sided case-level Wilcoxon: these "
+            "trained models; Holm per map, families S-<target>-<metric>; alpha 0.05; lower is "
+            f"better for distances){named}."
         )
-        figs["stats"].append((caption, plots.significance_maps(a.sig_maps)))
+        figs["stats"].append((caption, plots.significance_maps(maps, labels)))
     if a.stability:
-        freqs = {t: f for t, (f, _) in a.stability.items()}
-        taus = {t: tau for t, (_, tau) in a.stability.items()}
-        caption = (
-            "Rank stability over 1000 bootstrap samples of the cases (DSC, rank-then-aggregate)"
-        )
-        figs["stats"].append((caption, plots.rank_stability(freqs, taus)))
-    if a.held_out is not None:
-        figs["held_out"] += held_out_figures(a.held_out, a.order)
-    if not a.cost.empty:
-        figs["cost"].append(
-            (
-                "Runtime and peak memory per variant (bars: mean; points: runs)",
-                plots.cost_per_variant(a.cost, a.order, memory_label),
+        freqs = {t: f for t, (f, _) in a.stability.items() if (t, a.metrics[0]) not in skip}
+        taus = {t: tau for t, (_, tau) in a.stability.items() if t in freqs}
+        if freqs:
+            caption = (
+                "Rank stability (first metric, rank-then-aggregate): one blob = how often a "
+                "variant took that rank in 1000 bootstrap samples of the cases (area: share); "
+                "right, one violin per target = Kendall's tau between the bootstrap rankings and "
+                f"the full ranking{named}."
             )
+            figs["stats"].append((caption, plots.rank_stability(freqs, taus, labels)))
+    if not a.cost.empty:
+        caption = (
+            "Runtime and peak memory: one bar = a variant's mean over its runs; one dot = one "
+            f"run (fold and seed){named}."
+        )
+        figs["cost"].append(
+            (caption, plots.cost_per_variant(a.cost, a.order, memory_label, labels))
         )
     if a.pareto is not None:
+        caption = (
+            "Accuracy against inference time: one point = one variant (mean over targets on the "
+            "cases every variant has, against its mean inference seconds per case); red line: "
+            f"the Pareto front{named}."
+        )
+        ylabel = f"mean {metric_label(a.metrics[0])} over targets"
         figs["cost"].append(
-            (
-                "Mean DSC vs inference time; Pareto front in red",
-                plots.pareto(a.pareto, "inference seconds per case", "mean DSC over targets (%)"),
-            )
+            (caption, plots.pareto(a.pareto, "inference seconds per case", ylabel, labels))
         )
     if not a.curves.empty:
-        figs["cost"].append(
-            (
-                "Training curves (mean over folds and seeds)",
-                plots.training_curves(a.curves, a.order),
-            )
+        trained = list(dict.fromkeys(a.trained_as.get(v, v) for v in a.order))
+        caption = (
+            "Training curves: one line = one trained configuration (its training-axis values; "
+            "inference axes reuse the same models), the mean over its folds and seeds per epoch."
         )
+        figs["cost"].append((caption, plots.training_curves(a.curves, trained)))
     return figs
 
 
-def table_html(t: Table) -> str:
-    esc = html.escape
-    head = "".join(f"<th>{esc(str(c))}</th>" for c in t.frame.columns)
-    body = []
-    for i in range(len(t.frame)):
-        cells = []
-        for j, value in enumerate(t.frame.iloc[i]):
-            text = esc(str(value))
-            bold = t.bold is not None and bool(t.bold.iat[i, j])
-            cells.append(f"<td><b>{text}</b></td>" if bold else f"<td>{text}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    note = f'<p class="note">{esc(t.note)}</p>' if t.note else ""
+def _forest_caption(a: Analysis, target: str) -> str:
+    margins = ", ".join(f"{metric_label(k)} {100 * v:g} points" for k, v in a.margins.items())
+    margin = f"; dashed line: the non-inferiority margin ({margins})" if margins else ""
     return (
-        f'<h4>{esc(t.title)}</h4><div class="scroll"><table><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table></div>{note}"
+        f"{target}: each variant minus {a.baseline}. One grey dot = one case's paired "
+        "difference (seeds averaged); marker and bar = the mean paired difference and its "
+        "95% CI (unadjusted); marker shape and colour = the Holm-adjusted verdict (family "
+        "H-<metric>: configuration level for variants that train their own models, case level "
+        f"for inference-only ones){margin}. Dots beyond the axis sit on its edge."
     )
 
 
-def table_markdown(t: Table) -> str:
-    def cell(i, j, value):
-        text = str(value).replace("|", "\\|")
-        return f"**{text}**" if t.bold is not None and bool(t.bold.iat[i, j]) else text
-
-    lines = [
-        f"### {t.title}",
-        "",
-        "| " + " | ".join(map(str, t.frame.columns)) + " |",
-        "|" + "---|" * len(t.frame.columns),
-    ]
-    for i in range(len(t.frame)):
-        lines.append("| " + " | ".join(cell(i, j, v) for j, v in enumerate(t.frame.iloc[i])) + " |")
-    return "\n".join(lines + (["", t.note] if t.note else []))
+def render_figures(
+    a: Analysis, memory_label: str, labels: VariantLabels, head: Headline
+) -> dict[str, list[tuple[str, bytes]]]:
+    """Section name -> list of (caption, PNG bytes), the held-out figures included."""
+    figs = {
+        key: [(caption, plots.png(fig)) for caption, fig in entries]
+        for key, entries in make_figures(a, memory_label, labels, head).items()
+    }
+    figs["held_out"] = held_out_figures(a.held_out, a.order) if a.held_out is not None else []
+    return figs
 
 
-def _latex_escape(text: str) -> str:
-    for a, b in (
-        ("\\", r"\textbackslash{}"),
-        ("&", r"\&"),
-        ("%", r"\%"),
-        ("$", r"\$"),
-        ("#", r"\#"),
-        ("_", r"\_"),
-        ("{", r"\{"),
-        ("}", r"\}"),
-        ("±", r"$\pm$"),
-    ):
-        text = text.replace(a, b) if a != "\\" else text.replace(a, "\0")
-    return text.replace("\0", r"\textbackslash{}")
-
-
-def table_latex(t: Table) -> str:
-    def cell(i, j, value):
-        text = _latex_escape(str(value))
-        return rf"\textbf{{{text}}}" if t.bold is not None and bool(t.bold.iat[i, j]) else text
-
-    cols = "l" + "r" * (len(t.frame.columns) - 1)
-    lines = [
-        r"\begin{table}[ht]",
-        r"\centering",
-        rf"\caption{{{_latex_escape(t.title)}}}",
-        rf"\begin{{tabular}}{{{cols}}}",
-        r"\hline",
-        " & ".join(_latex_escape(str(c)) for c in t.frame.columns) + r" \\",
-        r"\hline",
-    ]
-    for i in range(len(t.frame)):
-        lines.append(" & ".join(cell(i, j, v) for j, v in enumerate(t.frame.iloc[i])) + r" \\")
-    return "\n".join(lines + [r"\hline", r"\end{tabular}", r"\end{table}"])
-
-
-def _figure(caption: str, png: bytes) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return (
-        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-    )
-
-
-def _pre(title: str, text: str) -> str:
-    return f"<h3>{html.escape(title)}</h3><pre>{html.escape(text)}</pre>"
-
-
-def _methods(a: Analysis, tables: dict, meta: dict) -> str:
+def _methods(a: Analysis, tables: dict, meta: dict, table) -> str:
     esc = html.escape
     tol = meta.get("nsd_tolerance_mm")
     if isinstance(tol, dict):
@@ -323,9 +303,9 @@ def _methods(a: Analysis, tables: dict, meta: dict) -> str:
     parts = [
         f"<p>NSD tolerance per target: {esc(tol_text)}.</p>",
         f"<p>Empty-mask policy: {esc(str(policy))}</p>",
-        *("<p>" + esc(line) + "</p>" for line in methods_text(a)),
+        paragraphs(methods_text(a)),
         "<ul>" + "".join(f"<li>{esc(f.text())}</li>" for f in a.families) + "</ul>",
-        table_html(tables["methods"]["empty"]),
+        table(tables["methods"]["empty"]),
     ]
     if a.missing:
         items = "".join(f"<li>{esc(str(m))}</li>" for m in a.missing)
@@ -338,66 +318,113 @@ def _appendix(meta: dict) -> str:
     if meta.get("tracking_uri"):
         parts.append(f"<p>Tracking URI: {html.escape(str(meta['tracking_uri']))}</p>")
     if meta.get("config_yaml"):
-        parts.append(_pre("Study configuration", str(meta["config_yaml"])))
+        parts.append(pre_html("Study configuration", str(meta["config_yaml"])))
     if meta.get("plan"):
-        parts.append(_pre("Plan", json.dumps(meta["plan"], indent=2, default=str)))
+        parts.append(pre_html("Plan", json.dumps(meta["plan"], indent=2, default=str)))
     if meta.get("environment"):
-        parts.append(_pre("Environment", json.dumps(meta["environment"], indent=2, default=str)))
+        parts.append(
+            pre_html("Environment", json.dumps(meta["environment"], indent=2, default=str))
+        )
     return "".join(parts) or "<p>No configuration was passed to the report.</p>"
 
 
+def _answer(a: Analysis, head: Headline, figs, labels: VariantLabels, table) -> str:
+    parts = []
+    if head.collapsed:
+        parts.append(paragraphs([c.text() for c in head.collapsed], "collapsed"))
+    parts += [figure_html(c, p) for c, p in figs["answer"]]
+    if not head.verdicts.empty:
+        frame = head.verdicts.assign(variant=head.verdicts["variant"].map(labels))
+        note = (
+            f"One sentence per variant against {a.baseline}: the first metric on every target "
+            "compared, other metrics where the verdict is not 'no difference shown'; costs: "
+            "the variant's mean over its runs minus the baseline's ('same': within 0.5%)."
+        )
+        verdicts = Table(f"Each variant against {a.baseline}, in words", frame, note=note)
+        parts.append(table(verdicts, ("sentence",)))
+    elif len(a.order) < 2:
+        parts.append("<p>One variant: nothing to compare.</p>")
+    if labels.abbreviated:
+        legend = pd.DataFrame(labels.legend(), columns=["label", "variant"])
+        parts.append(table(Table("Variant labels used in the figures", legend), ("variant",)))
+    return "".join(parts)
+
+
+def _cases(a: Analysis, pictures: list[CasePicture], case_tabs: dict, labels, table) -> str:
+    parts = []
+    if not pictures:
+        parts.append(
+            "<p>No pictures: the report was built without the images and predictions (pass "
+            "the study's work dir: `ablate report`).</p>"
+        )
+    for p in pictures:
+        shown = ", ".join(labels(v) for v in p.variants)
+        caption = (
+            f"{p.target}, {p.case}: {p.why}. White line = the reference; one coloured line = "
+            f"one variant's predicted contour ({shown}; the legend gives each one's "
+            f"{metric_label(a.metrics[0])} on this case); slices through the most reference and "
+            "through the most disagreement."
+        )
+        parts.append(figure_html(caption, p.png, p.anchor))
+    parts += [table(t) for t in case_tabs.values()]
+    return "".join(parts)
+
+
 def assemble(
-    a: Analysis, tables: dict, figs: dict[str, list[tuple[str, bytes]]], meta: dict
+    a: Analysis,
+    tables: dict,
+    figs: dict[str, list[tuple[str, bytes]]],
+    meta: dict,
+    head: Headline | None = None,
+    pictures: list[CasePicture] | None = None,
+    labels: VariantLabels | None = None,
 ) -> str:
-    esc = html.escape
-    summary = "".join(f"<li>{esc(line)}</li>" for line in summary_lines(a))
+    labels = labels or variant_labels(a.order)
+    head = head or headline(a)
+    counter = iter(range(1, 10_000))
+
+    def table(t: Table, text_columns: tuple[str, ...] = ()) -> str:
+        return table_html(t, table_id(t.title, next(counter)), text_columns)
 
     def block(section: str, fig_key: str) -> str:
-        return "".join(map(table_html, tables[section].values())) + "".join(
-            _figure(c, p) for c, p in figs[fig_key]
+        return "".join(table(t) for t in tables[section].values()) + "".join(
+            figure_html(c, p) for c, p in figs[fig_key]
         )
 
+    summary = "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(a))
     sections = [
-        ("Summary", f'<ul class="summary">{summary}</ul>'),
-        (
+        Section("answer", "The answer", _answer(a, head, figs, labels, table)),
+        Section("summary", "Summary", f'<ul class="summary">{summary}</ul>'),
+        Section(
+            "accuracy",
             "Accuracy per target" + (" (cross-validation)" if tables["held_out"] else ""),
             block("accuracy", "violins"),
         ),
+        Section(
+            "cases",
+            "Cases: where the variants differ",
+            _cases(a, pictures or [], tables.get("cases", {}), labels, table),
+        ),
     ]
     if tables["held_out"]:
-        intro = f"<p>{esc(meta['test_set'])}</p>" if meta.get("test_set") else ""
-        sections.append(("Held-out test set", intro + block("held_out", "held_out")))
+        intro = f"<p>{html.escape(meta['test_set'])}</p>" if meta.get("test_set") else ""
+        sections.append(
+            Section("held-out", "Held-out test set", intro + block("held_out", "held_out"))
+        )
     sections += [
-        ("Statistics", block("stats", "stats")),
-        ("Runtime and memory", block("cost", "cost")),
-        ("Methods", _methods(a, tables, meta)),
-        ("Configuration, plan and environment", _appendix(meta)),
+        Section("statistics", "Statistics", block("stats", "stats")),
+        Section("cost", "Runtime and memory", block("cost", "cost")),
+        Section("methods", "Methods", _methods(a, tables, meta, table)),
+        Section("configuration", "Configuration, plan and environment", _appendix(meta), False),
     ]
-    body = "".join(f"<section><h2>{esc(t)}</h2>{content}</section>" for t, content in sections)
-    title = esc(f"ablate report: {meta['name']}")
+    lead = paragraphs([_study_line(a)], "lead")
+    return page_html(f"ablate report: {meta['name']}", lead, sections)
+
+
+def _study_line(a: Analysis) -> str:
+    n_cases = max(len(m) for m in a.matrices.values())
+    targets = ", ".join(pd.unique(a.describe["target"]))
     return (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{CSS}</style></head><body><h1>{title}</h1>{body}</body></html>\n"
+        f"{len(a.order)} variants, {n_cases} cross-validation cases, targets {targets}; "
+        f"baseline: {a.baseline}."
     )
-
-
-def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
-    """Object columns as strings: axis values may mix types, which Parquet cannot store."""
-    out = frame.copy()
-    for col in [c for c in out.columns if pd.api.types.is_object_dtype(out[c])]:
-        out[col] = out[col].map(lambda v: v if v is None or isinstance(v, str) else str(v))
-    return out
-
-
-def export(results, a: Analysis, tables: dict, out_dir: Path) -> None:
-    frames = [("tidy", results.tidy), ("cost", results.cost)]
-    if not results.test.empty:
-        frames += [("test", results.test), ("test_cost", results.test_cost)]
-    for name, frame in frames:
-        frame.to_csv(out_dir / f"{name}.csv", index=False)
-        _parquet_safe(frame).to_parquet(out_dir / f"{name}.parquet", index=False)
-    if not a.compare.empty:
-        a.compare.to_csv(out_dir / "comparisons.csv", index=False)
-    flat = [t for section in tables.values() for t in section.values()]
-    (out_dir / "tables.md").write_text("\n\n".join(map(table_markdown, flat)) + "\n")
-    (out_dir / "tables.tex").write_text("\n\n".join(map(table_latex, flat)) + "\n")

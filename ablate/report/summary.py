@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.report.analysis import Analysis
+from ablate.report.headline import collapsed_comparisons, collapsed_keys
 from ablate.report.held_out import held_out_summary
 from ablate.report.paired import MIN_RUNS, NO_VARIANCE
 from ablate.report.stats import HIGHER_IS_BETTER, MIN_PAIRS
@@ -39,13 +40,20 @@ def summary_lines(a: Analysis, max_lines: int = 12) -> list[str]:
         f"{len(a.order)} variants, {n_cases} cases, targets {', '.join(targets)}, {runs}; "
         f"baseline: {a.baseline}."
     ]
-    lines += _best_lines(a)
+    collapsed = collapsed_comparisons(a)
+    skip = collapsed_keys(a, collapsed)
+    lines += [c.text() + "." for c in collapsed]
+    lines += _best_lines(a, skip)
+    compare = a.compare
+    if not compare.empty:
+        keep = [k not in skip for k in zip(compare["target"], compare["metric"], strict=True)]
+        compare = compare[keep]
     rows = (
-        a.compare.assign(_m=a.compare["metric"].map({m: i for i, m in enumerate(a.metrics)}))
+        compare.assign(_m=compare["metric"].map({m: i for i, m in enumerate(a.metrics)}))
         .sort_values(["_m", "significant", "p_holm"], ascending=[True, False, True])
         .drop(columns="_m")
-        if not a.compare.empty
-        else a.compare
+        if not compare.empty
+        else compare
     )
     for r in rows.head(max_lines).itertuples(index=False):
         lines.append(_compare_line(r))
@@ -53,7 +61,8 @@ def summary_lines(a: Analysis, max_lines: int = 12) -> list[str]:
         lines.append(f"... and {len(rows) - max_lines} more comparisons under Statistics.")
     ni = a.noninferiority
     if not ni.empty:  # the first metric's lines; the rest under Statistics
-        shown = ni[ni["metric"] == a.metrics[0]].head(max_lines)
+        keep = np.array([k not in skip for k in zip(ni["target"], ni["metric"], strict=True)])
+        shown = ni[(ni["metric"] == a.metrics[0]) & keep].head(max_lines)
         lines += [_noninferiority_line(r) for r in shown.itertuples(index=False)]
         if len(ni) > len(shown):
             lines.append(
@@ -66,11 +75,13 @@ def summary_lines(a: Analysis, max_lines: int = 12) -> list[str]:
     return lines
 
 
-def _best_lines(a: Analysis) -> list[str]:
+def _best_lines(a: Analysis, skip: set[tuple[str, str]] = frozenset()) -> list[str]:
     metric = a.metrics[0]
     lines = []
     first = a.common[(a.common["metric"] == metric) & (a.common["target"] != "composite")]
     for target, part in first.groupby("target", sort=False):
+        if (target, metric) in skip:
+            continue
         values = part["common_mean"] if HIGHER_IS_BETTER[metric] else -part["common_mean"]
         if values.isna().all():
             continue

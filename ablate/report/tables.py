@@ -3,7 +3,7 @@ their verdicts, bold for the best), one function per table."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -11,12 +11,14 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class Table:
-    """A display table: strings, an optional same-shape mask of cells to set in bold, a note."""
+    """A display table: strings, an optional same-shape mask of cells to set in bold, a note,
+    and links: (row, column) position -> an anchor in the page ("#case-kidney-case_00001")."""
 
     title: str
     frame: pd.DataFrame
     bold: pd.DataFrame | None = None
     note: str = ""
+    links: dict[tuple[int, int], str] = field(default_factory=dict)
 
 
 # the error term of a comparison, in words
@@ -100,7 +102,7 @@ def accuracy_table(
     sub = stats[stats["target"] == target].set_index(["metric", "variant"])
     frame = pd.DataFrame({"variant": order}, index=order)
     best, higher = {}, {}
-    n_common = 0
+    n_common: dict[str, int] = {}
     for metric in metrics:
         if metric not in sub.index.get_level_values(0):
             continue
@@ -120,7 +122,7 @@ def accuracy_table(
             col = f"{name} mean, common cases ({unit})"
             frame[col] = c["common_mean"].map(lambda x, m=metric: value_text(x, m))
             best[col], higher[col] = c["common_mean"], metric not in LOWER_IS_BETTER
-            n_common = int(c["n_common"].max()) if c["n_common"].notna().any() else 0
+            n_common[name] = int(c["n_common"].max()) if c["n_common"].notna().any() else 0
     first = sub.loc[metrics[0]].reindex(order)
     frame["n"] = first["n"].fillna(0).astype(int).astype(str)
     if common is not None and not common.empty:
@@ -130,9 +132,10 @@ def accuracy_table(
         )
     note = (
         f"Mean ± sd and median over each variant's own cases (per-case values averaged over "
-        f"seeds). Bold: the best mean over the {n_common} cases every variant has "
-        "(higher is better for DSC and NSD, lower for HD95, ASSD and |RVD|); absent cases: "
-        "cases of this target the variant has no value for."
+        f"seeds); n: cases with a {metric_label(metrics[0])} value. Bold: the best mean over the "
+        f"cases every variant has a value for ({_common_counts(n_common)}; higher is better for "
+        "DSC and NSD, lower for HD95, ASSD and |RVD|); absent cases: cases of this target the "
+        "variant has no value for."
     )
     return Table(f"{target}: accuracy per variant", frame, _bold_best(frame, best, higher), note)
 
@@ -140,10 +143,22 @@ def accuracy_table(
 LOWER_IS_BETTER = ("hd95", "assd", "abs_rvd")
 
 
+def _common_counts(n_common: dict[str, int]) -> str:
+    """ "DSC, NSD: 12 cases; HD95, ASSD: 9 cases" (distances and |RVD| are n/a where a mask is
+    empty, so their common cases can be fewer)."""
+    groups: dict[int, list[str]] = {}
+    for name, n in n_common.items():
+        groups.setdefault(n, []).append(name)
+    text = "; ".join(f"{', '.join(names)}: {n} cases" for n, names in groups.items())
+    if len(groups) > 1:
+        text += " (distances and |RVD| are n/a where the reference or prediction is empty)"
+    return text or "no cases"
+
+
 def table4(
     stats: pd.DataFrame, cost: pd.DataFrame, order: list[str], memory_label: str = "GPU memory"
 ) -> Table:
-    """Seed 000's Table 4 layout: rows target x metric (mean ± sd in %), running time, memory."""
+    """Zhou 2021 (FLARE21) Table 4 layout: rows target x metric (mean ± sd), time, memory."""
     rows = []
     indexed = stats.set_index(["target", "metric", "variant"]).sort_index()
     for target in pd.unique(stats["target"]):
@@ -159,12 +174,12 @@ def table4(
         rows.append(["Running time", "s / case", *map(_num, per["infer_seconds_per_case"])])
         rows.append([memory_label, "MB (train)", *map(_num, per["peak_train_memory_mb"])])
     frame = pd.DataFrame(rows, columns=["target", "metric", *order])
-    return Table("Cross-validation results (layout of seed 000, Table 4)", frame)
+    return Table("Cross-validation results (layout of Zhou 2021, FLARE21, Table 4)", frame)
 
 
 def kits_table(common: pd.DataFrame, order: list[str]) -> Table | None:
-    """Seed 004's Table 1: kidney, tumor and composite Dice (mean, %) per variant, on the cases
-    every variant has (common_case_means), best in bold."""
+    """Isensee 2019 (KiTS19) Table 1: kidney, tumor and composite Dice (mean, %) per variant, on
+    the cases every variant has (common_case_means), best in bold."""
     if common.empty or "composite" not in set(common["target"]):
         return None
     dsc = common[common["metric"] == "dsc"].pivot(
@@ -185,7 +200,10 @@ def kits_table(common: pd.DataFrame, order: list[str]) -> Table | None:
         "every variant has there; bold: the best."
     )
     return Table(
-        "KiTS composite Dice (layout of seed 004, Table 1)", frame, _bold_best(frame, values), note
+        "KiTS composite Dice (layout of Isensee 2019, KiTS19, Table 1)",
+        frame,
+        _bold_best(frame, values),
+        note,
     )
 
 
@@ -206,7 +224,7 @@ def cost_table(cost: pd.DataFrame, order: list[str]) -> Table:
     for col, name in cols.items():
         frame[name] = [f"{_num(m)} ± {_num(s)}" for m, s in zip(mean[col], sd[col], strict=True)]
     frame["parameters (M)"] = (mean["parameters"] / 1e6).map(lambda x: _num(x, 2))
-    # one forward pass of one patch (2 x multiply-accumulates of convs), as seed 000 reports
+    # one forward pass of one patch (2 x multiply-accumulates of convs), as Zhou 2021 reports
     frame["GFLOPs / patch"] = (mean["flops"] / 1e9).map(lambda x: _num(x, 2))
     frame["runs"] = grouped.size().reindex(order).fillna(0).astype(int).astype(str)
     return Table("Runtime and memory (mean ± sd over folds and seeds)", frame)
