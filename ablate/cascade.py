@@ -19,7 +19,7 @@ How nnU-Net builds them, and how this module does:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +88,45 @@ def load_previous_stage(folder: Path, case_id: str):
             f"{folder}: no 3d_lowres prediction of case {case_id}; the cascade's full-resolution "
             "stage needs every 3d_lowres fold's cross-validation predictions first"
         ) from missing
+
+
+def write_previous_stage(
+    checkpoints: Mapping[int, Path], lowres, fullres, folder: Path, infer
+) -> list[str]:
+    """nnU-Net's predicted_next_stage: every case of `lowres` (PreprocessedData of 3d_lowres)
+    predicted by the fold model that held it out (`checkpoints`: fold -> its checkpoint), as
+    labels on the case's `fullres` (3d_fullres) grid, written to `folder` (atomically; cases
+    already there are kept, so a resumed or parallel caller redoes nothing). Returns the cases
+    written now."""
+    import os
+
+    from ablate.checkpoint import checkpoint_regions, load_model
+    from ablate.device import select_device
+    from ablate.infer import model_logits
+
+    if [tuple(f.val) for f in lowres.folds] != [tuple(f.val) for f in fullres.folds]:
+        raise DataError(
+            "the 3d_lowres and 3d_cascade_fullres stages were split into different folds; "
+            "both need the study's one split"
+        )
+    device, written = select_device(infer.device), []
+    folder.mkdir(parents=True, exist_ok=True)
+    for fold, checkpoint in sorted(checkpoints.items()):
+        todo = [c for c in lowres.folds[fold].val if not (folder / f"{c}.b2nd").is_file()]
+        if not todo:
+            continue
+        model, _, plan = load_model(checkpoint, device)
+        regions = checkpoint_regions(checkpoint)
+        for case_id in todo:
+            image, _, _ = lowres.load_case(case_id)
+            logits = model_logits(model, np.asarray(image), plan, infer, device)
+            target_shape = fullres.load_case(case_id)[0].shape[1:]
+            seg = previous_stage_segmentation(logits, target_shape, plan.target_spacing_mm, regions)
+            tmp = f"{case_id}.tmp{os.getpid()}"
+            save_array(folder, tmp, seg, fullres.plan.patch_size)
+            os.replace(folder / f"{tmp}.b2nd", folder / f"{case_id}.b2nd")
+            written.append(case_id)
+    return written
 
 
 # ---- training input --------------------------------------------------------------------------
