@@ -31,6 +31,7 @@ from ablate.report.page import (
     table_id,
 )
 from ablate.report.pictures import CaseFiles, CasePicture, case_pictures
+from ablate.report.selection import selection_section
 from ablate.report.stats import HIGHER_IS_BETTER
 from ablate.report.summary import methods_text, summary_lines
 from ablate.report.tables import (
@@ -70,7 +71,9 @@ def build_report(results, meta: dict, out_dir: Path, cases: CaseFiles | None = N
     tables = build_tables(result, memory_label)
     tables["cases"] = case_tables(result, pictures, labels)
     figures = render_figures(result, memory_label, labels, head)
-    page = assemble(result, tables, figures, meta, head, pictures, labels)
+    page = assemble(
+        result, tables, figures, meta, head, pictures, labels, selection_section(results)
+    )
     path = out_dir / "index.html"
     path.write_text(page, encoding="utf-8")
     write_pictures(pictures, out_dir / "cases")
@@ -378,6 +381,7 @@ def assemble(
     head: Headline | None = None,
     pictures: list[CasePicture] | None = None,
     labels: VariantLabels | None = None,
+    selection: str = "",
 ) -> str:
     labels = labels or variant_labels(a.order)
     head = head or headline(a)
@@ -395,6 +399,10 @@ def assemble(
     sections = [
         Section("answer", "The answer", _answer(a, head, figs, labels, table)),
         Section("summary", "Summary", f'<ul class="summary">{summary}</ul>'),
+    ]
+    if selection:  # ablate.report.selection: nnU-Net's choice of configuration
+        sections.append(Section("selection", "Which configuration: nnU-Net's choice", selection))
+    sections += [
         Section(
             "accuracy",
             "Accuracy per target" + (" (cross-validation)" if tables["held_out"] else ""),
