@@ -49,8 +49,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_best(study) -> None:
-    from ablate.run.driver import workdir_of
-    from ablate.run.tracking import default_tracking_uri, fetch_results
+    from ablate.run.results import fetch_results
+    from ablate.run.store import default_tracking_uri
+    from ablate.run.study_data import workdir_of
 
     results = fetch_results(default_tracking_uri(study, workdir_of(study)), study.name)
     dsc = results.tidy[results.tidy.metric == "dsc"]
@@ -98,7 +99,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ablate.run.driver import build_study_report
+    from ablate.run.study_report import build_study_report
 
     study, text = _load(args.study)
     print(f"report: {build_study_report(study, text)}")
@@ -172,7 +173,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from ablate.run.driver import load_dataset, prepare_data
+    from ablate.run.study_data import load_dataset, prepare_data
 
     study, _ = _load(args.study)
     dataset, _ = load_dataset(study, check=True)

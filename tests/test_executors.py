@@ -14,9 +14,9 @@ import pytest
 from slurm_cluster import slurm_cluster  # noqa: F401 - the session fixture
 
 from ablate.errors import ConfigError
-from ablate.run.driver import PhaseCount
 from ablate.run.executors import executor_for, make_executor
 from ablate.run.executors.local import InProcessExecutor, LocalExecutor
+from ablate.run.phases import PhaseCount
 from ablate.run.progress import PlainProgress
 from ablate.study import ExecutorSpec, RaySpec, SlurmSpec
 
@@ -260,7 +260,7 @@ class Messages(PlainProgress):
 
 def _run_tiny(root: Path, executor) -> tuple:
     from ablate.run.driver import run_study
-    from ablate.run.tracking import fetch_results
+    from ablate.run.results import fetch_results
     from ablate.study import Study
 
     study = Study.model_validate(
@@ -404,8 +404,8 @@ def test_live_curves_grow_in_mlflow_while_the_training_runs(executor, tmp_path: 
     import mlflow
 
     from ablate.expand import expand
-    from ablate.run.driver import PhaseContext, run_phase
     from ablate.run.live import EVENTS_NAME, LiveCurves
+    from ablate.run.phases import PhaseContext, run_phase
     from ablate.run.tracking import Tracker
     from ablate.study import Study
 

@@ -12,15 +12,11 @@ from ablate.config import InferConfig
 from ablate.errors import DataError
 from ablate.expand import ExternalJob, expand
 from ablate.imageio import Geometry, read_image, write_image
-from ablate.run.jobs import (
-    _add_costs,
-    _all_labels,
-    _Scorer,
-    _test_steps,
-    execute_external,
-    postprocess_groups,
-)
+from ablate.run.cost import add_costs
+from ablate.run.held_out_jobs import steps_for_test_set
+from ablate.run.jobs import execute_external, postprocess_groups
 from ablate.run.outcome import HeldOutModel, Outcome
+from ablate.run.scoring import CaseScorer, all_labels
 from ablate.study import Study
 
 GEOMETRY = Geometry((3.0, 1.0, 0.8), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
@@ -41,21 +37,21 @@ def _half(ref: np.ndarray) -> np.ndarray:
 
 
 def test_costs_add_seconds_and_keep_peak_memory() -> None:
-    total = _add_costs({"seconds": 1.0, "cuda_mb": 5.0}, {"seconds": 2.5, "cuda_mb": 3.0})
+    total = add_costs({"seconds": 1.0, "cuda_mb": 5.0}, {"seconds": 2.5, "cuda_mb": 3.0})
     assert total == {"seconds": 3.5, "cuda_mb": 5.0}
 
 
 def test_largest_component_is_one_step_on_every_targets_labels() -> None:
-    assert _all_labels({"kidney": (1, 2), "tumor": (2,), "cyst": (3,)}) == ((1, 2, 3),)
+    assert all_labels({"kidney": (1, 2), "tumor": (2,), "cyst": (3,)}) == ((1, 2, 3),)
 
 
 def test_test_set_postprocessing_steps(tmp_path: Path) -> None:
-    assert _test_steps(InferConfig(), TARGETS, tmp_path / "none.json") == ()
+    assert steps_for_test_set(InferConfig(), TARGETS, tmp_path / "none.json") == ()
     largest = InferConfig(postprocess="largest_component")
-    assert _test_steps(largest, TARGETS, tmp_path / "none.json") == ((1,),)
+    assert steps_for_test_set(largest, TARGETS, tmp_path / "none.json") == ((1,),)
     auto = InferConfig(postprocess="auto")
     with pytest.raises(DataError, match=r"none.json: no postprocessing decision; the cross-"):
-        _test_steps(auto, TARGETS, tmp_path / "none.json")
+        steps_for_test_set(auto, TARGETS, tmp_path / "none.json")
 
 
 def test_auto_postprocessing_groups_the_folds_of_a_variant_and_seed(tmp_path: Path) -> None:
@@ -83,7 +79,7 @@ def test_scorer_writes_postprocessed_predictions_and_scores_them(tmp_path: Path)
     write_image(ref, GEOMETRY, tmp_path / "ref.nii.gz")
     pred = _half(ref)
     pred[3, 5, 4] = 1  # a stray voxel that largest_component removes
-    scorer = _Scorer(((1,),), TARGETS, TOLERANCE, tmp_path / "out", ".nii.gz", tmp_path / "raw")
+    scorer = CaseScorer(((1,),), TARGETS, TOLERANCE, tmp_path / "out", ".nii.gz", tmp_path / "raw")
     (tmp_path / "out").mkdir()
     (tmp_path / "raw").mkdir()
     scorer.add("a", pred, GEOMETRY, {"seconds": 2.0, "cuda_mb": 7.0}, tmp_path / "ref.nii.gz")
@@ -157,12 +153,13 @@ STUDY = {
 def test_training_evaluation_and_test_jobs_return_their_outcomes(tmp_path: Path) -> None:
     from ablate.checkpoint import FINAL
     from ablate.expand import expand_study
-    from ablate.run import driver
-    from ablate.run.jobs import execute_evaluation, execute_test, execute_training
+    from ablate.run import study_data
+    from ablate.run.held_out_jobs import execute_test
+    from ablate.run.jobs import execute_evaluation, execute_training
 
     study = Study.model_validate({**STUDY, "workdir": str(tmp_path / "work")})
-    dataset, test_cases = driver.load_dataset(study)
-    data = driver.prepare_data(study, dataset)
+    dataset, test_cases = study_data.load_dataset(study)
+    data = study_data.prepare_data(study, dataset)
     jobs = expand_study(study, data.key, data.folds, dataset.file_ending, test_cases)
     targets = {name: tuple(labels) for name, labels in dataset.targets().items()}
     tolerance = dict.fromkeys(targets, 2.0)

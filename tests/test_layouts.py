@@ -484,8 +484,9 @@ report_dir: report
 
 @pytest.mark.slow
 def test_a_short_run_on_kits19_as_downloaded_scores_kidney_and_tumor(tmp_path):
-    from ablate.run.driver import workdir_of
-    from ablate.run.tracking import default_tracking_uri, fetch_results
+    from ablate.run.results import fetch_results
+    from ablate.run.store import default_tracking_uri
+    from ablate.run.study_data import workdir_of
     from ablate.study_load import load_study
 
     layouts.kits(tmp_path / "kits19", n=4)

@@ -64,7 +64,7 @@ def _kill_mid_training(study: Path, sig: int = signal.SIGKILL, timeout_s: float 
 
 
 def _per_case(root: Path):
-    from ablate.run.tracking import fetch_results
+    from ablate.run.results import fetch_results
 
     tidy = fetch_results(f"sqlite:///{root / 'work' / 'mlflow.db'}", "resume").tidy
     return tidy.sort_values(["fold", "case", "target", "metric"]).reset_index(drop=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ablate.cli import main
-from ablate.run import driver
+from ablate.run import driver, phases, study_data
 
 STUDY = """
 name: failing
@@ -183,7 +183,7 @@ def test_status_estimates_the_time_left_from_finished_jobs(tmp_path: Path) -> No
     path = tmp_path / "study.yaml"
     path.write_text(textwrap.dedent(STUDY).replace("name: failing", "name: status"))
     study = load_study(path)
-    dataset, _ = driver.load_dataset(study)
+    dataset, _ = study_data.load_dataset(study)
     train_jobs, _ = expand(study, cache_key(dataset, study.plan, study.plan.intensity_samples))
     tracker = Tracker(
         f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}", "status", tmp_path / "work" / "mlartifacts"
@@ -241,12 +241,12 @@ def test_status_lists_exactly_the_jobs_run_runs(tmp_path: Path) -> None:
         + "external: {theirs: pred}\n"
     )
     study = load_study(path)
-    dataset, _ = driver.load_dataset(study)
+    dataset, _ = study_data.load_dataset(study)
     for case in dataset.cases:  # the external folder predicts every cross-validation case
         (tmp_path / "pred" / f"{case.case_id}.nii.gz").write_bytes(b"")
     executor = _Recording()
     driver.run_study(study, progress=PlainProgress(), make_report=False, executor=executor)
-    ran = sorted((driver.job_tracking(j)[0], j.name) for j in executor.jobs)
+    ran = sorted((phases.job_tracking(j)[0], j.name) for j in executor.jobs)
 
     lines = study_status(study).splitlines()
     listed = sorted((line[9:14].strip(), line[15:]) for line in lines if line.startswith("failed"))

@@ -97,7 +97,7 @@ def test_held_out_key_follows_the_files(tmp_path):
 
 
 def test_a_study_with_a_separate_test_set_loads_both_and_verifies_them(tmp_path):
-    from ablate.run.driver import load_dataset
+    from ablate.run.study_data import load_dataset
     from ablate.study_load import load_study
 
     _raw(tmp_path / "train", ["a", "b", "c"])

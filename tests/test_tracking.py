@@ -15,7 +15,9 @@ import pytest
 
 from ablate.expand import expand
 from ablate.run.outcome import JobState
-from ablate.run.tracking import Tracker, default_tracking_uri, fetch_results
+from ablate.run.results import fetch_results
+from ablate.run.store import default_tracking_uri
+from ablate.run.tracking import Tracker
 from ablate.study import Study
 
 
@@ -274,7 +276,8 @@ def test_logging_to_a_real_mlflow_server(tmp_path):
 
 
 def test_experiment_opens_on_runs_and_datasets_are_run_inputs(tmp_path):
-    from ablate.run.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, DatasetRecord
+    from ablate.run.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+    from ablate.run.tracking import DatasetRecord
 
     tracker = _tracker(tmp_path)
     experiment = tracker.client.get_experiment(tracker.experiment_id)

@@ -7,35 +7,29 @@ this driver process writes to the tracking store, because sqlite allows a single
 
 from __future__ import annotations
 
-import time
-import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ablate.checkpoint import checkpoint_for
-from ablate.data.dataset import Case, Dataset
-from ablate.expand import EnsembleJob, EvalJob, ExternalJob, TestJob, TrainJob
+from ablate.run.held_out_jobs import execute_ensemble, execute_test
 from ablate.run.jobs import (
-    execute_ensemble,
     execute_evaluation,
     execute_external,
-    execute_test,
     execute_training,
     postprocess_groups,
 )
-from ablate.run.live import EVENTS_NAME, LiveCurves
-from ablate.run.outcome import Outcome
+from ablate.run.live import LiveCurves
+from ablate.run.phases import PhaseContext, PhaseCount, job_tracking, run_phase
 from ablate.run.progress import PlainProgress, Progress
+from ablate.run.study_data import (
+    cache_record,
+    load_dataset,
+    prepare_data,
+    study_datasets,
+    workdir_of,
+)
+from ablate.run.study_report import build_study_report
 from ablate.study import Study
-
-
-@dataclass
-class PhaseCount:
-    """The jobs of one phase: run now, and skipped as already done."""
-
-    run: int = 0
-    skipped: int = 0
 
 
 @dataclass
@@ -48,206 +42,6 @@ class RunSummary:
     failed: list[str] = field(default_factory=list)  # names of the jobs that failed
     report: Path | None = None
     browse: str = ""  # how to open the study's runs in `mlflow ui`
-
-
-def workdir_of(study: Study) -> Path:
-    return study.work_dir()
-
-
-def report_dir_of(study: Study) -> Path:
-    return study.report_path()
-
-
-def _read_dataset(study: Study) -> Dataset:
-    """The study's dataset; a synthetic spec is generated once into <workdir>/data."""
-    spec = study.dataset
-    if spec.synthetic is not None:
-        from ablate.data.dataset import read_nnunet_raw
-        from ablate.data.synthetic import make_synthetic_dataset
-
-        syn = spec.synthetic
-        fov = "x".join(f"{v:g}" for v in syn.fov_mm)
-        out = workdir_of(study) / "data" / f"synthetic-s{syn.seed}-n{syn.cases}-fov{fov}"
-        if not (out / "dataset.json").is_file():
-            tmp = out.with_name(out.name + f".tmp{time.time_ns()}")
-            make_synthetic_dataset(tmp, cases=syn.cases, seed=syn.seed, fov_mm=tuple(syn.fov_mm))
-            tmp.rename(out)
-        return read_nnunet_raw(out)
-    from ablate.data.formats import read_dataset
-
-    return read_dataset(spec.path, None if spec.format == "auto" else spec.format, spec.labels)
-
-
-def load_dataset(study: Study, check: bool = False) -> tuple[Dataset, tuple[Case, ...]]:
-    """The cases for planning and cross-validation, and the held-out test cases (none without
-    `dataset.test`); test cases never reach the fingerprint, the plan or the folds. `check`
-    stops on a broken dataset or test set before anything is cached (warnings pass)."""
-    from ablate.data.testset import check_test_dataset, hold_out
-
-    dataset = _read_dataset(study)
-    if check:
-        check_dataset(dataset)
-    test = study.dataset.test
-    if test is None:
-        return dataset, ()
-    if test.holdout is not None:
-        return hold_out(dataset, test.holdout, test.seed, study.folds.k)
-    from ablate.data.formats import read_dataset
-
-    test_dataset = read_dataset(
-        test.path, None if test.format == "auto" else test.format, study.dataset.labels
-    )
-    if check:
-        check_dataset(test_dataset)
-    return dataset, check_test_dataset(dataset, test_dataset)
-
-
-def check_dataset(dataset: Dataset) -> None:
-    from ablate.data.verify import raise_on_errors, verify
-
-    raise_on_errors(verify(dataset))
-
-
-# --- the driver ----------------------------------------------------------------------------
-
-
-def job_tracking(job) -> tuple[str, dict[str, str]]:
-    """The MLflow kind of a job and the tags that tie it to the rest of the study."""
-    if isinstance(job, ExternalJob):
-        return (
-            "test" if job.on_test_set else "eval",
-            {"ablate.variant": job.label, "ablate.external": str(job.folder)},
-        )
-    if isinstance(job, EnsembleJob):
-        return "eval", {
-            "ablate.variant": job.label,
-            "ablate.ensemble": ",".join(m.key for m in job.members),
-        }
-    if isinstance(job, EvalJob):
-        return "eval", {"ablate.train_key": job.train_key}
-    if isinstance(job, TestJob):
-        return "test", {"ablate.train_keys": ",".join(job.train_keys)}
-    return "train", {}
-
-
-def job_params(job: TrainJob | EvalJob | TestJob) -> dict:
-    return {**{f"axis.{k}": v for k, v in job.variant.items()}, "fold": job.fold, "seed": job.seed}
-
-
-def record_outcome(
-    tracker, run_id: str, kind: str, outcome: Outcome, logged_steps: set[int] = frozenset()
-) -> None:
-    """Log a job's outcome on its run; an eval or test run gets its rows as `per_case.csv`.
-    A training's epochs already forwarded live (`logged_steps`) are not logged again."""
-    import pandas as pd
-
-    for epoch, metrics in enumerate(outcome.history):
-        if epoch not in logged_steps:
-            tracker.log_epoch(run_id, epoch, metrics)
-    if kind in ("eval", "test"):
-        model = ["model", "fold"] if kind == "test" else []  # which model predicted the case
-        table = pd.DataFrame(outcome.rows, columns=[*model, "case", "target", "metric", "value"])
-        tracker.log_table(run_id, table, "per_case.csv")
-    if outcome.params:
-        tracker.log_params(run_id, outcome.params)
-    for path, folder in outcome.artifacts:  # folder None: the run's root
-        tracker.log_artifact(run_id, Path(path), folder)
-    tracker.log_metrics(run_id, outcome.metrics)
-
-
-@dataclass
-class PhaseContext:
-    """What every phase shares: where jobs run, where they are recorded and shown."""
-
-    executor: object
-    tracker: object
-    progress: Progress
-    live: object  # run.live.LiveCurves: forwards trainings' epochs while they run
-    jobs_dir: Path
-    failed: list[str]  # names of the jobs that failed
-    datasets: Callable = lambda job: []  # a job's MLflow dataset inputs (DatasetRecord)
-
-
-def run_phase(jobs: list, name: str, make_call: Callable, ctx: PhaseContext, count: PhaseCount):
-    """Keep up to `executor.capacity` unfinished jobs in flight and record each outcome as it
-    arrives, so a kill loses at most the jobs in flight. A training's epochs reach its run while
-    it trains (`ctx.live`). A failure is recorded (its name added to `ctx.failed`); the rest go
-    on. On Ctrl-C (or SIGTERM) the runs in flight are marked failed before the interrupt goes
-    on."""
-    import concurrent.futures as cf
-
-    in_flight: dict[cf.Future, tuple] = {}
-    starting: list[str] = []
-    if not jobs:
-        return
-    done = ctx.tracker.done_keys()
-    ctx.progress.phase(name, total=sum(job.key not in done for job in jobs))
-    try:
-        for job in jobs:
-            if job.key in done:
-                count.skipped += 1
-                continue
-            while len(in_flight) >= ctx.executor.capacity:
-                _record_next(in_flight, ctx, count)
-            tracked_as, tags = job_tracking(job)
-            run_id = ctx.tracker.start_job(job.key, job.name, tracked_as, job_params(job), tags)
-            starting[:] = [run_id]
-            if records := ctx.datasets(job):
-                ctx.tracker.log_datasets(run_id, records)
-            ctx.progress.job_started(job.key, tracked_as, job.name)
-            if tracked_as == "train":
-                ctx.live.watch(run_id, job.key, ctx.jobs_dir / job.key / EVENTS_NAME)
-            fn, args = make_call(job)
-            future = ctx.executor.submit(fn, *args)  # in-process: runs the job here
-            in_flight[future] = (job, starting.pop(), tracked_as)
-        while in_flight:
-            _record_next(in_flight, ctx, count)
-    except (KeyboardInterrupt, SystemExit):
-        ctx.live.stop_all()
-        why = "interrupted; run the study again to resume"
-        for run_id in [*starting, *(run_id for _, run_id, _ in in_flight.values())]:
-            ctx.tracker.end_job(run_id, ok=False, error=why)
-        ctx.executor.shutdown(cancel=True)
-        raise
-
-
-def _record_next(in_flight: dict, ctx: PhaseContext, count: PhaseCount) -> None:
-    import concurrent.futures as cf
-
-    finished, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
-    for future in finished:
-        job, run_id, tracked_as = in_flight.pop(future)
-        try:
-            outcome = future.result()
-            logged = ctx.live.finish(run_id, outcome.history)
-            record_outcome(ctx.tracker, run_id, tracked_as, outcome, logged)
-        except Exception as exc:  # noqa: BLE001 - recorded, and the study goes on
-            ctx.live.finish(run_id)
-            ctx.tracker.end_job(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
-            ctx.failed.append(job.name)
-            trace = "".join(traceback.format_exception(exc, limit=-3))
-            ctx.progress.job_ended(job.key, False, f"{type(exc).__name__}: {exc}\n{trace}")
-        else:
-            ctx.tracker.end_job(run_id, ok=True)
-            count.run += 1
-            ctx.progress.job_ended(job.key, True)
-
-
-def prepare_data(study: Study, dataset: Dataset, plan_cfg=None):
-    """The shared preprocessed data for one plan configuration (cached; built once)."""
-    from ablate.preprocess import prepare
-
-    plan_cfg = plan_cfg or study.plan
-    return prepare(
-        dataset,
-        plan_cfg,
-        workdir_of(study) / "preprocessed",
-        folds=study.folds.k,
-        folds_seed=study.folds.seed,
-        workers=study.workers,
-        intensity_samples=plan_cfg.intensity_samples,
-        splits_file=study.folds.splits_file,
-    )
 
 
 def run_study(
@@ -275,7 +69,8 @@ def run_study(
 def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report: bool, executor):
     from ablate.expand import expand_study
     from ablate.run.executors import executor_for
-    from ablate.run.tracking import Tracker, default_tracking_uri, ui_hint
+    from ablate.run.store import default_tracking_uri
+    from ablate.run.tracking import Tracker, ui_hint
 
     workdir = workdir_of(study)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -434,34 +229,6 @@ def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report:
     return summary
 
 
-def cache_record(data, context: str):
-    """The preprocessed cache as an MLflow dataset input."""
-    from ablate.run.tracking import DatasetRecord
-
-    plan = data.plan
-    profile = {
-        "cases": len(data.case_ids),
-        "spacing_mm": [round(s, 3) for s in plan.target_spacing_mm],
-        "patch_size": list(plan.patch_size),
-        "folds": len(data.folds),
-    }
-    return DatasetRecord(f"preprocessed {data.key[:12]}", data.key, data.root, context, profile)
-
-
-def study_datasets(dataset: Dataset, test_cases: tuple, base) -> list:
-    """The parent run's inputs: the dataset as read and the shared preprocessed cache."""
-    from ablate.run.tracking import DatasetRecord
-
-    raw = DatasetRecord(
-        dataset.name,
-        dataset.content_hash(),
-        Path(dataset.root),
-        "source",
-        {"cases": len(dataset.cases), "held_out_test_cases": len(test_cases)},
-    )
-    return [raw, cache_record(base, "training")]
-
-
 def _start_progress(progress: Progress, planned: list, tracker, capacity: int) -> None:
     """Tell the display how many jobs of each kind are left and how long each kind took in
     earlier runs of the study (its time left before any job of this run ends)."""
@@ -480,91 +247,3 @@ def _start_progress(progress: Progress, planned: list, tracker, capacity: int) -
             todo[kind] = todo.get(kind, 0) + 1
     typical = {kind: sum(s) / len(s) for kind, s in took.items()}
     progress.start(todo, capacity, typical)
-
-
-def build_study_report(study: Study, config_yaml: str = "", tracker=None) -> Path:
-    """Collect the study's results from MLflow and write the HTML report."""
-    import json
-
-    from ablate.report import build_report
-    from ablate.run.tracking import Tracker, default_tracking_uri, fetch_results
-    from ablate.study import baseline_variant, variant_label
-
-    workdir = workdir_of(study)
-    uri = default_tracking_uri(study, workdir)
-    results = fetch_results(uri, study.name)
-    meta = {
-        "name": study.name,
-        "config_yaml": config_yaml,
-        "tracking_uri": uri,
-        "baseline": variant_label(baseline_variant(study)) if study.axes else None,
-        "environment": environment(),
-        "missing": list(results.missing),
-        "nsd_tolerance_mm": study.evaluation.nsd_tolerance_mm,
-        "test_set": test_set_text(study),
-        "analysis": study.analysis.model_dump(mode="json"),
-    }
-    plan_path = next(iter(sorted((workdir / "preprocessed").glob("*/plan.json"))), None)
-    if plan_path is not None:
-        meta["plan"] = json.loads(plan_path.read_text())
-    path = build_report(results, meta, report_dir_of(study))
-    tracker = tracker or Tracker(uri, study.name, workdir / "mlartifacts")
-    tracker.log_study_artifact(path)
-    return path
-
-
-def test_set_text(study: Study) -> str | None:
-    """How the held-out test set was made and scored, for the report."""
-    test = study.dataset.test
-    if test is None:
-        return None
-    made = (
-        f"{test.holdout} labelled cases drawn with seed {test.seed} before planning and "
-        "cross-validation"
-        if test.holdout
-        else f"the cases of {test.path}"
-    )
-    ensemble = ""
-    if study.infer.ensemble_folds:
-        average = study.infer.ensemble_average
-        like = (
-            "as Isensee 2019 on KiTS19"
-            if average == "probabilities"
-            else "as nnU-Net v2's predictor"
-        )
-        ensemble = f" and by the ensemble of all fold models, averaging their {average} ({like})"
-    return (
-        f"Test set: {made}. No model trained on them and the plan never saw them. Each "
-        f"case was predicted from its raw image by every fold model{ensemble}, with each "
-        "variant's inference and postprocessing settings ('auto' postprocessing applies the "
-        "decision made on that variant's cross-validation)."
-    )
-
-
-def environment() -> dict[str, str]:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
-    env = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-    }
-    for pkg in (
-        "ablate",
-        "torch",
-        "numpy",
-        "scipy",
-        "SimpleITK",
-        "mlflow",
-        "surface-distance",
-        "pandas",
-        "seaborn",
-    ):
-        try:
-            env[pkg] = version(pkg)
-        except PackageNotFoundError:
-            env[pkg] = "not installed"
-    return env

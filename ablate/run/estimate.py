@@ -141,7 +141,7 @@ def measure(study, say=print) -> JobTimes:
     seconds of every job `ablate run` would run."""
     from ablate.device import select_device
     from ablate.expand import expand_study
-    from ablate.run.driver import load_dataset, prepare_data, workdir_of
+    from ablate.run.study_data import load_dataset, prepare_data, workdir_of
 
     began = time.perf_counter()
     dataset, test_cases = load_dataset(study, check=True)

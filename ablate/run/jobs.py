@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ablate.checkpoint import checkpoint_for, checkpoint_regions, load_model
-from ablate.data.dataset import Case, Dataset
-from ablate.expand import EnsembleJob, EvalJob, ExternalJob, TestJob, TrainJob
-from ablate.run.outcome import HeldOutModel, Outcome
+from ablate.data.dataset import Dataset
+from ablate.expand import EvalJob, ExternalJob, TrainJob
+from ablate.run.cost import timed
+from ablate.run.outcome import Outcome
+from ablate.run.scoring import CaseScorer, all_labels
 
 
 def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = False) -> Outcome:
@@ -71,17 +72,6 @@ def postprocess_groups(eval_jobs: list[EvalJob], jobs_dir: Path) -> dict[str, Po
     return groups
 
 
-def _timed(device, fn, *args):
-    """fn(*args) and its cost: seconds (synchronised with the device) and peak memory during it."""
-    from ablate.device import peak_memory_mb, reset_peak_memory, synchronize
-
-    reset_peak_memory(device)
-    start = time.perf_counter()
-    out = fn(*args)
-    synchronize(device)
-    return out, {"seconds": time.perf_counter() - start, **peak_memory_mb(device)}
-
-
 def predict_raw(checkpoint: Path, case_ids, data, infer, out_dir: Path, file_ending: str) -> None:
     """Label maps without postprocessing, written as NIfTI with per-case cost beside them; cases
     already there are kept (written atomically, so parallel jobs may share the folder)."""
@@ -103,7 +93,7 @@ def predict_raw(checkpoint: Path, case_ids, data, infer, out_dir: Path, file_end
 
     for case_id in todo:
         image, _, props = data.load_case(case_id)
-        labels, cost = _timed(device, predict, np.array(image), props)
+        labels, cost = timed(device, predict, np.array(image), props)
         tmp = out_dir / f"{case_id}.tmp{os.getpid()}{file_ending}"
         write_image(labels, props.geometry, tmp)
         os.replace(tmp, out_dir / f"{case_id}{file_ending}")
@@ -167,8 +157,8 @@ def execute_evaluation(
     else:
         predict_raw(checkpoint, data.folds[job.fold].val, data, job.infer, raw_dir, ending)
         if job.infer.postprocess == "largest_component":
-            steps = _all_labels(targets)
-    scorer = _Scorer(
+            steps = all_labels(targets)
+    scorer = CaseScorer(
         steps,
         targets,
         tolerance_mm,
@@ -181,230 +171,6 @@ def execute_evaluation(
         cost = json.loads((raw_dir / f"{case_id}.json").read_text())
         scorer.add(case_id, labels, geometry, cost, label_files[case_id])
     return Outcome(scorer.metrics(), rows=scorer.rows, params=params, artifacts=artifacts)
-
-
-class _Scorer:
-    """Postprocesses, writes and scores one model's predictions one case at a time, keeping the
-    rows and costs (never the label maps: a KiTS-sized map is ~100 MB)."""
-
-    def __init__(
-        self,
-        steps,
-        targets,
-        tolerance_mm,
-        out_dir: Path,
-        ending: str,
-        raw_dir: Path | None = None,
-        ignore_label: int | None = None,
-    ):
-        self.steps, self.targets, self.tolerance_mm = steps, targets, tolerance_mm
-        self.ignore_label = ignore_label  # reference voxels holding it are scored in no target
-        self.out_dir, self.ending, self.raw_dir = out_dir, ending, raw_dir
-        self.rows: list[dict] = []
-        self.seconds: list[float] = []
-        self.peaks: dict[str, float] = {}
-
-    def add(self, case_id: str, labels, geometry, cost: dict, reference: Path) -> None:
-        """With `steps` and a `raw_dir`, the labels before postprocessing are written there."""
-        from ablate.evaluate import evaluate_case
-        from ablate.imageio import read_image, write_image
-        from ablate.postprocess import keep_largest_component
-
-        if self.steps and self.raw_dir is not None:
-            write_image(labels, geometry, self.raw_dir / f"{case_id}{self.ending}")
-        for values in self.steps:
-            labels = keep_largest_component(labels, values)
-        cost = dict(cost)
-        self.seconds.append(cost.pop("seconds"))
-        for key, value in cost.items():
-            self.peaks[key] = max(self.peaks.get(key, 0.0), value)
-        write_image(labels, geometry, self.out_dir / f"{case_id}{self.ending}")
-        ref, ref_geometry = read_image(reference)
-        for row in evaluate_case(
-            labels, ref, ref_geometry.spacing_mm, self.targets, self.tolerance_mm, self.ignore_label
-        ):
-            self.rows.append({"case": case_id, **row})
-
-    def metrics(self) -> dict[str, float]:
-        from ablate.device import headline_peak_mb
-
-        metrics = {
-            "infer_seconds_per_case": float(np.mean(self.seconds)),
-            "peak_infer_memory_mb": headline_peak_mb(self.peaks),
-            **{f"infer_{k}": v for k, v in self.peaks.items()},
-        }
-        for target in self.targets:
-            for metric in ("dsc", "nsd"):
-                values = [
-                    r["value"] for r in self.rows if r["target"] == target and r["metric"] == metric
-                ]
-                metrics[f"{metric}_{target}"] = (
-                    float(np.nanmean(values)) if values else float("nan")
-                )
-        return metrics
-
-
-def _all_labels(targets: dict[str, tuple[int, ...]]) -> tuple[tuple[int, ...], ...]:
-    """largest_component: one step on the union of every target's labels."""
-    return (tuple(sorted({v for values in targets.values() for v in values})),)
-
-
-def _test_steps(infer, targets, decision_file: Path) -> tuple[tuple[int, ...], ...]:
-    from ablate.errors import DataError
-    from ablate.postprocess import PostprocessingDecision
-
-    if infer.postprocess == "largest_component":
-        return _all_labels(targets)
-    if infer.postprocess != "auto":
-        return ()
-    if not decision_file.is_file():
-        raise DataError(
-            f"{decision_file}: no postprocessing decision; the cross-validation "
-            "evaluation of this variant failed or has not run; run the study again"
-        )
-    return PostprocessingDecision.from_json(json.loads(decision_file.read_text())).steps
-
-
-def execute_test(
-    job: TestJob,
-    checkpoints: list[Path],
-    cases: tuple[Case, ...],
-    targets: dict[str, tuple[int, ...]],
-    tolerance_mm: dict[str, float],
-    job_dir: Path,
-    decision_file: Path,
-    file_ending: str,
-    ignore_label: int | None = None,
-) -> Outcome:
-    """Predict the held-out test cases from their raw images with every fold model and, with
-    `infer.ensemble_folds`, their ensemble, in one pass (each case is preprocessed once and each
-    model runs once); postprocess, write and score every model's prediction. `auto`
-    postprocessing applies the decision of the variant's cross-validation (`decision_file`).
-
-    Cost per case: a fold model's is preprocessing + its sliding window + export; the
-    ensemble's is preprocessing + every model's sliding window + export."""
-    from ablate.device import select_device
-    from ablate.imageio import read_image
-    from ablate.infer import CaseEnsemble, model_logits
-    from ablate.preprocess import preprocess_images
-
-    steps = _test_steps(job.infer, targets, decision_file)
-    device = select_device(job.infer.device)
-    models, plan = [], None
-    for checkpoint in checkpoints:
-        model, _, plan = load_model(checkpoint, device)
-        models.append(model)
-    regions = checkpoint_regions(checkpoints[0])
-    single = [HeldOutModel(fold) for fold in job.folds]
-    ensemble_model = HeldOutModel(None)
-    scored = single + ([ensemble_model] if job.infer.ensemble_folds else [])
-    scorers = {
-        model: _Scorer(
-            steps,
-            targets,
-            tolerance_mm,
-            job_dir / model.folder,
-            file_ending,
-            job_dir / model.folder / "raw",
-            ignore_label,
-        )
-        for model in scored
-    }
-
-    for case in cases:
-        loaded = [read_image(path) for path in case.images]
-        geometry = loaded[0][1]
-        (data, props), prep = _timed(
-            device, preprocess_images, [a for a, _ in loaded], geometry, plan
-        )
-        average = job.infer.ensemble_average if job.infer.ensemble_folds else None
-        ensemble = CaseEnsemble(props, plan, regions, average)
-        windows = []
-        for test_model, model in zip(single, models, strict=True):
-            logits, window = _timed(
-                device, model_logits, model, np.array(data), plan, job.infer, device
-            )
-            labels, out = _timed(device, ensemble.add, logits)
-            windows.append(window)
-            scorers[test_model].add(
-                case.case_id, labels, geometry, _add_costs(prep, window, out), case.label
-            )
-        if job.infer.ensemble_folds:
-            labels, out = _timed(device, ensemble.labels)
-            scorers[ensemble_model].add(
-                case.case_id, labels, geometry, _add_costs(prep, *windows, out), case.label
-            )
-    rows, metrics = [], {}
-    for test_model, scorer in scorers.items():
-        tag = {"model": test_model.name, "fold": test_model.tracked_fold}
-        rows += [{**tag, **row} for row in scorer.rows]
-        metrics.update({test_model.prefix + k: v for k, v in scorer.metrics().items()})
-    fold_metrics = {m.fold: scorers[m].metrics() for m in single}
-    for key in fold_metrics[single[0].fold]:  # unprefixed: the mean over the fold models
-        metrics[key] = float(np.nanmean([fold[key] for fold in fold_metrics.values()]))
-    return Outcome(metrics, rows=rows, params={"models": len(models)})
-
-
-def execute_ensemble(
-    job: EnsembleJob,
-    checkpoints: list[Path],
-    data,
-    dataset: Dataset,
-    targets: dict[str, tuple[int, ...]],
-    tolerance_mm: dict[str, float],
-    job_dir: Path,
-) -> Outcome:
-    """Predict one fold's validation cases with the average of its members' fold models (each
-    with its own inference settings), write and score them. No postprocessing: nnU-Net decides
-    it anew for an ensemble, which ablate does not yet do."""
-    from ablate.device import select_device
-    from ablate.errors import DataError
-    from ablate.infer import CaseEnsemble, model_logits
-
-    device = select_device(job.members[0].infer.device)
-    models = [load_model(checkpoint, device)[0] for checkpoint in checkpoints]
-    regions = checkpoint_regions(checkpoints[0])
-    if any(checkpoint_regions(c) != regions for c in checkpoints[1:]):
-        raise DataError(
-            f"ensemble {job.label}: members were trained with different regions; "
-            "ensemble cells with the same train.regions"
-        )
-    label_files = {c.case_id: c.label for c in dataset.cases}
-    scorer = _Scorer(
-        (),
-        targets,
-        tolerance_mm,
-        job_dir / "predictions",
-        dataset.file_ending,
-        ignore_label=dataset.ignore_label,
-    )
-
-    def predict(image: np.ndarray, props) -> np.ndarray:
-        ensemble = CaseEnsemble(props, data.plan, regions, job.members[0].infer.ensemble_average)
-        for member, model in zip(job.members, models, strict=True):
-            ensemble.add(model_logits(model, image, data.plan, member.infer, device))
-        return ensemble.labels()
-
-    for case_id in data.folds[job.fold].val:
-        image, _, props = data.load_case(case_id)
-        labels, cost = _timed(device, predict, np.array(image), props)
-        scorer.add(case_id, labels, props.geometry, cost, label_files[case_id])
-    return Outcome(
-        scorer.metrics(),
-        rows=scorer.rows,
-        params={"members": json.dumps([m.name for m in job.members])},
-    )
-
-
-def _add_costs(*parts: dict) -> dict:
-    """Seconds add up; peak memories take the maximum."""
-    total: dict[str, float] = {}
-    for part in parts:
-        for key, value in part.items():
-            total[key] = (
-                total.get(key, 0.0) + value if key == "seconds" else max(total.get(key, 0.0), value)
-            )
-    return total
 
 
 def execute_external(

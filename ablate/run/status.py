@@ -7,9 +7,10 @@ from pathlib import Path
 
 from ablate.data.dataset import Dataset
 from ablate.folds import Fold, make_folds, read_splits
-from ablate.run.driver import job_tracking, load_dataset, workdir_of
 from ablate.run.outcome import JobState
+from ablate.run.phases import job_tracking
 from ablate.run.progress import left_text
+from ablate.run.study_data import load_dataset, workdir_of
 from ablate.study import Study
 
 # the states `ablate status` counts, in its order (a superseded run counts as failed)
@@ -32,7 +33,7 @@ def study_status(study: Study) -> str:
     """One line per job (done / running / failed / pending), the best metric so far, time left."""
     from ablate.expand import expand, expand_study
     from ablate.preprocess import cache_key
-    from ablate.run.tracking import JobRecord, default_tracking_uri, read_job_records
+    from ablate.run.store import JobRecord, default_tracking_uri, read_job_records
 
     uri = default_tracking_uri(study, workdir_of(study))
     records = read_job_records(uri, study.name)

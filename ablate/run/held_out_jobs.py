@@ -1,0 +1,163 @@
+"""The held-out test set's jobs: every fold model of a variant on the test cases (and their
+ensemble), and ensembles of grid cells on cross-validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ablate.checkpoint import checkpoint_regions, load_model
+from ablate.data.dataset import Case, Dataset
+from ablate.expand import EnsembleJob, TestJob
+from ablate.run.cost import add_costs, timed
+from ablate.run.outcome import HeldOutModel, Outcome
+from ablate.run.scoring import CaseScorer, all_labels
+
+
+def steps_for_test_set(infer, targets, decision_file: Path) -> tuple[tuple[int, ...], ...]:
+    from ablate.errors import DataError
+    from ablate.postprocess import PostprocessingDecision
+
+    if infer.postprocess == "largest_component":
+        return all_labels(targets)
+    if infer.postprocess != "auto":
+        return ()
+    if not decision_file.is_file():
+        raise DataError(
+            f"{decision_file}: no postprocessing decision; the cross-validation "
+            "evaluation of this variant failed or has not run; run the study again"
+        )
+    return PostprocessingDecision.from_json(json.loads(decision_file.read_text())).steps
+
+
+def execute_test(
+    job: TestJob,
+    checkpoints: list[Path],
+    cases: tuple[Case, ...],
+    targets: dict[str, tuple[int, ...]],
+    tolerance_mm: dict[str, float],
+    job_dir: Path,
+    decision_file: Path,
+    file_ending: str,
+    ignore_label: int | None = None,
+) -> Outcome:
+    """Predict the held-out test cases from their raw images with every fold model and, with
+    `infer.ensemble_folds`, their ensemble, in one pass (each case is preprocessed once and each
+    model runs once); postprocess, write and score every model's prediction. `auto`
+    postprocessing applies the decision of the variant's cross-validation (`decision_file`).
+
+    Cost per case: a fold model's is preprocessing + its sliding window + export; the
+    ensemble's is preprocessing + every model's sliding window + export."""
+    from ablate.device import select_device
+    from ablate.imageio import read_image
+    from ablate.infer import CaseEnsemble, model_logits
+    from ablate.preprocess import preprocess_images
+
+    steps = steps_for_test_set(job.infer, targets, decision_file)
+    device = select_device(job.infer.device)
+    models, plan = [], None
+    for checkpoint in checkpoints:
+        model, _, plan = load_model(checkpoint, device)
+        models.append(model)
+    regions = checkpoint_regions(checkpoints[0])
+    single = [HeldOutModel(fold) for fold in job.folds]
+    ensemble_model = HeldOutModel(None)
+    scored = single + ([ensemble_model] if job.infer.ensemble_folds else [])
+    scorers = {
+        model: CaseScorer(
+            steps,
+            targets,
+            tolerance_mm,
+            job_dir / model.folder,
+            file_ending,
+            job_dir / model.folder / "raw",
+            ignore_label,
+        )
+        for model in scored
+    }
+
+    for case in cases:
+        loaded = [read_image(path) for path in case.images]
+        geometry = loaded[0][1]
+        (data, props), prep = timed(
+            device, preprocess_images, [a for a, _ in loaded], geometry, plan
+        )
+        average = job.infer.ensemble_average if job.infer.ensemble_folds else None
+        ensemble = CaseEnsemble(props, plan, regions, average)
+        windows = []
+        for test_model, model in zip(single, models, strict=True):
+            logits, window = timed(
+                device, model_logits, model, np.array(data), plan, job.infer, device
+            )
+            labels, out = timed(device, ensemble.add, logits)
+            windows.append(window)
+            scorers[test_model].add(
+                case.case_id, labels, geometry, add_costs(prep, window, out), case.label
+            )
+        if job.infer.ensemble_folds:
+            labels, out = timed(device, ensemble.labels)
+            scorers[ensemble_model].add(
+                case.case_id, labels, geometry, add_costs(prep, *windows, out), case.label
+            )
+    rows, metrics = [], {}
+    for test_model, scorer in scorers.items():
+        tag = {"model": test_model.name, "fold": test_model.tracked_fold}
+        rows += [{**tag, **row} for row in scorer.rows]
+        metrics.update({test_model.prefix + k: v for k, v in scorer.metrics().items()})
+    fold_metrics = {m.fold: scorers[m].metrics() for m in single}
+    for key in fold_metrics[single[0].fold]:  # unprefixed: the mean over the fold models
+        metrics[key] = float(np.nanmean([fold[key] for fold in fold_metrics.values()]))
+    return Outcome(metrics, rows=rows, params={"models": len(models)})
+
+
+def execute_ensemble(
+    job: EnsembleJob,
+    checkpoints: list[Path],
+    data,
+    dataset: Dataset,
+    targets: dict[str, tuple[int, ...]],
+    tolerance_mm: dict[str, float],
+    job_dir: Path,
+) -> Outcome:
+    """Predict one fold's validation cases with the average of its members' fold models (each
+    with its own inference settings), write and score them. No postprocessing: nnU-Net decides
+    it anew for an ensemble, which ablate does not yet do."""
+    from ablate.device import select_device
+    from ablate.errors import DataError
+    from ablate.infer import CaseEnsemble, model_logits
+
+    device = select_device(job.members[0].infer.device)
+    models = [load_model(checkpoint, device)[0] for checkpoint in checkpoints]
+    regions = checkpoint_regions(checkpoints[0])
+    if any(checkpoint_regions(c) != regions for c in checkpoints[1:]):
+        raise DataError(
+            f"ensemble {job.label}: members were trained with different regions; "
+            "ensemble cells with the same train.regions"
+        )
+    label_files = {c.case_id: c.label for c in dataset.cases}
+    scorer = CaseScorer(
+        (),
+        targets,
+        tolerance_mm,
+        job_dir / "predictions",
+        dataset.file_ending,
+        ignore_label=dataset.ignore_label,
+    )
+
+    def predict(image: np.ndarray, props) -> np.ndarray:
+        ensemble = CaseEnsemble(props, data.plan, regions, job.members[0].infer.ensemble_average)
+        for member, model in zip(job.members, models, strict=True):
+            ensemble.add(model_logits(model, image, data.plan, member.infer, device))
+        return ensemble.labels()
+
+    for case_id in data.folds[job.fold].val:
+        image, _, props = data.load_case(case_id)
+        labels, cost = timed(device, predict, np.array(image), props)
+        scorer.add(case_id, labels, props.geometry, cost, label_files[case_id])
+    return Outcome(
+        scorer.metrics(),
+        rows=scorer.rows,
+        params={"members": json.dumps([m.name for m in job.members])},
+    )
