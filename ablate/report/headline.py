@@ -12,13 +12,16 @@ distance defined on no case) collapse into one line that says why.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from ablate.report.analysis import Analysis
 from ablate.report.paired import NO_VARIANCE
 from ablate.report.tables import FRACTION_METRICS, LEVELS, diff_text, diff_unit, metric_label
+
+if TYPE_CHECKING:  # analysis imports held_out, which draws with plots, which reads ForestPanel
+    from ablate.report.analysis import Analysis
 
 # verdicts of the headline test, in the order the legend lists them
 BETTER, WORSE, NO_DIFFERENCE, NO_TEST = "better", "worse", "no difference shown", "no test"

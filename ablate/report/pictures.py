@@ -179,10 +179,14 @@ def _read(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
 
 
 def render_case(files: CaseFiles, pick: Pick, labels) -> bytes:
-    """One or two axial slices: through the most reference and through the most disagreement,
-    each cropped around where the contours differ."""
     from ablate.report.plots import png
 
+    return png(case_figure(files, pick, labels), PICTURE_DPI)
+
+
+def case_figure(files: CaseFiles, pick: Pick, labels):
+    """One or two axial slices: through the most reference and through the most disagreement,
+    each cropped around where the contours differ."""
     image, spacing = _read(files.images[pick.case])
     values = files.targets[pick.target]
     ref = np.isin(_read(files.references[pick.case])[0], values)
@@ -211,7 +215,7 @@ def render_case(files: CaseFiles, pick: Pick, labels) -> bytes:
     for (color, style), v in zip(VARIANT_STYLES, pick.variants, strict=False):
         handles.append(_handle(color, style, 1.8, f"{labels(v)} ({_p(pick.values[v])})"))
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
-    return png(fig, PICTURE_DPI)
+    return fig
 
 
 def _slices(ref: np.ndarray, preds: list[np.ndarray]) -> list[tuple[int, str]]:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ablate.report.headline import BETTER, NO_DIFFERENCE, NO_TEST, WORSE, ForestPanel
 
@@ -236,6 +237,8 @@ def cost_per_variant(cost: pd.DataFrame, order: list[str], memory_label: str, la
         sns.barplot(**kw, color="#9ecae1", errorbar=None, orient="h")
         sns.stripplot(**kw, color="#08306b", size=3, orient="h")
         ax.set(title=label, xlabel="", ylabel="")
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+    fig.get_layout_engine().set(w_pad=0.3)  # the panels' end ticks must not touch
     return fig
 
 
