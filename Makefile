@@ -49,4 +49,4 @@ bench: install
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf runs studies/runs reports/demo .pytest_cache
+	rm -rf runs studies/runs studies/reports .pytest_cache

@@ -239,6 +239,9 @@ class Study(Frozen):
         return (self.workdir or Path("runs") / self.name).absolute()
 
     def report_path(self) -> Path:
+        """The report folder: `report_dir` (`load_study` resolves it against the study file's
+        folder, default `reports/<name>` beside it); relative to the current directory only for
+        a Study built in code."""
         return (self.report_dir or Path("reports") / self.name).absolute()
 
 

@@ -58,9 +58,13 @@ def load_study(path: str | Path, check_paths: bool = True) -> Study:
         ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a study must be a YAML mapping with name, dataset, ...")
-    if raw.get("workdir") is None and isinstance(raw.get("name"), str):
-        # beside the study file, so every command finds the same runs from any directory
-        raw["workdir"] = str(Path("runs") / raw["name"])
+    if isinstance(raw.get("name"), str):
+        # beside the study file, so every command finds the same runs and report from any
+        # directory
+        if raw.get("workdir") is None:
+            raw["workdir"] = str(Path("runs") / raw["name"])
+        if raw.get("report_dir") is None:
+            raw["report_dir"] = str(Path("reports") / raw["name"])
     _resolve_relative_paths(raw, path.parent.absolute())
     try:
         study = Study.model_validate(raw)

@@ -93,14 +93,17 @@ def test_takeover_names_the_dead_holder(tmp_path):
             StudyLock(tmp_path).acquire()  # a second holder in this process is refused too
 
 
-def test_workdir_resolves_against_the_study_file(tmp_path, monkeypatch):
+def test_workdir_and_report_dir_resolve_against_the_study_file(tmp_path, monkeypatch):
     study = _study(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert load_study(study).work_dir() == study.parent / "runs" / "locked"
+    assert load_study(study).report_path() == study.parent / "report"
     study.write_text(textwrap.dedent(STUDY) + "workdir: ../work\n")
     assert load_study(study).work_dir() == tmp_path / "work"
+    study.write_text(textwrap.dedent(STUDY).replace("report_dir: report\n", ""))
+    assert load_study(study).report_path() == study.parent / "reports" / "locked"
 
 
 def test_read_only_commands_create_no_store_and_say_so(tmp_path, monkeypatch, capsys):
