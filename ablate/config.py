@@ -31,7 +31,8 @@ PRESET_GPU_MEMORY_GB = {"nnunet": 8.0, "resenc_m": 8.0, "resenc_l": 24.0, "resen
 
 
 class CTWindow(Frozen):
-    """Clip CT intensities to [level - width/2, level + width/2] before normalisation (seed 003)."""
+    """Clip CT intensities to [level - width/2, level + width/2] before normalisation, as Liang
+    did for INSTANCE 2022."""
 
     level: float
     width: float = Field(gt=0)
@@ -90,7 +91,8 @@ class TrainConfig(Frozen):
     """One training. Defaults are nnU-Net v2's; a study shortens epochs for CPU runs."""
 
     arch: str = "plain"  # key of ablate.nets.ARCHITECTURES
-    base_features: int | None = None  # None = the plan's features; seed 004 used 24 / 30
+    # None = the plan's features; Isensee 2019 (KiTS19) used 24 / 30
+    base_features: int | None = None
     blocks_per_stage: tuple[int, ...] | None = None  # residual encoders; None = ResEnc 1,3,4,6,6,..
     # every block's nonlinearity: nnU-Net's LeakyReLU(0.01), or ReLU (Isensee 2019's residual nets)
     nonlin: Literal["leaky_relu", "relu"] = "leaky_relu"
@@ -102,7 +104,8 @@ class TrainConfig(Frozen):
     epochs: int = Field(1000, ge=1)
     iterations_per_epoch: int = Field(250, ge=1)
     val_iterations: int = Field(50, ge=0)
-    lr_schedule_epochs: int | None = None  # poly schedule length; None = epochs (seed 000: 1000)
+    # poly schedule length; None = epochs (Zhou 2021, FLARE21: 1000)
+    lr_schedule_epochs: int | None = None
     initial_lr: float = Field(1e-2, gt=0)
     momentum: float = 0.99
     weight_decay: float = 3e-5
@@ -132,8 +135,8 @@ class InferConfig(Frozen):
     # with a held-out test set (dataset.test): also predict it with the mean of every fold
     # model's output; cross-validation cases are always scored by the one model not trained on them
     ensemble_folds: bool = False
-    # what the ensemble averages: "probabilities" (seed 004, nnUNetv2_ensemble) or "logits"
-    # (nnU-Net v2's predictor given several folds)
+    # what the ensemble averages: "probabilities" (Isensee 2019, KiTS19; nnUNetv2_ensemble) or
+    # "logits" (nnU-Net v2's predictor given several folds)
     ensemble_average: Literal["probabilities", "logits"] = "probabilities"
     # "largest_component" always keeps the largest foreground component; "auto" decides per
     # class on all cross-validation folds of the variant, as nnU-Net's determine_postprocessing

@@ -308,7 +308,7 @@ class CaseEnsemble:
     `add` exports each model's logits to its own label map (so one pass scores every fold model)
     and, unless `average` is None, accumulates the ensemble: "logits" exports the mean logits at
     the plan's spacing (nnU-Net v2's predictor given several folds); "probabilities" averages each
-    model's exported probabilities in the original geometry (nnUNetv2_ensemble, seed 004).
+    model's exported probabilities in the original geometry (nnUNetv2_ensemble; Isensee 2019).
     """
 
     def __init__(self, props, plan: Plan, regions=None, average: str | None = "probabilities"):

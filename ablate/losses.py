@@ -1,4 +1,5 @@
-"""Segmentation losses (nnU-Net's, seed 000's Dice+TopK, seed 001's CE->Dice) and deep supervision.
+"""Segmentation losses (nnU-Net's; Dice+TopK of Zhou 2021 and CE->Dice of Xu 2021, both on FLARE21)
+and deep supervision.
 
 Every loss is called as ``loss(logits, target, progress)``: logits (B, K, Z, Y, X), target
 (B, 1, Z, Y, X) long with values in [0, K), progress in [0, 1] the fraction of training done.
@@ -93,7 +94,7 @@ def dice_ce(batch_dice: bool) -> Loss:
 
 
 def dice_topk(batch_dice: bool) -> Loss:
-    """nnU-Net's DC_and_topk_loss (k=10, weights 1:1), the loss of seed 000 Eq. 1.
+    """nnU-Net's DC_and_topk_loss (k=10, weights 1:1), the loss of Zhou 2021 (FLARE21), Eq. 1.
 
     Deviation from the paper's Eq. 1: the Dice denominator is sum(p) + sum(g) as in nnU-Net,
     not sum(p^2) + sum(g^2).
@@ -200,7 +201,7 @@ def deep_supervision_weights(mode: str, n_outputs: int) -> list[float]:
     """Weights per network output, index 0 = full resolution.
 
     nnunet: w_i = 1/2^i, the lowest-resolution output weighted 0, normalised to sum 1.
-    last3:  0.7, 0.2, 0.1 on the three highest resolutions (seed 000), zeros elsewhere.
+    last3:  0.7, 0.2, 0.1 on the three highest resolutions (Zhou 2021, FLARE21), zeros elsewhere.
     none:   the full-resolution output only.
     """
     if n_outputs < 1:

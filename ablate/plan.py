@@ -321,8 +321,8 @@ def _normalizations(fp: Fingerprint, dataset, cfg, workers: int) -> list[Channel
         if needs_samples and samples is None:
             samples = foreground_samples(dataset, workers, cfg.intensity_samples)
         if cfg.ct_window is not None:
-            # windowing first, then nnU-Net on the windowed images (seed 003): statistics and
-            # the 0.5 / 99.5 percentile clip of the windowed foreground
+            # windowing first, then nnU-Net on the windowed images (Liang, INSTANCE 2022):
+            # statistics and the 0.5 / 99.5 percentile clip of the windowed foreground
             window_low = cfg.ct_window.level - cfg.ct_window.width / 2
             window_high = cfg.ct_window.level + cfg.ct_window.width / 2
             windowed = np.clip(samples[c], window_low, window_high)

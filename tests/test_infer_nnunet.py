@@ -291,7 +291,7 @@ def test_v1_mirror_order_equals_nnunet_v1s_passes():
         theirs = _v1_passes(axes)
         for k in range(1, len(theirs) + 1):
             assert mirror_combinations(axes, k, "nnunet_v1") == theirs[:k]
-    # seed 000's TTA 2 (v1 cut to two passes, all axes allowed): identity and the x flip,
+    # Zhou 2021's (FLARE21) TTA 2 (v1 cut to two passes, all axes allowed): identity and the x flip,
     # where nnU-Net v2's order flips z
     assert mirror_combinations((0, 1, 2), 2, "nnunet_v1") == _v1_passes((0, 1, 2), 2)
     assert mirror_combinations((0, 1, 2), 2, "nnunet_v1") == [(), (2,)]

@@ -44,7 +44,7 @@ def nnunet_loss(name: str, batch_dice: bool, progress: float = 0.0):
         return compound.DC_and_topk_loss(
             dice_kwargs(batch_dice), {"k": 10, "label_smoothing": 0.0}, 1, 1, None
         )
-    if name == "ce_to_dice":  # seed 001: nnU-Net's Dice+CE with scheduled weights
+    if name == "ce_to_dice":  # Xu 2021 (FLARE21): nnU-Net's Dice+CE with scheduled weights
         from ablate.losses import ce_to_dice_weights
 
         w_ce, w_dice = ce_to_dice_weights(progress)

@@ -8,7 +8,7 @@
 
 All three store the axial slice axis first in the NIfTI file; each case is reoriented losslessly
 into ``<root>_ablate_converted/`` (identity direction, arrays (Z, Y, X) with slices first).
-KiTS19 is scored on kidney = kidney + tumor and tumor (seed 004); KiTS21/23 are region-based as
+KiTS19 is scored on kidney = kidney + tumor and tumor (Isensee 2019); KiTS21/23 are region-based as
 nnU-Net's Dataset220_KiTS2023: kidney (1, 2, 3), masses (2, 3), tumor (2), painted (1, 3, 2).
 KiTS19's unlabelled challenge test cases (210-299) are left out; any other case missing its image
 (not downloaded yet) or its label is kept, so `verify` names the file.

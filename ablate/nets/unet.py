@@ -6,12 +6,13 @@ with the skip, decoder units, 1x1x1 seg head. A head exists for every decoder st
 so checkpoints load with deep supervision on or off.
 
 Features: plan.features_per_stage, or with `cfg.base_features = b` the rule
-`min(b * 2**s, max(plan.features_per_stage))` (seed 004's 24/30 base with the plan's 320 cap).
+`min(b * 2**s, max(plan.features_per_stage))` (Isensee 2019's KiTS19 24/30 base, the plan's 320
+cap).
 
 Encoder units per stage: "plain" 2 convs (nnU-Net); "residual"/"preact" take
 `cfg.blocks_per_stage`, default nnU-Net ResEnc's (1, 3, 4, 6, 6, 6, ...). A tuple shorter than
 the plan's stage count repeats its last entry, a longer one is cut, so (1, 2, 3, 4) gives
-seed 004's 1, 2, 3, 4, 4, ... at any depth.
+Isensee 2019's 1, 2, 3, 4, 4, ... at any depth.
 `blocks_per_stage` is ignored by "plain".
 
 "residual_v1" / "preact_v1" are nnU-Net v1's FabiansUNet / FabiansPreActUNet, the networks of
@@ -91,7 +92,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         fixed_encoder_units=None,
         stem=blocks.conv3d,
         pre_head=_norm_act,
-        summary="pre-act residual encoder (seed 004), IN-LReLU-conv decoder, norm+act before heads",
+        summary="pre-act residual encoder (Isensee 2019), IN-LReLU-conv decoder, norm+act, heads",
     ),
     # nnU-Net v1's networks of Isensee 2019 (KiTS19), as generic_modular_residual_UNet.py /
     # generic_modular_preact_residual_UNet.py define them
