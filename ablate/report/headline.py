@@ -120,7 +120,7 @@ def _why_target(a: Analysis, target: str) -> str:
             "compare"
         )
     return (
-        f"{target}: every variant has the same value on every case for every metric; nothing "
+        f"every variant has the same value on every {target} case for every metric; nothing "
         "to compare"
     )
 
@@ -208,8 +208,7 @@ def _sentence(a: Analysis, variant: str, rows: pd.DataFrame) -> str:
     for r in rows.itertuples(index=False):
         if r.metric == first or verdict(r) in (BETTER, WORSE):
             parts.append(_effect_words(r))
-    text = "; ".join(parts)
-    text = text[:1].upper() + text[1:]
+    text = "; ".join(parts)  # starts with a target name: left as the data spells it
     ni = a.noninferiority
     if not ni.empty:
         mine = ni[(ni["candidate"] == variant) & (ni["metric"] == first) & (ni["note"] == "")]
