@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import yaml
 
 from ablate.config import EvalConfig, InferConfig, PlanConfig, TrainConfig
 from ablate.data.dataset import Case
+from ablate.errors import ConfigError
 from ablate.folds import Fold
 from ablate.study import (
     Study,
@@ -49,6 +50,11 @@ class TrainJob:
     seed: int
     train: TrainConfig
     plan: PlanConfig
+    # the trainings whose output this one reads, which must finish first: for nnU-Net's
+    # 3d_cascade_fullres, every fold of the same cell's 3d_lowres stage (fold order), whose
+    # cross-validation predictions are its extra input (ablate.cascade)
+    needs: tuple[str, ...] = ()
+    previous_stage_plan: PlanConfig | None = None  # that 3d_lowres stage's plan
 
 
 @dataclass(frozen=True)
@@ -128,31 +134,33 @@ def expand(study: Study, data_key: str) -> tuple[list[TrainJob], list[EvalJob]]:
     folds_id = _folds_identity(study)
     train_jobs: dict[tuple[str, int, int], TrainJob] = {}
     eval_jobs: list[EvalJob] = []
-    for cell in grid_cells(study):
-        plan, train, infer = resolve_variant(study, cell)
+    cells = [(cell, *resolve_variant(study, cell)) for cell in grid_cells(study)]
+    for cell, plan, train, _ in cells:
         train_variant = {a: v for a, v in cell.items() if is_training_axis(a)}
         variant_id = json.dumps(train_variant, sort_keys=True, default=str)
-        keys_by_fold: dict[tuple[int, int], str] = {}
         for seed, fold in itertools.product(study.seeds, folds):
             ident = (variant_id, fold, seed)
             if ident not in train_jobs:
-                key = job_key(
-                    {
-                        "v": KEY_VERSION,
-                        "kind": "train",
-                        "data_key": data_key,
-                        "plan": _result_fields(plan, "plan"),
-                        "train": _result_fields(train, "train"),
-                        "folds": folds_id,
-                        "fold": fold,
-                        "seed": seed,
-                    }
-                )
+                payload = {
+                    "v": KEY_VERSION,
+                    "kind": "train",
+                    "data_key": data_key,
+                    "plan": _result_fields(plan, "plan"),
+                    "train": _result_fields(train, "train"),
+                    "folds": folds_id,
+                    "fold": fold,
+                    "seed": seed,
+                }
                 name = variant_label(train_variant) + _suffix(fold, seed, study)
-                train_jobs[ident] = TrainJob(key, name, train_variant, fold, seed, train, plan)
-            keys_by_fold[(fold, seed)] = train_jobs[ident].key
+                train_jobs[ident] = TrainJob(
+                    job_key(payload), name, train_variant, fold, seed, train, plan
+                )
+    _link_cascades(study, train_jobs, folds)
+    for cell, plan, _, infer in cells:
+        train_variant = {a: v for a, v in cell.items() if is_training_axis(a)}
+        variant_id = json.dumps(train_variant, sort_keys=True, default=str)
         for seed, fold in itertools.product(study.seeds, folds):
-            train_key = keys_by_fold[(fold, seed)]
+            train_key = train_jobs[(variant_id, fold, seed)].key
             key = job_key(
                 {
                     "v": KEY_VERSION,
@@ -167,6 +175,32 @@ def expand(study: Study, data_key: str) -> tuple[list[TrainJob], list[EvalJob]]:
                 EvalJob(key, name, train_key, dict(cell), fold, seed, infer, plan, study.evaluation)
             )
     return list(train_jobs.values()), eval_jobs
+
+
+CONFIGURATION_AXIS = "plan.configuration"
+
+
+def _link_cascades(study: Study, train_jobs: dict, folds: list[int]) -> None:
+    """Each 3d_cascade_fullres training needs every fold of the same cell's 3d_lowres training
+    (its variant with plan.configuration 3d_lowres, same seed): their keys become its `needs`
+    and part of its own key (its input is their predictions). Refused when that cell is not
+    in the study."""
+    by_ident = dict(train_jobs)
+    for ident, job in by_ident.items():
+        if job.plan.configuration != "3d_cascade_fullres":
+            continue
+        lowres_variant = {**job.variant, CONFIGURATION_AXIS: "3d_lowres"}
+        lowres_id = json.dumps(lowres_variant, sort_keys=True, default=str)
+        stages = [by_ident.get((lowres_id, fold, job.seed)) for fold in folds]
+        if CONFIGURATION_AXIS not in job.variant or any(s is None for s in stages):
+            raise ConfigError(
+                f"{CONFIGURATION_AXIS}: 3d_cascade_fullres trains on the 3d_lowres stage's "
+                f"cross-validation predictions; add 3d_lowres to the axis {CONFIGURATION_AXIS} "
+                f"(missing: {variant_label(lowres_variant)})"
+            )
+        needs = tuple(s.key for s in stages)
+        key = job_key({"cascade_of": job.key, "previous_stage": list(needs)})
+        train_jobs[ident] = replace(job, key=key, needs=needs, previous_stage_plan=stages[0].plan)
 
 
 def expand_tests(study: Study, eval_jobs: list[EvalJob], test_key: str) -> list[TestJob]:

@@ -373,3 +373,52 @@ def test_remove_component_equals_bgv2s(monkeypatch):
             ours = remove_component(hot, [channel], _PickRng(index))
             np.testing.assert_array_equal(ours, theirs.numpy())
             assert ours[channel].sum() < hot[channel].sum()
+
+
+# ---- the cascade's job dependencies (expand) ---------------------------------------------------
+
+
+def _configuration_study(values, **extra):
+    from ablate.study import Study
+
+    return Study.model_validate(
+        {
+            "name": "configurations",
+            "dataset": {"synthetic": {"cases": 6}},
+            "train": {"epochs": 1, "iterations_per_epoch": 1},
+            "folds": {"k": 3},
+            "axes": {"plan.configuration": values, **extra},
+        }
+    )
+
+
+def test_the_cascade_needs_every_fold_of_its_lowres_stage():
+    from ablate.expand import expand
+
+    study = _configuration_study(["3d_fullres", "3d_lowres", "3d_cascade_fullres"])
+    trains, evals = expand(study, "data")
+    by_config = {}
+    for job in trains:
+        by_config.setdefault(job.plan.configuration, []).append(job)
+    lowres = [j.key for j in sorted(by_config["3d_lowres"], key=lambda j: j.fold)]
+    for job in by_config["3d_cascade_fullres"]:
+        assert job.needs == tuple(lowres) and job.previous_stage_plan.configuration == "3d_lowres"
+    assert all(not j.needs for c in ("3d_fullres", "3d_lowres") for j in by_config[c])
+    cascade_keys = {j.key for j in by_config["3d_cascade_fullres"]}
+    assert sum(e.train_key in cascade_keys for e in evals) == 3
+    # the cascade's key follows its lowres stage: another lowres training, another cascade
+    other, _ = expand(
+        _configuration_study(["3d_lowres", "3d_cascade_fullres"]).model_copy(update={"seeds": [0]}),
+        "other data",
+    )
+    assert not cascade_keys & {j.key for j in other}
+
+
+def test_a_cascade_without_its_lowres_stage_is_refused():
+    from ablate.errors import ConfigError
+    from ablate.expand import expand
+
+    with pytest.raises(
+        ConfigError, match="plan.configuration: 3d_cascade_fullres .* add 3d_lowres"
+    ):
+        expand(_configuration_study(["2d", "3d_cascade_fullres"]), "data")
