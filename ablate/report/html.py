@@ -82,7 +82,10 @@ def build_report(results, meta: dict, out_dir: Path, cases: CaseFiles | None = N
 
 
 def write_pictures(pictures: list[CasePicture], folder: Path) -> list[Path]:
-    """Each case picture as <folder>/<anchor>.png (what the run logs to MLflow)."""
+    """Each case picture as <folder>/<anchor>.png (what the run logs to MLflow); pictures of an
+    earlier build that this one did not pick are removed."""
+    for old in folder.glob("case-*.png") if folder.is_dir() else []:
+        old.unlink()
     paths = []
     if pictures:
         folder.mkdir(parents=True, exist_ok=True)
