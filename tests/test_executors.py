@@ -60,29 +60,6 @@ def count_attempts(path: str) -> int:
     return attempt
 
 
-def epochs_slowly(events: str, epochs: int, seconds: float):
-    """A training as the driver sees it: one event line per epoch (as `execute_training` writes
-    them), then its Outcome with the whole history."""
-    from ablate.run.live import EpochEvents
-    from ablate.run.outcome import Outcome
-
-    write = EpochEvents(Path(events), epochs)
-    history = []
-    for epoch in range(epochs):
-        time.sleep(seconds)
-        metrics = {
-            "train_loss": 1 / (epoch + 1),
-            "val_loss": 1.5 / (epoch + 1),
-            "pseudo_dice": epoch / epochs,
-            "ema_pseudo_dice": epoch / epochs / 2,
-            "lr": 0.01 * (1 - epoch / epochs),
-            "epoch_seconds": seconds,
-        }
-        history.append(metrics)
-        write(epoch, metrics)
-    return Outcome({"train_seconds": seconds * epochs}, history=history)
-
-
 @pytest.fixture(scope="session")
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="ray not installed (pip install ray)")
@@ -396,21 +373,38 @@ executor:
         load_study(path)
 
 
-def test_live_curves_grow_in_mlflow_while_the_training_runs(executor, tmp_path: Path) -> None:
-    """Every executor: the training's MLflow run shows its epochs while it is RUNNING, the driver
-    being the only writer; at the end one value per step and the curve figure."""
+@pytest.fixture(scope="module")
+def live_study(tmp_path_factory):
+    """The tiny study with trainings long enough to watch (5 epochs of about a second), and its
+    preprocessed data, prepared once for every executor."""
+    from ablate.run.study_data import load_dataset, prepare_data
+    from ablate.study import Study
+
+    root = tmp_path_factory.mktemp("live")
+    train = {**TINY_STUDY["train"], "epochs": 5, "iterations_per_epoch": 6}
+    study = Study.model_validate({**TINY_STUDY, "train": train, "workdir": str(root)})
+    dataset, _ = load_dataset(study)
+    return study, prepare_data(study, dataset)
+
+
+def test_live_curves_grow_in_mlflow_while_the_training_runs(
+    executor, live_study, tmp_path: Path
+) -> None:
+    """Every executor: a real training's MLflow run shows its epochs while it is RUNNING, the
+    driver being the only writer; at the end one value per step and the curve figure."""
     import threading
 
     import mlflow
 
     from ablate.expand import expand
-    from ablate.run.live import EVENTS_NAME, LiveCurves
+    from ablate.run.jobs import execute_training
+    from ablate.run.live import LiveCurves
     from ablate.run.phases import PhaseContext, run_phase
     from ablate.run.tracking import Tracker
-    from ablate.study import Study
 
-    study = Study.model_validate({**TINY_STUDY, "workdir": str(tmp_path)})
-    job = expand(study, "data")[0][0]
+    study, data = live_study
+    job = expand(study, data.key)[0][0]
+    epochs = job.train.epochs
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "live", tmp_path / "artifacts")
     tracker.start_study({}, {})
@@ -432,12 +426,11 @@ def test_live_curves_grow_in_mlflow_while_the_training_runs(executor, tmp_path: 
 
     watcher = threading.Thread(target=observe)
     watcher.start()
-    epochs = 5
     try:
         run_phase(
             [job],
             "trainings",
-            lambda j: (epochs_slowly, (str(tmp_path / "jobs" / j.key / EVENTS_NAME), epochs, 1.0)),
+            lambda j: (execute_training, (j, data, tmp_path / "jobs" / j.key)),
             ctx,
             PhaseCount(),
         )
