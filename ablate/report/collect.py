@@ -38,7 +38,8 @@ class Results:
     tidy:   variant, <axis columns...>, fold, seed, case, target, metric, value (one row per value)
     cost:   variant, <axis columns...>, fold, seed, train_seconds, seconds_per_epoch,
             infer_seconds_per_case, peak_train_memory_mb, peak_infer_memory_mb, parameters, flops
-    curves: variant, fold, seed, epoch, metric, value
+    curves: variant, fold, seed, epoch, metric, value (variant: the label of the training runs,
+            their training-axis values only: inference axes reuse the trained models)
     axes:   the axis column names; missing: readable labels of jobs without results
     test:   the held-out test set, as tidy plus `model` ("fold <n>" or "ensemble"; fold -1)
     test_cost: variant, <axis columns...>, model, fold, seed, infer_seconds_per_case,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,41 @@ def fetch_results(tracking_uri: str, study_name: str) -> Results:
     test_df = test_df.reindex(columns=[*test_ids, "case", "target", "metric", "value"])
     test_cost_df = pd.DataFrame(test_cost, columns=[*test_ids, *EVAL_COST])
     return Results(tidy_df, cost_df, curves_df, axes, missing, test_df, test_cost_df)
+
+
+@dataclass(frozen=True)
+class EvalPredictions:
+    """A finished cross-validation evaluation run and the folder its job wrote predictions to."""
+
+    variant: str
+    fold: int
+    seed: int
+    run_id: str
+    folder: Path
+
+
+def eval_predictions(tracking_uri: str, study_name: str, jobs_dir: Path) -> list[EvalPredictions]:
+    """Every finished evaluation run (its latest per job) whose prediction folder
+    (<jobs_dir>/<job key>/predictions) exists, seeds in ascending order; [] without a store."""
+    if store_missing(tracking_uri):
+        return []
+    quiet_mlflow()
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(study_name)
+    if experiment is None:
+        return []
+    runs = search_all(client, experiment.experiment_id, "tags.`ablate.kind` = 'eval'")
+    out = []
+    for run in _latest_per_job([r for r in runs if r.info.status == "FINISHED"]):
+        folder = Path(jobs_dir) / run.data.tags.get("ablate.job_key", "?") / "predictions"
+        if folder.is_dir():
+            identity = _identity(run, [])
+            out.append(
+                EvalPredictions(
+                    identity["variant"], identity["fold"], identity["seed"], run.info.run_id, folder
+                )
+            )
+    return sorted(out, key=lambda e: (e.seed, e.variant, e.fold))
 
 
 def _latest_per_job(finished: list) -> list:

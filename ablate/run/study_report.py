@@ -14,7 +14,7 @@ def build_study_report(study: Study, config_yaml: str = "", tracker=None) -> Pat
     import json
 
     from ablate.report import build_report
-    from ablate.run.results import fetch_results
+    from ablate.run.results import eval_predictions, fetch_results
     from ablate.run.store import default_tracking_uri
     from ablate.run.tracking import Tracker
     from ablate.study import baseline_variant, variant_label
@@ -36,10 +36,48 @@ def build_study_report(study: Study, config_yaml: str = "", tracker=None) -> Pat
     plan_path = next(iter(sorted((workdir / "preprocessed").glob("*/plan.json"))), None)
     if plan_path is not None:
         meta["plan"] = json.loads(plan_path.read_text())
-    path = build_report(results, meta, report_dir_of(study))
+    predictions = eval_predictions(uri, study.name, workdir / "jobs")
+    path = build_report(results, meta, report_dir_of(study), cases=_case_files(study, predictions))
     tracker = tracker or Tracker(uri, study.name, workdir / "mlartifacts")
     tracker.log_study_artifact(path)
+    _log_pictures(tracker, path.parent / "cases", results.tidy, predictions)
     return path
+
+
+def _case_files(study: Study, predictions: list):
+    """Where the case pictures' images, references and predictions are; None (no pictures,
+    the page says so) when the dataset cannot be read here."""
+    from ablate.errors import AblateError
+    from ablate.report.pictures import case_files
+    from ablate.run.study_data import load_dataset
+
+    try:
+        dataset, _ = load_dataset(study)
+    except (AblateError, OSError):
+        return None
+    folders: dict[str, list[Path]] = {}
+    for p in predictions:
+        folders.setdefault(p.variant, []).append(p.folder)
+    targets = study.evaluation.targets or dataset.targets()
+    return case_files(dataset.cases, targets, folders, dataset.file_ending)
+
+
+def _log_pictures(tracker, folder: Path, tidy, predictions: list) -> None:
+    """Each case picture on the study's run (report/cases/) and on the evaluation runs whose
+    models predicted that case (its fold), under pictures/."""
+    from ablate.report.pictures import anchor
+
+    if not folder.is_dir() or tidy.empty:
+        return
+    cases = tidy[["target", "case", "fold"]].drop_duplicates(["target", "case"])
+    for target, case, fold in cases.itertuples(index=False):
+        picture = folder / f"{anchor(str(target), str(case))}.png"
+        if not picture.is_file():
+            continue
+        tracker.log_study_artifact(picture, "report/cases")
+        for p in predictions:
+            if p.fold == fold:
+                tracker.log_artifact(p.run_id, picture, "pictures")
 
 
 def test_set_text(study: Study) -> str | None:
