@@ -1,11 +1,34 @@
-"""Device choice and memory measurement shared by training and inference."""
+"""Device choice and memory measurement shared by training and inference.
+
+Peak memory is measured for one span of work (a training loop, one case's prediction), between
+`reset_peak_memory` and `peak_memory_mb`, so that equal numbers mean equal use:
+
+- CUDA: the caching allocator's peak allocated (and reserved) bytes after a reset
+  (`torch.cuda.reset_peak_memory_stats`, `max_memory_allocated`); tensors already allocated at
+  the reset, such as the model's weights, are part of it.
+- CPU (Linux): the rise of the process's peak resident set size above its resident size at the
+  reset. The reset returns freed heap memory to the system (glibc `malloc_trim`), then resets the
+  kernel's high-water mark (`/proc/self/clear_refs`, Linux >= 4.0), which `peak_memory_mb` reads
+  back (`VmHWM`). A worker process that ran a big job before is therefore not charged its peak.
+  Memory held before the reset (the interpreter, libraries, weights loaded before) is not part of
+  the rise. Without /proc (macOS) the per-span peak is NaN and only the process's lifetime peak
+  is given.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import resource
 import sys
+from functools import cache
+from pathlib import Path
 
 import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_RSS_AT_RESET_MB: list[float] = []  # the resident size at the last CPU reset (one per process)
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -16,9 +39,17 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def reset_peak_memory(device: torch.device) -> None:
+    """Start a measured span: reset the allocator's peak (CUDA) or the process's peak RSS (CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    _RSS_AT_RESET_MB.clear()
+    if not _reset_rss_peak():
+        return
+    rss = _status_mb("VmRSS")
+    if rss is not None:
+        _RSS_AT_RESET_MB.append(rss)
 
 
 def synchronize(device: torch.device) -> None:
@@ -27,19 +58,61 @@ def synchronize(device: torch.device) -> None:
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
-    """Peak memory since the last reset: allocated/reserved on CUDA, else the process's peak RSS.
+    """Peak memory of the span since `reset_peak_memory` (see the module docstring).
 
-    Peak RSS on CPU is a high-water mark for the whole process and cannot be reset.
-    """
+    CUDA: peak_gpu_allocated_mb, peak_gpu_reserved_mb. CPU: peak_rss_rise_mb (the span's own
+    use: peak RSS minus RSS at the reset; NaN where it cannot be measured), peak_rss_mb (the
+    process's peak RSS during the span) and lifetime_peak_rss_mb (since the process started)."""
     if device.type == "cuda":
         return {
             "peak_gpu_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20,
             "peak_gpu_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20,
         }
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_rss_mb": rss / (2**20 if sys.platform == "darwin" else 2**10)}
+    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"lifetime_peak_rss_mb": lifetime / (2**20 if sys.platform == "darwin" else 2**10)}
+    peak = _status_mb("VmHWM") if _RSS_AT_RESET_MB else None
+    if peak is None:
+        return {**out, "peak_rss_mb": float("nan"), "peak_rss_rise_mb": float("nan")}
+    return {**out, "peak_rss_mb": peak, "peak_rss_rise_mb": max(peak - _RSS_AT_RESET_MB[0], 0.0)}
 
 
 def headline_peak_mb(peaks: dict[str, float]) -> float:
-    """The one number a report shows: peak allocated GPU memory, else peak resident memory."""
-    return peaks.get("peak_gpu_allocated_mb", peaks.get("peak_rss_mb", float("nan")))
+    """The one number a report shows: peak allocated GPU memory, else the span's RSS rise."""
+    return peaks.get("peak_gpu_allocated_mb", peaks.get("peak_rss_rise_mb", float("nan")))
+
+
+def _reset_rss_peak() -> bool:
+    """Free what can be freed, then set the kernel's peak RSS to the current RSS; False where the
+    platform has no resettable peak (no /proc, or clear_refs not writable)."""
+    gc.collect()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _status_mb(field: str) -> float | None:
+    """A `kB` field of /proc/self/status in MiB, or None without it."""
+    try:
+        text = _STATUS.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+@cache
+def _glibc():
+    """glibc, for malloc_trim; None elsewhere (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 (absent outside glibc)
+    except (OSError, AttributeError):
+        return None
+    return libc

@@ -236,6 +236,14 @@ def methods_text(a: Analysis) -> list[str]:
         "rank-then-aggregate (challengeR) with missing values ranked last, 1000 case bootstrap "
         "samples, Kendall's tau. Lower is better for HD95, ASSD and |RVD| in every ranking, "
         "bold, 'best', Pareto front and significance map.",
+        "Cost is measured per job step: seconds on the wall clock (synchronised with the GPU); "
+        "peak memory from a reset at the start of the measured work (the training loop, or one "
+        "case's prediction), so equal numbers mean equal use. On CUDA: the allocator's peak "
+        "allocated memory after torch.cuda.reset_peak_memory_stats (the weights included). On "
+        "a CPU: the rise of the process's peak resident memory above its resident memory at "
+        "the reset (Linux's VmHWM, reset through /proc/self/clear_refs after freed heap memory "
+        "is returned with malloc_trim); memory the process held before, such as the weights, "
+        "is not in it, and a worker that ran a bigger job before is not charged its peak.",
         "Holm families (each adjusts only within itself):",
     ]
 
