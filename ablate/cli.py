@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ablate.errors import AblateError, DataError
+from ablate.errors import AblateError, ConfigError, DataError
 
 
 def _load(path: str):
@@ -95,7 +95,50 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(describe_networks(study))
     if args.time:
         _print_estimate(study)
+    if args.power_from:
+        print("\n".join(_power_lines(study, Path(args.power_from), args.detect, args.cases)))
     return 0
+
+
+def _power_lines(study, pilot: Path, detect: str | None, cases: int | None) -> list[str]:
+    """Power planning for `study` from a finished pilot's MLflow store (read, never created)."""
+    from ablate.report.planning import (
+        comparison_kinds,
+        pilot_variances,
+        plan_study,
+        planning_text,
+        study_design,
+    )
+    from ablate.run.results import fetch_results
+    from ablate.run.store import default_tracking_uri
+    from ablate.study import baseline_variant, variant_label
+    from ablate.study_load import load_study
+
+    margins = _detect_arg(detect) if detect else dict(study.analysis.noninferiority_margin)
+    if pilot.is_dir():  # a work dir: runs/<study name>/mlflow.db
+        name, uri, reference = pilot.name, f"sqlite:///{pilot.absolute() / 'mlflow.db'}", None
+    else:
+        done = load_study(pilot, check_paths=False)
+        name, uri = done.name, default_tracking_uri(done, done.work_dir())
+        reference = variant_label(baseline_variant(done)) if done.axes else None
+    pilots = pilot_variances(fetch_results(uri, name), reference)
+    design, kinds = study_design(study, cases), comparison_kinds(study)
+    return planning_text(plan_study(pilots, design, kinds, margins), name, design, kinds, pilots)
+
+
+def _detect_arg(text: str) -> dict[str, float]:
+    """--detect "dsc=0.02,nsd=0.02" -> {"dsc": 0.02, "nsd": 0.02}."""
+    out = {}
+    for item in text.split(","):
+        metric, _, value = item.partition("=")
+        try:
+            out[metric.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"--detect {text!r}: give metric=difference pairs, e.g. dsc=0.01,nsd=0.01 "
+                "(fractions for dsc, nsd and abs_rvd; mm for hd95 and assd)"
+            ) from None
+    return out
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -237,6 +280,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study")
     p.add_argument(
         "--time", action="store_true", help="also measure a few iterations and estimate hours"
+    )
+    p.add_argument(
+        "--power-from",
+        metavar="PILOT",
+        help="a finished pilot (its study YAML or work dir): print the minimum detectable "
+        "difference at 80%% power for this study's cases, folds and seeds",
+    )
+    p.add_argument(
+        "--detect",
+        metavar="METRIC=DIFF,...",
+        help="with --power-from: the difference to detect (default: the study's "
+        "analysis.noninferiority_margin), e.g. dsc=0.01",
+    )
+    p.add_argument(
+        "--cases",
+        type=int,
+        help="with --power-from: cross-validation cases (default: counted from the dataset)",
     )
     p.set_defaults(func=cmd_validate)
     for name, func, text in [
