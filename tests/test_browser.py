@@ -21,7 +21,15 @@ from ablate.report import build_report, synthetic_results
 from ablate.report.collect import Results
 from ablate.run.tracking import Tracker
 
-REPORT_SECTIONS = ("Summary", "Accuracy per target", "Statistics", "Runtime and memory", "Methods")
+REPORT_SECTIONS = (
+    "The answer",
+    "Summary",
+    "Accuracy per target",
+    "Cases",
+    "Statistics",
+    "Runtime and memory",
+    "Methods",
+)
 # with a held-out test set the accuracy heading says "(cross-validation)"
 DSC = {"plain": 0.8125, "residual": 0.875}  # exact in binary and short in the UI
 
@@ -128,10 +136,44 @@ def _with_held_out_test_set(results: Results) -> Results:
     return dataclasses.replace(results, test=pd.DataFrame(rows), test_cost=pd.DataFrame(cost))
 
 
+# every section folded, then opened one by one by clicking its heading
+OPEN_EVERY_SECTION = """
+const details = [...document.querySelectorAll('section > details')];
+details.forEach(d => d.open = false);
+const content = d => d.querySelector('summary ~ *');
+const seen = d => content(d) !== null && content(d).checkVisibility();
+const folded = details.filter(seen).length;
+details.forEach(d => d.querySelector('summary').click());
+return {sections: details.length, visibleWhenFolded: folded,
+        opened: details.filter(d => d.open && seen(d)).length};
+"""
+# pixels of each image that are not white, drawn on a canvas (data: URLs do not taint it)
+INK = """
+return [...document.images].map(img => {
+  const c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+  const px = g.getImageData(0, 0, c.width, c.height).data;
+  let ink = 0;
+  for (let i = 0; i < px.length; i += 4) if (px[i] + px[i + 1] + px[i + 2] < 600) ink++;
+  return ink / (px.length / 4);
+});
+"""
+# the first number of each cell of column `col` in table `id`, in the rows' shown order
+COLUMN = """
+const t = document.getElementById(arguments[0]);
+return [...t.tBodies[0].rows].map(r => parseFloat(r.cells[arguments[1]].textContent));
+"""
+
+
 @pytest.mark.slow
-def test_report_renders_summary_tables_and_every_image(browser, tmp_path):
+def test_report_renders_opens_sorts_and_every_image_decodes(browser, tmp_path):
+    from test_report_pictures import write_case_study
+
+    (tmp_path / "cases").mkdir()
+    case_results, files, _ = write_case_study(tmp_path / "cases")
     results = synthetic_results(
-        {"arch": ["plain", "residual"]}, n_cases=8, folds=2, effects={"residual": 0.05}, epochs=3
+        {"arch": ["plain", "residual"]}, n_cases=12, folds=2, effects={"residual": 0.05}, epochs=3
     )
     results = _with_held_out_test_set(results)
     meta = {
@@ -140,8 +182,17 @@ def test_report_renders_summary_tables_and_every_image(browser, tmp_path):
         "nsd_tolerance_mm": {"kidney": 1.0, "tumor": 2.0},
     }
     page = build_report(results, meta, tmp_path / "report")
-    served_images = len(re.findall(r"<img\b", page.read_text(encoding="utf-8")))
+    _check_rendered_report(browser, page, tmp_path, filter_box=True)
+    assert "Held-out test set" in browser.script(RENDERED_REPORT)["headings"]
+    meta = {"name": "pictures", "baseline": "plain"}
+    page = build_report(case_results, meta, tmp_path / "pictures", cases=files)
+    _check_rendered_report(browser, page, tmp_path, filter_box=False)
+    pictures = browser.script("return document.querySelectorAll('figure[id^=case-] img').length")
+    assert pictures >= 2
 
+
+def _check_rendered_report(browser, page, tmp_path, filter_box: bool) -> None:
+    served_images = len(re.findall(r"<img\b", page.read_text(encoding="utf-8")))
     browser.get(page.absolute().as_uri())
     rendered = browser.wait_for(
         "return document.readyState === 'complete' && [...document.images].every(i => i.complete)",
@@ -149,20 +200,59 @@ def test_report_renders_summary_tables_and_every_image(browser, tmp_path):
         "report",
     )
     assert rendered
+    opened = browser.script(OPEN_EVERY_SECTION)
+    assert opened["sections"] >= 7 and opened["visibleWhenFolded"] == 0
+    assert opened["opened"] == opened["sections"], opened
     dom = browser.script(RENDERED_REPORT)
     assert all(any(h.startswith(s) for h in dom["headings"]) for s in REPORT_SECTIONS), dom[
         "headings"
     ]
-    assert "Held-out test set" in dom["headings"]
     assert dom["summaryItems"] >= 1 and dom["summaryVisible"]
-    assert dom["tables"] >= 4 and dom["tablesWithRows"] == dom["tables"]
+    empty = browser.script(
+        "return [...document.querySelectorAll('table')].filter(t => !t.querySelector('tbody tr'))"
+        ".map(t => t.id)"
+    )
+    assert dom["tables"] >= 4 and dom["tablesWithRows"] == dom["tables"], empty
     assert served_images >= 5 and dom["images"] == served_images
     assert dom["decoded"] == served_images, f"{served_images - dom['decoded']} image(s) broken"
     assert dom["fetched"] == [], "the report must not load anything"
-    assert "residual vs plain, kidney DSC" in browser.text()
-
-    shot = browser.screenshot(tmp_path / "report.png")
+    ink = browser.script(INK)
+    assert min(ink) > 0.005, f"an image is blank: ink shares {ink}"
+    _sort_and_filter(browser, filter_box)
+    shot = browser.screenshot(tmp_path / f"{page.parent.name}.png")
     _assert_real_screenshot(shot, min_width=1000)
+
+
+def _sort_and_filter(browser, filter_box: bool) -> None:
+    """Click the header of a numeric column of the per-case table: ascending, then descending;
+    type in its filter box (tables past 8 rows have one): only matching rows stay."""
+    ident, col = browser.script(
+        "const t = [...document.querySelectorAll('table.sortable')]"
+        ".find(t => t.id.includes('every-case'));"
+        "return [t.id, [...t.tHead.rows[0].cells].findIndex(c => c.textContent.includes('(%)'))];"
+    )
+    before = browser.script(COLUMN, ident, col)
+    header = f"document.getElementById('{ident}').tHead.rows[0].cells[{col}]"
+    browser.script(f"{header}.click()")
+    ascending = browser.script(COLUMN, ident, col)
+    assert (
+        ascending == sorted(before)
+        and browser.script(f"return {header}.getAttribute('aria-sort')") == "ascending"
+    )
+    browser.script(f"{header}.click()")
+    assert browser.script(COLUMN, ident, col) == sorted(before, reverse=True)
+    if not filter_box:
+        return
+    shown = browser.script(
+        "const box = document.querySelector(`input.filter[data-table='${arguments[0]}']`);"
+        "const t = document.getElementById(arguments[0]);"
+        "const first = t.tBodies[0].rows[0].cells[0].textContent;"
+        "box.value = first; box.dispatchEvent(new Event('input'));"
+        "return [...t.tBodies[0].rows].filter(r => r.style.display !== 'none')"
+        ".map(r => r.cells[0].textContent);",
+        ident,
+    )
+    assert len(shown) == 1, shown
 
 
 @pytest.mark.slow

@@ -65,6 +65,12 @@ PREDICT = {  # variant -> (case index, reference) -> its label map
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("pictures")
+    return write_case_study(root)
+
+
+def write_case_study(root):
+    """4 cases of image, reference and 3 variants' predictions written under `root`; returns
+    (Results with their evaluate_case rows, CaseFiles, root)."""
     geometry = Geometry(SPACING, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     rng = np.random.default_rng(0)
     cases, rows, folders = [], [], {}

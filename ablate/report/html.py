@@ -119,12 +119,15 @@ def build_tables(a: Analysis, memory_label: str = "GPU memory") -> dict[str, dic
             "models).",
         )
         sig = a.posthoc[a.posthoc["significant"]]
+        shown = sig.head(60)[["target", "metric", "a", "b", "n", "p", "p_holm"]].assign(
+            family=lambda f: "P-" + f["target"] + "-" + f["metric"].str.upper()
+        )
+        if shown.empty:  # a table without rows reads as a rendering fault
+            shown = pd.DataFrame({"result": ["no pair of variants differs after Holm"]})
         stats["posthoc"] = generic_table(
             f"Post-hoc: pairs that differ (two-sided case-level Wilcoxon, these trained models; "
             f"{len(sig)} of {len(a.posthoc)} pairs)",
-            sig.head(60)[["target", "metric", "a", "b", "n", "p", "p_holm"]].assign(
-                family=lambda f: "P-" + f["target"] + "-" + f["metric"].str.upper()
-            ),
+            shown,
             "Holm family P-<target>-<metric>: all unordered pairs of variants on that target and "
             "metric; the same pair can be judged differently in another family.",
         )
