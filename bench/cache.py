@@ -17,17 +17,24 @@ patch, in one process, single-threaded. Goals: ablate's bytes <= nnU-Net's, thro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
+import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ablate.config import PlanConfig
+import ablate.train
+from ablate.config import PlanConfig, TrainConfig
 from ablate.data.synthetic import make_synthetic_dataset
 from ablate.preprocess import prepare
 from ablate.sampler import crop_padded
+from ablate.study_load import load_study
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def folder_bytes(folder: Path, suffixes: tuple[str, ...]) -> int:
@@ -90,17 +97,110 @@ def readers(data, nnunet_dir: Path, npy_dir: Path):
     return {"ablate (blosc2)": ours, "nnU-Net v2 (blosc2)": theirs, "ablate before (npy)": npy}
 
 
+def as_npy_cache(data, out: Path):
+    """The same preprocessed cache with its arrays as uncompressed `.npy` (the cache of before,
+    which `ablate.storage.open_array` still reads)."""
+    shutil.copytree(data.root, out, ignore=shutil.ignore_patterns("*.b2nd"))
+    store_npy(data, out)
+    return dataclasses.replace(data, root=out)
+
+
+def train_waiting(data, workers: int, epochs: int, iterations: int, work: Path) -> dict:
+    """Per epoch after the first: seconds blocked on the next training batch, and the rest."""
+    waits: list[float] = []
+    real = ablate.train.iterate_batches
+
+    def timed(make_batch, count, workers_, prefetch=2):
+        batches = real(make_batch, count, workers_, prefetch)
+        while True:
+            began = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                return
+            waits.append(time.perf_counter() - began)
+            yield batch
+
+    cfg = TrainConfig(
+        epochs=epochs,
+        iterations_per_epoch=iterations,
+        val_iterations=0,
+        batch_size=2,
+        data_workers=workers,
+        augmentation="nnunet",
+        device="cpu",
+    )
+    ablate.train.iterate_batches = timed
+    try:
+        with tempfile.TemporaryDirectory(dir=work) as out:
+            result = ablate.train.train(cfg, data, fold=0, seed=0, out_dir=Path(out))
+    finally:
+        ablate.train.iterate_batches = real
+    per_epoch = [sum(waits[e * iterations : (e + 1) * iterations]) for e in range(epochs)]
+    seconds = [h["epoch_seconds"] for h in result.history]
+    return {
+        "wait": [w / iterations for w in per_epoch[1:]],
+        "step": [(s - w) / iterations for s, w in zip(seconds[1:], per_epoch[1:], strict=True)],
+    }
+
+
+def data_wait(dataset, work: Path, epochs: int, iterations: int = 8) -> None:
+    plan_cfg = load_study(REPO / "studies" / "demo.yaml", check_paths=False).plan
+    blosc = prepare(
+        dataset,
+        plan_cfg,
+        work / "cache_demo",
+        folds=2,
+        workers=1,
+        intensity_samples=plan_cfg.intensity_samples,
+    )
+    storages = {"blosc2": blosc, "npy": as_npy_cache(blosc, work / "cache_demo_npy")}
+    print(
+        f"\ntrainer data wait, demo plan: patch {tuple(blosc.plan.patch_size)}, features "
+        f"{blosc.plan.features_per_stage}, batch 2, augmentation nnunet, {epochs - 1} timed "
+        f"epochs x {iterations} iterations (load {os.getloadavg()[0]:.1f})"
+    )
+    print(
+        f"  {'data_workers':>12s} {'storage':8s} {'wait ms/it':>11s} {'step ms/it':>11s} "
+        f"{'wait share':>10s}"
+    )
+    for workers in (0, 1):
+        found = {name: {"wait": [], "step": []} for name in storages}
+        for _ in range(2):  # the storages alternate, one training each per turn
+            for name, data in storages.items():
+                part = train_waiting(data, workers, epochs, iterations, work)
+                for key in part:
+                    found[name][key] += part[key]
+        for name, part in found.items():
+            wait, step = statistics.median(part["wait"]), statistics.median(part["step"])
+            print(
+                f"  {workers:12d} {name:8s} {1000 * wait:11.1f} {1000 * step:11.1f} "
+                f"{wait / (wait + step):10.1%}"
+            )
+        ratio = statistics.median(found["blosc2"]["wait"]) / statistics.median(found["npy"]["wait"])
+        print(f"  data_workers {workers}: wait blosc2 / npy = {ratio:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--patches", type=int, default=200)
     parser.add_argument("--fov-mm", type=float, nargs=3, default=(300.0, 250.0, 250.0))
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/ablate-bench-cache"))
+    parser.add_argument("--trainer-epochs", type=int, default=3, help="0: skip the data wait")
+    parser.add_argument("--skip-patches", action="store_true", help="only the data wait")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, load before: {os.getloadavg()}")
     work = args.work_dir
     shutil.rmtree(work, ignore_errors=True)
     dataset = make_synthetic_dataset(work / "raw", args.cases, seed=0, fov_mm=tuple(args.fov_mm))
+    if not args.skip_patches:
+        patch_reads(args, dataset, work)
+    if args.trainer_epochs:
+        data_wait(dataset, work, args.trainer_epochs)
+    print(f"load after: {os.getloadavg()}")
+
+
+def patch_reads(args, dataset, work: Path) -> None:
     began = time.perf_counter()
     data = prepare(
         dataset,
@@ -155,7 +255,6 @@ def main() -> None:
         f"bytes ablate / nnU-Net: {sizes[ours] / sizes[theirs]:.3f} (goal <= 1); throughput "
         f"ablate / nnU-Net: {seconds[theirs] / seconds[ours]:.2f} (goal >= 1)"
     )
-    print(f"load after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

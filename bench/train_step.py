@@ -14,7 +14,10 @@ nnunet-on-cpu.md) and batch 2. Per configuration it prints the median seconds of
   * nnU-Net's nnUNetTrainer (next(dataloader_train) + train_step), its 3d_fullres configuration
     rewritten to ablate's network, patch and batch, via its Python API; augmentation in-process
     (nnUNet_n_proc_DA=0: with 1 background process it hung here); its own bare step (train_step
-    on one ready batch) is interleaved with the iterations.
+    on one ready batch) is interleaved with the iterations, and where nnU-Net's python also has
+    ablate (the test venv), ablate's bare step too, in the same process: on 2 cores shared with
+    other jobs a step slows by up to 10x (two OpenMP threads on oversubscribed cores), so only
+    steps timed in turns are comparable across systems.
 """
 
 from __future__ import annotations
@@ -129,7 +132,14 @@ trainer = nnUNetTrainer(plans, "3d_fullres", 0, dataset_json, device=torch.devic
 trainer.on_train_start()
 trainer.on_epoch_start()
 fixed = next(trainer.dataloader_train)
-iteration, bare = [], []
+try:  # where this python also has ablate: its bare step in this process, in turns with nnU-Net's
+    sys.path.insert(0, args["bench_dir"])
+    from train_step import bare_stepper
+    from ablate.plan import Plan
+    ablate_bare = bare_stepper(Plan.from_json(args["plan"]))[0]
+except ImportError:
+    ablate_bare = None
+iteration, bare, ours = [], [], []
 for _ in range(args["steps"] + 1):  # each step: one real iteration, then one on a ready batch
     began = time.perf_counter()
     trainer.train_step(next(trainer.dataloader_train))
@@ -137,9 +147,11 @@ for _ in range(args["steps"] + 1):  # each step: one real iteration, then one on
     began = time.perf_counter()
     trainer.train_step(fixed)
     bare.append(time.perf_counter() - began)
+    if ablate_bare is not None:
+        ours += ablate_bare(1)
 params = sum(p.numel() for p in trainer.network.parameters())
-print("BENCH=" + json.dumps({"iteration": iteration, "bare": bare, "parameters": params}),
-      flush=True)
+print("BENCH=" + json.dumps({"iteration": iteration, "bare": bare, "ablate_bare": ours,
+                             "parameters": params}), flush=True)
 os._exit(0)  # skip joining the augmentation workers
 """
 
@@ -160,6 +172,8 @@ def time_nnunet(python: Path, work_dir: Path, plan, steps: int, threads: int) ->
         "configuration": config,
         "dataset_json": str(_nnunet.dataset_dir(work_dir) / "dataset.json"),
         "steps": steps,
+        "bench_dir": str(Path(__file__).resolve().parent),
+        "plan": plan.to_json(),
     }
     env = _nnunet.nnunet_env(work_dir, threads, {"nnUNet_n_proc_DA": "0"})
     shutil.rmtree(work_dir / "nnUNet_results", ignore_errors=True)
@@ -169,6 +183,7 @@ def time_nnunet(python: Path, work_dir: Path, plan, steps: int, threads: int) ->
     return {
         "iteration": result["iteration"][1:],
         "bare": result["bare"][1:],
+        "ablate_bare": result["ablate_bare"][1:],
         "parameters": int(result["parameters"]),
     }
 
@@ -224,6 +239,8 @@ def bench_configuration(name: str, args, dataset, skip: str | None) -> None:
         return
     theirs = time_nnunet(args.nnunet_python, args.work_dir, plan, steps, args.threads)
     print_row("nnU-Net trainer, its aug", theirs["iteration"], theirs["bare"])
+    if theirs["ablate_bare"]:  # the same process, in turns: what the two networks cost alike
+        print_row("nnU-Net bare / ablate bare", theirs["bare"], theirs["ablate_bare"])
     print(
         f"  nnU-Net network: {theirs['parameters']} parameters; min ablate trainer (aug nnunet)"
         f" / min nnU-Net trainer = {ours['nnunet'] / min(theirs['iteration']):.2f}",
