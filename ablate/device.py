@@ -1,18 +1,18 @@
 """Device choice and memory measurement shared by training and inference.
 
-Peak memory is measured for one span of work (a training loop, one case's prediction), between
-`reset_peak_memory` and `peak_memory_mb`, so that equal numbers mean equal use:
+Peak memory is measured for one span of work (a training loop, one step of a case's prediction),
+between `reset_peak_memory` and `peak_memory_mb`, so that equal numbers mean equal use:
 
 - CUDA: the caching allocator's peak allocated (and reserved) bytes after a reset
-  (`torch.cuda.reset_peak_memory_stats`, `max_memory_allocated`); tensors already allocated at
-  the reset, such as the model's weights, are part of it.
-- CPU (Linux): the rise of the process's peak resident set size above its resident size at the
-  reset. The reset returns freed heap memory to the system (glibc `malloc_trim`), then resets the
-  kernel's high-water mark (`/proc/self/clear_refs`, Linux >= 4.0), which `peak_memory_mb` reads
-  back (`VmHWM`). A worker process that ran a big job before is therefore not charged its peak.
-  Memory held before the reset (the interpreter, libraries, weights loaded before) is not part of
-  the rise. Without /proc (macOS) the per-span peak is NaN and only the process's lifetime peak
-  is given.
+  (`torch.cuda.reset_peak_memory_stats`, `max_memory_allocated`): every live tensor counts,
+  those allocated before the reset (the weights, the case's data) included.
+- CPU (Linux): the process's peak resident set size during the span (`VmHWM`, reset through
+  `/proc/self/clear_refs`, Linux >= 4.0) minus its resident size at the start of the job
+  (`job_memory`), after the garbage collector ran and glibc returned freed heap memory to the
+  system (`malloc_trim`): what the job holds, weights and data included, as on CUDA, and nothing
+  an earlier job of the same worker left. Outside a `job_memory` block the span's own start is
+  the reference. Without /proc (macOS) the per-job figure is NaN and only the process's
+  lifetime peak is given.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import ctypes
 import gc
 import resource
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -28,7 +30,8 @@ import torch
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
-_RSS_AT_RESET_MB: list[float] = []  # the resident size at the last CPU reset (one per process)
+_RSS_AT_RESET_MB: list[float] = []  # the reference of the current CPU span (one per process)
+_RSS_AT_JOB_START_MB: list[float] = []  # set inside `job_memory`
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -47,9 +50,22 @@ def reset_peak_memory(device: torch.device) -> None:
     _RSS_AT_RESET_MB.clear()
     if not _reset_rss_peak():
         return
-    rss = _status_mb("VmRSS")
+    rss = _RSS_AT_JOB_START_MB[0] if _RSS_AT_JOB_START_MB else _status_mb("VmRSS")
     if rss is not None:
         _RSS_AT_RESET_MB.append(rss)
+
+
+@contextmanager
+def job_memory() -> Iterator[None]:
+    """One job: CPU peaks measured inside count from the process's resident memory now (after
+    freeing what an earlier job left), so every step of the job is charged what the job holds."""
+    _free_memory()
+    rss = _status_mb("VmRSS")
+    _RSS_AT_JOB_START_MB[:] = [] if rss is None else [rss]
+    try:
+        yield
+    finally:
+        _RSS_AT_JOB_START_MB.clear()
 
 
 def synchronize(device: torch.device) -> None:
@@ -60,8 +76,8 @@ def synchronize(device: torch.device) -> None:
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
     """Peak memory of the span since `reset_peak_memory` (see the module docstring).
 
-    CUDA: peak_gpu_allocated_mb, peak_gpu_reserved_mb. CPU: peak_rss_rise_mb (the span's own
-    use: peak RSS minus RSS at the reset; NaN where it cannot be measured), peak_rss_mb (the
+    CUDA: peak_gpu_allocated_mb, peak_gpu_reserved_mb. CPU: peak_rss_rise_mb (the job's use:
+    peak RSS minus RSS at the job's start; NaN where it cannot be measured), peak_rss_mb (the
     process's peak RSS during the span) and lifetime_peak_rss_mb (since the process started)."""
     if device.type == "cuda":
         return {
@@ -84,15 +100,21 @@ def headline_peak_mb(peaks: dict[str, float]) -> float:
 def _reset_rss_peak() -> bool:
     """Free what can be freed, then set the kernel's peak RSS to the current RSS; False where the
     platform has no resettable peak (no /proc, or clear_refs not writable)."""
-    gc.collect()
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    _free_memory()
     try:
         _CLEAR_REFS.write_text("5")
     except OSError:
         return False
     return True
+
+
+def _free_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the system (glibc), so the resident
+    size reflects what is live."""
+    gc.collect()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _status_mb(field: str) -> float | None:

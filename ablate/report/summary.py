@@ -64,9 +64,10 @@ def summary_lines(a: Analysis, max_lines: int = 12) -> list[str]:
         keep = np.array([k not in skip for k in zip(ni["target"], ni["metric"], strict=True)])
         shown = ni[(ni["metric"] == a.metrics[0]) & keep].head(max_lines)
         lines += [_noninferiority_line(r) for r in shown.itertuples(index=False)]
-        if len(ni) > len(shown):
+        if int(keep.sum()) > len(shown):  # collapsed targets and metrics are not counted
             lines.append(
-                f"... and {len(ni) - len(shown)} more non-inferiority tests under Statistics."
+                f"... and {int(keep.sum()) - len(shown)} more non-inferiority tests under "
+                "Statistics."
             )
     if a.held_out is not None:
         lines += held_out_summary(a.held_out, a.metrics[0])
@@ -236,14 +237,14 @@ def methods_text(a: Analysis) -> list[str]:
         "rank-then-aggregate (challengeR) with missing values ranked last, 1000 case bootstrap "
         "samples, Kendall's tau. Lower is better for HD95, ASSD and |RVD| in every ranking, "
         "bold, 'best', Pareto front and significance map.",
-        "Cost is measured per job step: seconds on the wall clock (synchronised with the GPU); "
-        "peak memory from a reset at the start of the measured work (the training loop, or one "
-        "case's prediction), so equal numbers mean equal use. On CUDA: the allocator's peak "
-        "allocated memory after torch.cuda.reset_peak_memory_stats (the weights included). On "
-        "a CPU: the rise of the process's peak resident memory above its resident memory at "
-        "the reset (Linux's VmHWM, reset through /proc/self/clear_refs after freed heap memory "
-        "is returned with malloc_trim); memory the process held before, such as the weights, "
-        "is not in it, and a worker that ran a bigger job before is not charged its peak.",
+        "Cost is measured per job: seconds on the wall clock (synchronised with the GPU); peak "
+        "memory per measured step (the training loop, each step of a case's prediction) from a "
+        "reset at its start, so equal numbers mean equal use. On CUDA: the allocator's peak "
+        "allocated memory after torch.cuda.reset_peak_memory_stats. On a CPU: the process's "
+        "peak resident memory during the step (Linux's VmHWM, reset through "
+        "/proc/self/clear_refs) minus its resident memory at the job's start, after garbage "
+        "collection and malloc_trim: what the job holds, weights and data included, and "
+        "nothing an earlier job of the same worker left.",
         "Holm families (each adjusts only within itself):",
     ]
 

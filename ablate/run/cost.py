@@ -1,7 +1,9 @@
-"""What a job's steps cost: seconds, synchronised with the device, and peak memory."""
+"""What a job's steps cost: seconds, synchronised with the device, and peak memory (measured as
+ablate.device describes: per step, counted from the job's start)."""
 
 from __future__ import annotations
 
+import functools
 import time
 
 
@@ -25,3 +27,17 @@ def add_costs(*parts: dict) -> dict:
                 total.get(key, 0.0) + value if key == "seconds" else max(total.get(key, 0.0), value)
             )
     return total
+
+
+def measured_job(fn):
+    """A job function whose steps' peak memory counts from the process's memory at the job's
+    start (ablate.device.job_memory): what the job holds, and nothing an earlier job left."""
+
+    @functools.wraps(fn)
+    def job(*args, **kwargs):
+        from ablate.device import job_memory
+
+        with job_memory():
+            return fn(*args, **kwargs)
+
+    return job

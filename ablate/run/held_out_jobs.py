@@ -11,7 +11,7 @@ import numpy as np
 from ablate.checkpoint import checkpoint_regions, load_model
 from ablate.data.dataset import Case, Dataset
 from ablate.expand import EnsembleJob, TestJob
-from ablate.run.cost import add_costs, timed
+from ablate.run.cost import add_costs, measured_job, timed
 from ablate.run.outcome import HeldOutModel, Outcome
 from ablate.run.scoring import CaseScorer, all_labels
 
@@ -32,6 +32,7 @@ def steps_for_test_set(infer, targets, decision_file: Path) -> tuple[tuple[int, 
     return PostprocessingDecision.from_json(json.loads(decision_file.read_text())).steps
 
 
+@measured_job
 def execute_test(
     job: TestJob,
     checkpoints: list[Path],
@@ -112,6 +113,7 @@ def execute_test(
     return Outcome(metrics, rows=rows, params={"models": len(models)})
 
 
+@measured_job
 def execute_ensemble(
     job: EnsembleJob,
     checkpoints: list[Path],

@@ -14,11 +14,12 @@ import numpy as np
 from ablate.checkpoint import checkpoint_for, checkpoint_regions, load_model
 from ablate.data.dataset import Dataset
 from ablate.expand import EvalJob, ExternalJob, TrainJob
-from ablate.run.cost import timed
+from ablate.run.cost import measured_job, timed
 from ablate.run.outcome import Outcome
 from ablate.run.scoring import CaseScorer, all_labels
 
 
+@measured_job
 def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = False) -> Outcome:
     from ablate.device import headline_peak_mb
     from ablate.run.live import EVENTS_NAME, EpochEvents
@@ -117,6 +118,7 @@ class _CrossValidationCases:
             )
 
 
+@measured_job
 def execute_evaluation(
     job: EvalJob,
     checkpoint: Path,
