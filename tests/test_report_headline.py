@@ -81,8 +81,8 @@ def test_forest_rows_and_sentences_state_the_verdict_and_the_cost():
     assert np.allclose(per_case.set_index("case")["diff"], expected.loc[per_case["case"]])
     sentences = head.verdicts.set_index("variant")["sentence"]
     assert "kidney DSC +" in sentences["residual"]
-    assert "significantly better (configuration level)" in sentences["residual"]
-    assert "not shown to differ (configuration level)" in sentences["same"]
+    assert "significantly better after Holm (configuration level)" in sentences["residual"]
+    assert "not shown to differ after Holm (configuration level)" in sentences["same"]
     assert "about the same inference time per case" in sentences["same"]
     costs = head.verdicts.set_index("variant")
     assert costs.loc["same", "inference s / case"] == "same"

@@ -39,7 +39,7 @@ def test_summary_tables_and_sections(report):
     answer = page.split("<h2>The answer</h2>")[1].split("</section>")[0]
     assert page.index("<h2>The answer</h2>") < page.index("<h2>Summary</h2>")
     assert "in words" in answer and "<figure>" in answer  # the forest plots and sentences
-    assert "significantly better (configuration level)" in answer
+    assert "significantly better after Holm (configuration level)" in answer
     assert "residual vs plain, kidney DSC (training): mean paired difference +" in summary
     assert "(configuration level, family H-DSC): significantly better" in summary
     assert "Case level, these trained models: Wilcoxon" in summary

@@ -230,8 +230,8 @@ def _effect_words(r) -> str:
     ci = f"95% CI {diff_text(r.ci_low, r.metric, 1)} to {diff_text(r.ci_high, r.metric, 1)}"
     level = LEVELS.get(r.unit, "case level")
     if v == NO_DIFFERENCE:
-        return f"{what} ({ci}), not shown to differ ({level})"
-    return f"{what} ({ci}), significantly {v} ({level})"
+        return f"{what} ({ci}), not shown to differ after Holm ({level})"
+    return f"{what} ({ci}), significantly {v} after Holm ({level})"
 
 
 def _cost_words(a: Analysis, variant: str) -> str:

@@ -257,8 +257,8 @@ def make_figures(
     if a.pareto is not None:
         caption = (
             "Accuracy against inference time: one point = one variant (mean over targets on the "
-            "cases every variant has, against its mean inference seconds per case); red line: "
-            f"the Pareto front{named}."
+            "cases every variant has, against its mean inference seconds per case); orange-red "
+            f"line and points: the Pareto front{named}."
         )
         ylabel = f"mean {metric_label(a.metrics[0])} over targets"
         figs["cost"].append(

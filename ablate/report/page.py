@@ -14,11 +14,11 @@ from ablate.report.tables import Table
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:13px}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right} td{white-space:nowrap}
 th{background:#f0f3f7} td:first-child,th:first-child{text-align:left}
 table.sortable th{cursor:pointer;user-select:none}
 th[aria-sort=ascending]::after{content:" \\25B2"} th[aria-sort=descending]::after{content:" \\25BC"}
-td.text{text-align:left;max-width:46em}
+td.text{text-align:left;white-space:normal;min-width:16em;max-width:46em}
 .scroll{overflow-x:auto} .note{color:#555;font-size:13px} pre{background:#f6f6f6;padding:.8em;
 overflow-x:auto;font-size:12px} img{max-width:100%} ul.summary li{margin:.25em 0}
 details>summary{cursor:pointer;list-style:none}
@@ -105,7 +105,7 @@ def table_html(t: Table, ident: str, text_columns: tuple[str, ...] = ()) -> str:
     FILTER_FROM_ROWS rows); `links` cells become anchors, `text_columns` left-aligned prose."""
     esc = html.escape
     head = "".join(f'<th scope="col">{esc(str(c))}</th>' for c in t.frame.columns)
-    prose = [str(c) in text_columns for c in t.frame.columns]
+    prose = [str(c) in (*text_columns, *t.wrap) for c in t.frame.columns]
     body = []
     for i in range(len(t.frame)):
         cells = []

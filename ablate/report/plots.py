@@ -160,8 +160,8 @@ def significance_maps(maps: dict[tuple[str, str], pd.DataFrame], labels) -> Figu
     for ax, ((target, metric), table) in zip(axes.flat, maps.items(), strict=False):
         ax.imshow(table.to_numpy(dtype=float), cmap="YlGnBu", vmin=0, vmax=1)
         ticks = np.arange(len(table))
-        ax.set_xticks(ticks, labels.many(table.columns), rotation=90, fontsize=7)
-        ax.set_yticks(ticks, labels.many(table.index), fontsize=7)
+        ax.set_xticks(ticks, labels.many(table.columns), rotation=90, fontsize=8)
+        ax.set_yticks(ticks, labels.many(table.index), fontsize=8)
         ax.set_title(f"{target} {_label(metric)}: row better than column", fontsize=9)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")

@@ -19,6 +19,7 @@ class Table:
     bold: pd.DataFrame | None = None
     note: str = ""
     links: dict[tuple[int, int], str] = field(default_factory=dict)
+    wrap: tuple[str, ...] = ()  # columns of prose, wrapped; every other cell stays on one line
 
 
 # the error term of a comparison, in words
@@ -311,7 +312,9 @@ def compare_table(compare: pd.DataFrame, title: str | None = None, family: str =
         "trained models differ; the median paired difference is labelled as such."
     )
     baseline = compare["baseline"].iat[0]
-    return Table(title or f"Each variant vs {baseline}", frame, note=note)
+    return Table(
+        title or f"Each variant vs {baseline}", frame, note=note, wrap=("verdict", "pairs")
+    )
 
 
 def _needed(r) -> str:
@@ -366,7 +369,7 @@ def noninferiority_table_display(ni: pd.DataFrame) -> Table:
         "on the worse side (non-inferior when it lies inside the margin). Holm family "
         "NI-<metric>: the rows of this table with that metric."
     )
-    return Table("Non-inferiority of the cheaper variant", frame, note=note)
+    return Table("Non-inferiority of the cheaper variant", frame, note=note, wrap=("verdict",))
 
 
 def _saved(row, col: str, scale: float = 1.0) -> str:
@@ -383,4 +386,4 @@ def generic_table(title: str, frame: pd.DataFrame, note: str = "", digits: int =
     for col in out.columns:
         if pd.api.types.is_float_dtype(out[col]):
             out[col] = out[col].map(lambda x, d=digits: "n/a" if pd.isna(x) else f"{x:.{d}g}")
-    return Table(title, out.astype(str), note=note)
+    return Table(title, out.astype(str), note=note, wrap=tuple(c for c in out if c == "note"))
