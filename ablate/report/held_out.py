@@ -3,19 +3,24 @@
 Per case, "single fold" is the mean over the fold models (and seeds), so the ensemble is compared
 with the model one would get from one fold, on the same cases. Variants are compared with the
 baseline on what each would ship: its ensemble, else its single-fold mean; an external prediction
-folder (model "external") on its own predictions.
+folder (model "external") on its own predictions. That comparison is case level: these trained
+models differ.
+
+Configuration level (`configuration_compare`): every fold model (of every seed) predicts every
+test case, so training runs and cases are crossed; the test is ablate.report.crossed's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from ablate.report import plots
 from ablate.report.comparisons import compare_to_baseline
-from ablate.report.paired import paired_mean
+from ablate.report.crossed import crossed_mean
+from ablate.report.paired import MIN_RUNS, paired_mean
 from ablate.report.stats import (
     ALPHA,
     HIGHER_IS_BETTER,
@@ -24,7 +29,16 @@ from ablate.report.stats import (
     holm,
     wilcoxon_p,
 )
-from ablate.report.tables import Table, _num, _pct, compare_table, format_p
+from ablate.report.tables import (
+    Table,
+    _num,
+    _pct,
+    compare_table,
+    diff_text,
+    diff_unit,
+    format_p,
+    metric_label,
+)
 
 ENSEMBLE = "ensemble"
 EXTERNAL = "external"
@@ -38,6 +52,8 @@ class HeldOut:
     ensemble_vs_single: pd.DataFrame  # target, metric, variant, single, fold_min, fold_max, ...
     compare: pd.DataFrame  # compare_to_baseline on the test cases
     cost: pd.DataFrame  # variant, kind (single | ensemble), seconds, memory
+    # configuration_compare: fold models x seeds as training runs crossed with the test cases
+    configuration: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def per_case(test: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -107,6 +123,77 @@ def ensemble_vs_single(
     return out
 
 
+def run_table(test: pd.DataFrame, variant: str, target: str, metric: str) -> pd.DataFrame:
+    """(seed, fold model) x case values of one variant's fold models on the test set."""
+    rows = test[
+        (test["variant"] == variant)
+        & (test["target"] == target)
+        & (test["metric"] == metric)
+        & ~test["model"].isin([ENSEMBLE, EXTERNAL])
+    ]
+    return rows.groupby(["seed", "model", "case"], sort=False)["value"].mean().unstack("case")
+
+
+def configuration_compare(
+    test: pd.DataFrame,
+    metrics: list[str],
+    baseline: str,
+    inference_only: dict[str, bool] | None = None,
+) -> pd.DataFrame:
+    """Each variant vs the baseline at configuration level on the test set: training runs (fold
+    model and seed, paired with the baseline's same fold and seed) crossed with the cases every
+    paired run has. Holm per metric over variants x targets (family "T-cfg"). A variant sharing
+    the baseline's trained models (`inference_only`) is left to the case-level table."""
+    inference_only = inference_only or {}
+    sub = test[test["metric"].isin(metrics)]
+    rows = []
+    for (target, metric), part in sub.groupby(["target", "metric"], sort=False):
+        base = run_table(part, baseline, target, metric)
+        for variant in [v for v in pd.unique(part["variant"]) if v != baseline]:
+            if inference_only.get(variant, False):
+                continue
+            other = run_table(part, variant, target, metric)
+            runs = base.index.intersection(other.index)
+            d = (other.loc[runs] - base.loc[runs]).dropna(axis=1)
+            res = crossed_mean(d.to_numpy(dtype=float))
+            rows.append(
+                {
+                    "target": target,
+                    "metric": metric,
+                    "variant": variant,
+                    "baseline": baseline,
+                    **res,
+                    "note": _one_model_note(len(runs), d.shape[1]),
+                }
+            )
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["p_holm"] = out.groupby("metric")["p"].transform(lambda p: holm(p.to_numpy()))
+    out["significant"] = out["p_holm"] < ALPHA
+    hib = out["metric"].map(HIGHER_IS_BETTER).fillna(True).astype(bool)
+    out["better"] = (out["mean"] > 0) == hib
+    return out
+
+
+def _one_model_note(runs: int, cases: int) -> str:
+    if runs == 0:
+        return "no fold model of both variants predicted the test set: nothing to compare"
+    if runs == 1:
+        return (
+            "only one trained model per variant on the test set: the difference is that of "
+            "these two models, no configuration-level verdict; train more seeds or folds"
+        )
+    if runs < MIN_RUNS:
+        return (
+            f"only {runs} trained models per variant on the test set: too few to estimate "
+            f"their variance, no configuration-level verdict; run at least {MIN_RUNS}"
+        )
+    if cases < MIN_PAIRS:
+        return f"only {cases} test cases every paired run has: too few for a test"
+    return ""
+
+
 def analyse_held_out(
     test: pd.DataFrame,
     test_cost: pd.DataFrame,
@@ -115,7 +202,10 @@ def analyse_held_out(
     rng: np.random.Generator,
     n_seeds: int,
     n_boot: int = 2000,
+    inference_only: dict[str, bool] | None = None,
 ) -> HeldOut | None:
+    """`inference_only`: variants sharing the baseline's trained models (analysis.
+    inference_only_variants); they get no configuration-level row."""
     if test.empty:
         return None
     cases = per_case(test, metrics)
@@ -153,6 +243,9 @@ def analyse_held_out(
         ensemble_vs_single(test, metrics, rng, n_boot),
         compare,
         cost,
+        configuration_compare(test, metrics, baseline, inference_only)
+        if baseline in set(test["variant"])
+        else pd.DataFrame(),
     )
 
 
@@ -184,9 +277,55 @@ def held_out_tables(h: HeldOut, order: list[str], memory_label: str) -> dict[str
         tables["compare"] = Table(
             f"Held-out test set: {table.title.lower()}", table.frame, note=table.note
         )
+    if not h.configuration.empty:
+        tables["configuration"] = _configuration_table(h.configuration, order)
     if not h.cost.empty:
         tables["cost"] = _cost_table(h.cost, order, memory_label)
     return tables
+
+
+def _configuration_table(c: pd.DataFrame, order: list[str]) -> Table:
+    rank = {v: i for i, v in enumerate(order)}
+    c = c.assign(_rank=c["variant"].map(rank)).sort_values(
+        ["target", "metric", "_rank"], kind="stable"
+    )
+    verdict = np.where(
+        c["significant"],
+        np.where(c["better"], "significantly better", "significantly worse"),
+        "not significant",
+    )
+    frame = pd.DataFrame(
+        {
+            "variant": c["variant"],
+            "target": c["target"],
+            "metric": c["metric"].map(metric_label),
+            "runs x cases": [f"{r} x {n}" for r, n in zip(c["runs"], c["n"], strict=True)],
+            "mean diff": [
+                f"{diff_text(x, m)} {diff_unit(m)}"
+                for x, m in zip(c["mean"], c["metric"], strict=True)
+            ],
+            "95% CI (unadjusted)": [
+                f"[{diff_text(a, m)}, {diff_text(b, m)}]"
+                for a, b, m in zip(c["ci_low"], c["ci_high"], c["metric"], strict=True)
+            ],
+            "p (Holm)": [format_p(p) for p in c["p_holm"]],
+            "result": np.where(c["note"] != "", c["note"], verdict),
+        }
+    )
+    note = (
+        "Configuration level on the test set: each fold model (and seed) is a training run "
+        "and predicts every test case, so runs and cases are crossed. Per run (the baseline's "
+        "same fold and seed) and case, the paired difference variant - baseline; its mean with "
+        "a 95% t interval whose variance holds both the runs and the cases (two-way "
+        "random-effects ANOVA, df = min(Satterthwaite, runs - 1)). Inference-only variants "
+        "share the baseline's models and are in the case-level table only. Holm family T-cfg: "
+        "the rows of this table, per metric."
+    )
+    return Table(
+        "Held-out test set: configuration level (training runs x test cases)",
+        frame.reset_index(drop=True),
+        note=note,
+    )
 
 
 def _ensemble_table(h: HeldOut, order: list[str]) -> Table:
