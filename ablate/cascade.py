@@ -20,7 +20,9 @@ How nnU-Net builds them, and how this module does:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import label as label_components
@@ -129,6 +131,45 @@ def write_previous_stage(
     return written
 
 
+@dataclass(frozen=True)
+class PreviousStage:
+    """Where a 3d_cascade_fullres training finds its 3d_lowres stage: that stage's fold
+    checkpoints, its preprocessed data, the shared folder of its cross-validation predictions
+    and the inference settings that make them (nnU-Net's validation: all mirror axes, step
+    0.5). Picklable: executors ship it with the job."""
+
+    checkpoints: dict[int, Path]
+    data: Any  # PreprocessedData of 3d_lowres
+    folder: Path
+    infer: Any  # InferConfig
+
+    def ensure(self, fullres) -> Path:
+        """The predictions folder, complete for every case of `fullres` (written once)."""
+        write_previous_stage(self.checkpoints, self.data, fullres, self.folder, self.infer)
+        return self.folder
+
+
+class CascadeInput:
+    """PreprocessedData of a 3d_cascade_fullres stage whose cases carry the 3d_lowres
+    prediction as one-hot channels after the image (what its network reads: cross-validation
+    prediction of a case by its own lowres fold model, as nnU-Net's validation does)."""
+
+    def __init__(self, data, folder: Path):
+        self.inner, self.folder = data, Path(folder)
+        self.plan = data.plan
+
+    def load_case(self, case_id: str):
+        data, seg, props = self.inner.load_case(case_id)
+        seg_prev = np.asarray(load_previous_stage(self.folder, case_id)[...])
+        image = np.asarray(data[...], dtype=np.float32)
+        return with_previous_stage(image, seg_prev, self.plan.previous_stage_labels), seg, props
+
+    def __getattr__(self, name):  # folds, case_ids, key, ...
+        if name.startswith("__") or name == "inner":  # unpickling: no inner yet
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
 # ---- training input --------------------------------------------------------------------------
 
 
@@ -169,6 +210,8 @@ class CascadeSource:
         return _WithPrevious(data, load_previous_stage(self.folder, case_id)), seg, props
 
     def __getattr__(self, name):  # class_locations, region_locations, folds, ...
+        if name.startswith("__") or name == "inner":  # unpickling: no inner yet
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 

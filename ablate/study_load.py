@@ -248,10 +248,14 @@ def _check_ensemble(study: Study, name: str, where: str) -> None:
         if cell in cells[:i]:
             raise ConfigError(f"{where}[{i}]: {variant_label(cell)} is listed twice; remove it")
     configs = [resolve_variant(study, cell) for cell in cells]
-    if any(plan != configs[0][0] for plan, _, _ in configs):
+    logits = any(infer.ensemble_average == "logits" for _, _, infer in configs)
+    if logits and any(plan != configs[0][0] for plan, _, _ in configs):
+        # members planned differently (nnU-Net's configurations) are averaged as exported
+        # probabilities in the image's geometry, as nnU-Net ensembles configurations
         raise ConfigError(
-            f"{where}: members differ in plan settings; members are averaged at one "
-            "plan's spacing, so ensemble cells that share the plan"
+            f"{where}: members differ in plan settings, which only "
+            "infer.ensemble_average: probabilities can average; set it, or ensemble cells "
+            "that share the plan"
         )
     if any(train.regions != configs[0][1].regions for _, train, _ in configs):
         raise ConfigError(

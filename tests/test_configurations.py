@@ -422,3 +422,28 @@ def test_a_cascade_without_its_lowres_stage_is_refused():
         ConfigError, match="plan.configuration: 3d_cascade_fullres .* add 3d_lowres"
     ):
         expand(_configuration_study(["2d", "3d_cascade_fullres"]), "data")
+
+
+def test_the_configuration_seed_studies_expand():
+    from pathlib import Path
+
+    from ablate.expand import describe, expand, expand_ensembles
+    from ablate.study_load import load_study
+
+    studies = Path(__file__).parent.parent / "studies"
+    nnunet = load_study(studies / "nnunet.yaml", check_paths=False)
+    trains, evals = expand(nnunet, "dry-run")
+    assert len(trains) == len(evals) == 4 * 5
+    cascade = [j for j in trains if j.plan.configuration == "3d_cascade_fullres"]
+    assert len(cascade) == 5 and all(len(j.needs) == 5 for j in cascade)
+    assert len({e.label for e in expand_ensembles(nnunet, evals)}) == 6  # every pair
+    assert "plan.configuration (training): 2d, 3d_fullres, 3d_lowres" in describe(
+        nnunet, (trains, evals)
+    )
+    flare = load_study(studies / "flare21.yaml", check_paths=False)
+    trains, _ = expand(flare, "dry-run")
+    assert {j.plan.configuration for j in trains} == {"3d_lowres"}
+    assert {j.plan.patch_size for j in trains} == {(80, 192, 160)}
+    assert {(j.train.epochs, j.train.lr_schedule_epochs, j.train.batch_size) for j in trains} == {
+        (300, 1000, 2)
+    }

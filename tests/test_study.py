@@ -121,9 +121,10 @@ def _load(tmp_path: Path, extra: str = "", **kwargs) -> Study:
             r"ensembles.plain: the name is already a variant's label",
         ),
         (
-            "axes: {ct_window: ['on', 'off']}\n"
+            "infer: {ensemble_average: logits}\naxes: {ct_window: ['on', 'off']}\n"
             "ensembles: {w: [{ct_window: 'on'}, {ct_window: 'off'}]}\n",
-            r"ensembles.w: members differ in plan settings",
+            r"ensembles.w: members differ in plan settings, which only "
+            r"infer.ensemble_average: probabilities can average",
         ),
         (
             "infer: {ensemble_average: median}\n",

@@ -88,6 +88,10 @@ def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report:
         job.key: base if job.plan == study.plan else prepare_data(study, dataset, job.plan)
         for job in train_jobs
     }
+    # a cascade's full-resolution stage reads its 3d_lowres stage's predictions (ablate.cascade)
+    jobs_dir = workdir / "jobs"
+    stages = previous_stages(train_jobs, data_for, jobs_dir, study)
+    eval_data = {key: cascade_input(data, stages.get(key)) for key, data in data_for.items()}
     plan = base.plan
     spacing = tuple(round(s, 2) for s in plan.target_spacing_mm)
     progress.message(
@@ -115,7 +119,6 @@ def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report:
         [{"job_key": j.key, "name": j.name, "kind": job_tracking(j)[0]} for j in planned]
     )
     executor = executor or executor_for(study)
-    jobs_dir = workdir / "jobs"
     groups = postprocess_groups(eval_jobs, jobs_dir)
     tolerance = {t: study.evaluation.tolerance_mm(t) for t in targets}
     summary = RunSummary()
@@ -139,7 +142,7 @@ def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report:
             "trainings",
             lambda j: (
                 execute_training,
-                (j, data_for[j.key], jobs_dir / j.key, study.log_checkpoints),
+                (j, data_for[j.key], jobs_dir / j.key, study.log_checkpoints, stages.get(j.key)),
             ),
             ctx,
             summary.trainings,
@@ -152,7 +155,7 @@ def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report:
                 (
                     j,
                     checkpoint_for(jobs_dir / j.train_key, j.infer.checkpoint),
-                    data_for[j.train_key],
+                    eval_data[j.train_key],
                     dataset,
                     targets,
                     tolerance,
@@ -171,7 +174,7 @@ def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report:
                 (
                     j,
                     [checkpoint_for(jobs_dir / m.train_key, m.infer.checkpoint) for m in j.members],
-                    data_for[j.members[0].train_key],
+                    [eval_data[m.train_key] for m in j.members],
                     dataset,
                     targets,
                     tolerance,
@@ -227,6 +230,33 @@ def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report:
     tracker.end_study(ok=not summary.failed)
     summary.browse = ui_hint(tracker.tracking_uri, tracker.experiment_id)
     return summary
+
+
+def previous_stages(train_jobs, data_for: dict, jobs_dir: Path, study: Study) -> dict:
+    """Train key of each 3d_cascade_fullres training -> its ablate.cascade.PreviousStage: the
+    3d_lowres fold checkpoints it needs, their data, and one predictions folder per lowres
+    stage (shared by the cascade's folds, so each case is predicted once)."""
+    from ablate.cascade import PreviousStage
+    from ablate.config import InferConfig
+    from ablate.expand import job_key
+
+    by_key = {job.key: job for job in train_jobs}
+    # nnU-Net's validation predicts with every mirror axis and step 0.5
+    infer = InferConfig(device=study.infer.device, window_batch=study.infer.window_batch)
+    stages = {}
+    for job in train_jobs:
+        if job.needs:
+            checkpoints = {by_key[k].fold: checkpoint_for(jobs_dir / k, "final") for k in job.needs}
+            folder = jobs_dir / f"previous-stage-{job_key({'needs': list(job.needs)})}"
+            stages[job.key] = PreviousStage(checkpoints, data_for[job.needs[0]], folder, infer)
+    return stages
+
+
+def cascade_input(data, stage):
+    """What a training's evaluations read: its data, with a cascade's previous-stage one-hot."""
+    from ablate.cascade import CascadeInput
+
+    return data if stage is None else CascadeInput(data, stage.folder)
 
 
 def _start_progress(progress: Progress, planned: list, tracker, capacity: int) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ablate.run.progress import PLURAL, human_duration
@@ -162,6 +162,8 @@ def measure(study, say=print) -> JobTimes:
         checkpoints: dict[str, Path] = {}
         for job in jobs.train:
             data = data_for[job.key]
+            if job.needs:  # a cascade stage: timed as its plan without the one-hot inputs
+                data = replace(data, plan=replace(data.plan, previous_stage_labels=()))
             key = _setting(data.key, job.train.model_copy(update={"epochs": 1}))
             if (stored := store.get(f"train|{key}")) is None:
                 say(f"timing a few training iterations of {job.name} on {device}")

@@ -125,10 +125,21 @@ def execute_ensemble(
 ) -> Outcome:
     """Predict one fold's validation cases with the average of its members' fold models (each
     with its own inference settings), write and score them. No postprocessing: nnU-Net decides
-    it anew for an ensemble, which ablate does not yet do."""
+    it anew for an ensemble, which ablate does not yet do.
+
+    `data` is one PreprocessedData for all members, or one per member: members planned
+    differently (nnU-Net's configurations) each predict their own preprocessed case, and
+    their exported probabilities are averaged in the image's geometry, as nnU-Net's
+    ensemble_crossvalidations averages the configurations' saved probabilities."""
     from ablate.device import select_device
     from ablate.errors import DataError
     from ablate.infer import CaseEnsemble, model_logits
+
+    if isinstance(data, (list, tuple)) and any(d.plan != data[0].plan for d in data[1:]):
+        return _execute_cross_plan_ensemble(
+            job, checkpoints, list(data), dataset, targets, tolerance_mm, job_dir
+        )
+    data = data[0] if isinstance(data, (list, tuple)) else data
 
     device = select_device(job.members[0].infer.device)
     models = [load_model(checkpoint, device)[0] for checkpoint in checkpoints]
@@ -158,6 +169,64 @@ def execute_ensemble(
         image, _, props = data.load_case(case_id)
         labels, cost = timed(device, predict, np.array(image), props)
         scorer.add(case_id, labels, props.geometry, cost, label_files[case_id])
+    return Outcome(
+        scorer.metrics(),
+        rows=scorer.rows,
+        params={"members": json.dumps([m.name for m in job.members])},
+    )
+
+
+def _execute_cross_plan_ensemble(
+    job: EnsembleJob,
+    checkpoints: list[Path],
+    data: list,
+    dataset: Dataset,
+    targets: dict[str, tuple[int, ...]],
+    tolerance_mm: dict[str, float],
+    job_dir: Path,
+) -> Outcome:
+    """An ensemble of members with different plans: each member's probabilities exported to the
+    image's geometry from its own preprocessed case, then averaged and labelled."""
+    from ablate.device import select_device
+    from ablate.errors import ConfigError, DataError
+    from ablate.infer import export_probabilities, model_logits, probabilities_to_labels
+
+    if job.members[0].infer.ensemble_average != "probabilities":
+        raise ConfigError(
+            f"ensemble {job.label}: its members are planned differently (another "
+            "plan.configuration); only infer.ensemble_average: probabilities can average them"
+        )
+    device = select_device(job.members[0].infer.device)
+    models = [load_model(checkpoint, device)[0] for checkpoint in checkpoints]
+    regions = checkpoint_regions(checkpoints[0])
+    if any(checkpoint_regions(c) != regions for c in checkpoints[1:]):
+        raise DataError(
+            f"ensemble {job.label}: members were trained with different regions; "
+            "ensemble cells with the same train.regions"
+        )
+    label_files = {c.case_id: c.label for c in dataset.cases}
+    scorer = CaseScorer(
+        (),
+        targets,
+        tolerance_mm,
+        job_dir / "predictions",
+        dataset.file_ending,
+        ignore_label=dataset.ignore_label,
+    )
+
+    def predict(case_id: str):
+        total, geometry = None, None
+        for member, model, source in zip(job.members, models, data, strict=True):
+            image, _, props = source.load_case(case_id)
+            logits = model_logits(model, np.array(image), source.plan, member.infer, device)
+            part = export_probabilities(logits, props, source.plan, regions)
+            total = part if total is None else total + part
+            geometry = props.geometry
+        return probabilities_to_labels(total / len(models), regions), geometry
+
+    for case_id in data[0].folds[job.fold].val:
+        (labels, geometry), cost = timed(device, predict, case_id)
+        scorer.add(case_id, labels, geometry, cost, label_files[case_id])
     return Outcome(
         scorer.metrics(),
         rows=scorer.rows,

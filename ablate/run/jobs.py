@@ -20,13 +20,20 @@ from ablate.run.scoring import CaseScorer, all_labels
 
 
 @measured_job
-def execute_training(job: TrainJob, data, job_dir: Path, log_checkpoint: bool = False) -> Outcome:
+def execute_training(
+    job: TrainJob, data, job_dir: Path, log_checkpoint: bool = False, previous_stage=None
+) -> Outcome:
+    """`previous_stage` (ablate.cascade.PreviousStage): a 3d_cascade_fullres training's 3d_lowres
+    stage, whose cross-validation predictions are written first (once, shared, resumable)."""
     from ablate.device import headline_peak_mb
     from ablate.run.live import EVENTS_NAME, EpochEvents
     from ablate.train import train
 
     events = EpochEvents(job_dir / EVENTS_NAME, job.train.epochs)  # the driver forwards them
-    result = train(job.train, data, job.fold, job.seed, job_dir, on_epoch_end=events)
+    folder = previous_stage.ensure(data) if previous_stage is not None else None
+    result = train(
+        job.train, data, job.fold, job.seed, job_dir, on_epoch_end=events, previous_stage=folder
+    )
     metrics = {
         "train_seconds": result.seconds,
         "seconds_per_epoch": result.seconds_per_epoch,

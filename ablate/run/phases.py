@@ -84,7 +84,8 @@ def run_phase(jobs: list, name: str, make_call: Callable, ctx: PhaseContext, cou
     arrives, so a kill loses at most the jobs in flight. A training's epochs reach its run while
     it trains (`ctx.live`). A failure is recorded (its name added to `ctx.failed`); the rest go
     on. On Ctrl-C (or SIGTERM) the runs in flight are marked failed before the interrupt goes
-    on."""
+    on. A job that `needs` others (a cascade's full-resolution stage) starts only once they are
+    done, in an earlier run or in this one; if one of them failed, it fails unrun."""
     import concurrent.futures as cf
 
     in_flight: dict[cf.Future, tuple] = {}
@@ -93,13 +94,22 @@ def run_phase(jobs: list, name: str, make_call: Callable, ctx: PhaseContext, cou
         return
     done = ctx.tracker.done_keys()
     ctx.progress.phase(name, total=sum(job.key not in done for job in jobs))
+    # the jobs others need first (stable otherwise); finished keys of this phase, by outcome
+    jobs = sorted(jobs, key=lambda job: bool(getattr(job, "needs", ())))
+    ended: dict[str, bool] = {key: True for key in done}
     try:
         for job in jobs:
             if job.key in done:
                 count.skipped += 1
                 continue
+            needs = getattr(job, "needs", ())
+            while in_flight and any(key not in ended for key in needs):
+                _record_next(in_flight, ctx, count, ended)
+            if not all(ended.get(key, False) for key in needs):
+                _fail_unrun(job, ctx, "a training it needs (its 3d_lowres stage) failed")
+                continue
             while len(in_flight) >= ctx.executor.capacity:
-                _record_next(in_flight, ctx, count)
+                _record_next(in_flight, ctx, count, ended)
             tracked_as, tags = job_tracking(job)
             run_id = ctx.tracker.start_job(job.key, job.name, tracked_as, job_params(job), tags)
             starting[:] = [run_id]
@@ -112,7 +122,7 @@ def run_phase(jobs: list, name: str, make_call: Callable, ctx: PhaseContext, cou
             future = ctx.executor.submit(fn, *args)  # in-process: runs the job here
             in_flight[future] = (job, starting.pop(), tracked_as)
         while in_flight:
-            _record_next(in_flight, ctx, count)
+            _record_next(in_flight, ctx, count, ended)
     except (KeyboardInterrupt, SystemExit):
         ctx.live.stop_all()
         why = "interrupted; run the study again to resume"
@@ -122,7 +132,20 @@ def run_phase(jobs: list, name: str, make_call: Callable, ctx: PhaseContext, cou
         raise
 
 
-def _record_next(in_flight: dict, ctx: PhaseContext, count: PhaseCount) -> None:
+def _fail_unrun(job, ctx: PhaseContext, why: str) -> None:
+    """Record a job as failed without running it (what it needs did not finish)."""
+    tracked_as, tags = job_tracking(job)
+    run_id = ctx.tracker.start_job(job.key, job.name, tracked_as, job_params(job), tags)
+    ctx.tracker.end_job(run_id, ok=False, error=why)
+    ctx.failed.append(job.name)
+    ctx.progress.job_started(job.key, tracked_as, job.name)
+    ctx.progress.job_ended(job.key, False, why)
+
+
+def _record_next(
+    in_flight: dict, ctx: PhaseContext, count: PhaseCount, ended: dict | None = None
+) -> None:
+    """Record the next finished job; `ended` gets its key and whether it succeeded."""
     import concurrent.futures as cf
 
     finished, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
@@ -136,9 +159,13 @@ def _record_next(in_flight: dict, ctx: PhaseContext, count: PhaseCount) -> None:
             ctx.live.finish(run_id)
             ctx.tracker.end_job(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
             ctx.failed.append(job.name)
+            if ended is not None:
+                ended[job.key] = False
             trace = "".join(traceback.format_exception(exc, limit=-3))
             ctx.progress.job_ended(job.key, False, f"{type(exc).__name__}: {exc}\n{trace}")
         else:
             ctx.tracker.end_job(run_id, ok=True)
+            if ended is not None:
+                ended[job.key] = True
             count.run += 1
             ctx.progress.job_ended(job.key, True)
