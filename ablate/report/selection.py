@@ -126,10 +126,14 @@ def selection_lines(s: Selection) -> list[str]:
         if np.isfinite(diff["p"])
         else "too few folds for an interval"
     )
+    wilcoxon = (
+        f"Wilcoxon signed-rank p {s.wilcoxon_p:.3g}"
+        if np.isfinite(s.wilcoxon_p)
+        else "too few cases for the Wilcoxon test"
+    )
     lines.append(
         f"Runner-up {s.runner_up} ({second.score:.4f}): per-case difference "
-        f"{diff['mean']:+.4f} Dice ({interval}); Wilcoxon signed-rank p {s.wilcoxon_p:.3g} "
-        f"on {diff['n']} cases."
+        f"{diff['mean']:+.4f} Dice ({interval}); {wilcoxon} on {diff['n']} cases."
     )
     significant = np.isfinite(diff["p"]) and diff["p"] < 0.05
     lines.append(
