@@ -420,6 +420,12 @@ def describe(study: Study, jobs: tuple[list[TrainJob], list[EvalJob]]) -> str:
         lines.append(f"axis {axis} ({kinds[axis]}): {', '.join(map(value_label, values))}")
     lines.append(f"baseline: {variant_label(baseline_variant(study))}")
     lines.append(f"trainings: {len(train_jobs)}; evaluations: {len(eval_jobs)}")
+    waiting = [j for j in train_jobs if j.needs]
+    if waiting:
+        lines.append(
+            f"{len(waiting)} 3d_cascade_fullres trainings start after the {len(waiting[0].needs)} "
+            "3d_lowres folds they need (whose cross-validation predictions are their inputs)"
+        )
     for name in study.ensembles:
         members = ", ".join(variant_label(c) for c in ensemble_members(study, name))
         lines.append(f"ensemble {name}: {members} (one evaluation per fold and seed)")
