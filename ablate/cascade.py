@@ -170,6 +170,33 @@ class CascadeInput:
         return getattr(self.inner, name)
 
 
+def predict_previous_stage_for_image(
+    images: list[np.ndarray], geometry, models: list, plan, infer, device, regions=None
+) -> np.ndarray:
+    """An unseen case's 3d_lowres prediction as nnU-Net makes it before the cascade: every
+    lowres fold model's logits averaged (nnUNetPredictor given all folds), exported to a
+    label map in the image's geometry."""
+    from ablate.infer import export_labels, model_logits
+    from ablate.preprocess import preprocess_images
+
+    data, props = preprocess_images(images, geometry, plan)
+    total = None
+    for model in models:
+        logits = model_logits(model, data, plan, infer, device)
+        total = logits if total is None else total + logits
+    return export_labels(total / len(models), props, plan, regions)
+
+
+def cascade_input_for_image(images: list[np.ndarray], seg_prev: np.ndarray, geometry, plan):
+    """An unseen case preprocessed for the cascade's full-resolution stage with its 3d_lowres
+    label map (nnU-Net's preprocessor run with the previous stage's segmentation, then the
+    one-hot channels appended); returns data (C + L, Z, Y, X) and the case's properties."""
+    from ablate.preprocess import preprocess_images_and_labels
+
+    data, seg, props = preprocess_images_and_labels(images, seg_prev, geometry, plan)
+    return with_previous_stage(data, seg, plan.previous_stage_labels), props
+
+
 # ---- training input --------------------------------------------------------------------------
 
 

@@ -209,12 +209,6 @@ def expand_tests(study: Study, eval_jobs: list[EvalJob], test_key: str) -> list[
     (the identity of the test cases' files)."""
     if study.dataset.test is None:
         return []
-    if any(job.plan.configuration == "3d_cascade_fullres" for job in eval_jobs):
-        raise ConfigError(
-            "dataset.test: a held-out test set is not yet predicted by the 3d_cascade_fullres "
-            "configuration (its 3d_lowres test predictions are not built); drop dataset.test "
-            "or the cascade from plan.configuration"
-        )
     cells: dict[str, list[EvalJob]] = {}
     for job in eval_jobs:
         cells.setdefault(

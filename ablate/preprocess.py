@@ -245,6 +245,16 @@ def preprocess_images(
     return data, props
 
 
+def preprocess_images_and_labels(
+    images: list[np.ndarray], labels: np.ndarray, geometry: Geometry, plan: Plan
+) -> tuple[np.ndarray, np.ndarray, CaseProperties]:
+    """The training transform for unseen images with a label map on their grid (the cascade's
+    previous-stage prediction: nnU-Net's preprocessor given a segmentation); the labels come
+    back -1 outside the nonzero mask, as training labels do."""
+    data = np.stack([np.asarray(i, dtype=np.float32) for i in images])
+    return _transform(data, np.asarray(labels, dtype=np.int16), geometry, plan, case_id="")
+
+
 def sample_class_locations(
     seg: np.ndarray, classes_or_regions, seed: int = 1234
 ) -> dict[int | tuple[int, ...], np.ndarray]:

@@ -447,3 +447,58 @@ def test_the_configuration_seed_studies_expand():
     assert {(j.train.epochs, j.train.lr_schedule_epochs, j.train.batch_size) for j in trains} == {
         (300, 1000, 2)
     }
+
+
+# ---- preprocessing: 2d data and an unseen case's cascade input, against nnU-Net's preprocessor
+
+
+def _nnunet_run_case(plan, data, seg, spacing, configuration="3d_fullres"):
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from test_preprocess_nnunet import plans_for
+
+    plans = plans_for(plan)
+    config = dict(plans.plans["configurations"]["3d_fullres"])
+    if configuration == "2d":
+        config["spacing"] = list(plan.target_spacing_mm[1:])
+    plans.plans["configurations"][configuration] = config
+    return DefaultPreprocessor(verbose=False).run_case_npy(
+        data.copy(),
+        None if seg is None else seg[None].copy(),
+        {"spacing": list(spacing)},
+        plans,
+        plans.get_configuration(configuration),
+        {"labels": {"background": 0, "a": 1, "b": 2}, "channel_names": {"0": "CT"}},
+    )
+
+
+def test_2d_preprocessing_keeps_each_cases_slice_spacing_as_nnunet():
+    from test_preprocess_nnunet import CT, case, make_plan
+
+    from ablate.preprocess import preprocess_images
+
+    plan = dataclasses.replace(make_plan((3.0, 1.1, 1.1), [CT]), configuration="2d")
+    data, _ = case((9, 30, 28), 1, seed=3)
+    spacing = (4.0, 0.8, 0.8)  # this case's slices are 4 mm apart: 2d keeps them
+    ours, props = preprocess_images(list(data), Geometry(spacing, (0.0,) * 3, IDENTITY), plan)
+    theirs, _, _ = _nnunet_run_case(plan, data, None, spacing, "2d")
+    assert ours.shape == theirs.shape and ours.shape[1] == props.shape_after_crop[0]
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-5)
+
+
+def test_cascade_input_of_an_unseen_case_equals_nnunets():
+    from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
+    from test_preprocess_nnunet import CT, case, make_plan
+
+    from ablate.cascade import cascade_input_for_image
+
+    plan = dataclasses.replace(make_plan((2.9, 1.1, 1.1), [CT]), previous_stage_labels=(1, 2))
+    data, seg_prev = case((9, 30, 28), 1, seed=4)  # seg_prev: the lowres stage's label map
+    spacing = (4.0, 0.8, 0.8)
+    geometry = Geometry(spacing, (0.0,) * 3, IDENTITY)
+    ours, _ = cascade_input_for_image(list(data), seg_prev, geometry, plan)
+    image, seg, _ = _nnunet_run_case(plan, data, seg_prev, spacing)
+    # nnU-Net's data iterators: the preprocessed segmentation's one-hot after the image
+    theirs = np.vstack((image, convert_labelmap_to_one_hot(seg[0], (1, 2), image.dtype)))
+    assert ours.shape == theirs.shape == (3, *image.shape[1:])
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-5)
+    assert ours[1:].sum() > 0

@@ -96,3 +96,17 @@ def test_lowres_then_cascade_on_its_cross_validation_predictions(stages):
     missing.mkdir()
     with pytest.raises(DataError, match="no 3d_lowres prediction"):
         train(TRAIN, cascade, 1, 0, root / "cascade-missing", previous_stage=missing)
+    # an unseen case: the 3d_lowres folds' prediction, then the cascade on its one-hot
+    from ablate.cascade import cascade_input_for_image, predict_previous_stage_for_image
+
+    case = next(c for c in stages[1].cases if c.case_id == cascade.case_ids[0])
+    images, geometry = zip(*(read_image(p) for p in case.images), strict=True)
+    lowres_models = [load_model(c, CPU)[0] for _, c in sorted(checkpoints.items())]
+    seg_prev = predict_previous_stage_for_image(
+        list(images), geometry[0], lowres_models, lowres.plan, infer, CPU
+    )
+    assert seg_prev.shape == images[0].shape
+    data, props = cascade_input_for_image(list(images), seg_prev, geometry[0], plan)
+    assert data.shape[0] == 3 and set(np.unique(data[1:])) <= {0.0, 1.0}
+    logits = model_logits(model, data, plan, InferConfig(tta=1), CPU)
+    assert export_labels(logits, props, plan).shape == images[0].shape

@@ -199,6 +199,7 @@ def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report:
                     jobs_dir / j.eval_key / "postprocessing.json",
                     dataset.file_ending,
                     dataset.ignore_label,
+                    stages.get(j.train_keys[0]),
                 ),
             ),
             ctx,

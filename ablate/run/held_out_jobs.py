@@ -43,6 +43,7 @@ def execute_test(
     decision_file: Path,
     file_ending: str,
     ignore_label: int | None = None,
+    previous_stage=None,
 ) -> Outcome:
     """Predict the held-out test cases from their raw images with every fold model and, with
     `infer.ensemble_folds`, their ensemble, in one pass (each case is preprocessed once and each
@@ -50,7 +51,9 @@ def execute_test(
     postprocessing applies the decision of the variant's cross-validation (`decision_file`).
 
     Cost per case: a fold model's is preprocessing + its sliding window + export; the
-    ensemble's is preprocessing + every model's sliding window + export."""
+    ensemble's is preprocessing + every model's sliding window + export. A cascade's
+    full-resolution stage (`previous_stage`, ablate.cascade.PreviousStage) first predicts the
+    case with every 3d_lowres fold model (part of its preprocessing cost), as nnU-Net does."""
     from ablate.device import select_device
     from ablate.imageio import read_image
     from ablate.infer import CaseEnsemble, model_logits
@@ -79,12 +82,17 @@ def execute_test(
         for model in scored
     }
 
+    if previous_stage is not None:
+        prepare = _cascade_preparation(previous_stage, plan, device)
+    else:
+
+        def prepare(images, geometry):
+            return preprocess_images(images, geometry, plan)
+
     for case in cases:
         loaded = [read_image(path) for path in case.images]
         geometry = loaded[0][1]
-        (data, props), prep = timed(
-            device, preprocess_images, [a for a, _ in loaded], geometry, plan
-        )
+        (data, props), prep = timed(device, prepare, [a for a, _ in loaded], geometry)
         average = job.infer.ensemble_average if job.infer.ensemble_folds else None
         ensemble = CaseEnsemble(props, plan, regions, average)
         windows = []
@@ -114,6 +122,24 @@ def execute_test(
 
 
 @measured_job
+def _cascade_preparation(previous_stage, plan, device):
+    """Preprocessing of a test case for the cascade: the 3d_lowres folds' prediction of it, then
+    the image preprocessed with it as one-hot channels (ablate.cascade)."""
+    from ablate.cascade import cascade_input_for_image, predict_previous_stage_for_image
+
+    lowres = [load_model(c, device) for _, c in sorted(previous_stage.checkpoints.items())]
+    regions = checkpoint_regions(next(iter(previous_stage.checkpoints.values())))
+    models, lowres_plan = [model for model, _, _ in lowres], lowres[0][2]
+
+    def prepare(images, geometry):
+        seg_prev = predict_previous_stage_for_image(
+            images, geometry, models, lowres_plan, previous_stage.infer, device, regions
+        )
+        return cascade_input_for_image(images, seg_prev, geometry, plan)
+
+    return prepare
+
+
 def execute_ensemble(
     job: EnsembleJob,
     checkpoints: list[Path],
