@@ -47,8 +47,10 @@ def subplots(nrows: int = 1, ncols: int = 1, *, figsize, layout="constrained", *
 
 
 def png(fig: Figure, dpi: int = DPI) -> bytes:
+    """The figure as PNG; its constrained layout keeps every label and legend inside, so it is
+    drawn once (bbox_inches="tight" would draw it twice)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 
@@ -211,7 +213,7 @@ def pareto(points: pd.DataFrame, xlabel: str, ylabel: str, labels) -> Figure:
         )
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.margins(0.15)  # room for the labels; the legend sits outside the data
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
     return fig
 
 
