@@ -100,6 +100,14 @@ def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report:
         f"{len(eval_jobs)} evaluations"
         + (f", {len(test_jobs)} test-set evaluations" if test_jobs else "")
     )
+    for other in {
+        d.key: d.plan for d in data_for.values() if d.plan.configuration != plan.configuration
+    }.values():
+        progress.message(  # nnU-Net's other configurations of the study, one line each
+            f"plan {other.configuration}: spacing "
+            f"{tuple(round(s, 2) for s in other.target_spacing_mm)} mm, patch "
+            f"{other.patch_size}, batch {other.batch_size}, {other.num_stages} stages"
+        )
     tracker = Tracker(default_tracking_uri(study, workdir), study.name, workdir / "mlartifacts")
     tracker.start_study(
         {"data_key": base.key, "num_cases": len(dataset.cases)},
