@@ -7,6 +7,12 @@ label map. Anatomy is laid out in millimetres as fractions of the field of view,
 
 Labels: 0 background, 1 kidney, 2 tumour (tumour voxels always lie inside a kidney). Cases whose
 index is 2 mod 3 have no tumour, so any 3 consecutive cases contain both kinds.
+
+The tumour is an avidly enhancing mass (as clear-cell carcinoma in the corticomedullary phase):
+brighter than the cortex, and large (a sphere of 0.7-1.0 times the kidney's middle semi-axis, cut
+to the kidney; about a tenth of the foreground). Generator version 1 drew a small hypodense
+tumour (30-60 HU, 2% of the foreground) whose values sat at the floor of nnU-Net's CT clipping
+window, level with the soft tissue around the kidney: the demo's networks never learned it.
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ from ablate.imageio import Geometry, write_image
 DEFAULT_FOV_MM = (100.0, 110.0, 110.0)  # (z, y, x): ~25-40 x 116-157 x 116-157 voxels
 LABELS = {"background": 0, "kidney": 1, "tumor": 2}
 REGIONS = {"kidney": [1, 2], "tumor": [2]}
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 IDENTITY_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 HU_AIR, HU_FAT, HU_SOFT_TISSUE, HU_LIVER, HU_AORTA = -1000.0, -100.0, 40.0, 60.0, 200.0
+TUMOUR_HU = (320.0, 360.0)  # above the cortex (230-270 HU)
+TUMOUR_RADIUS = (0.7, 1.0)  # of the kidney's middle semi-axis
+TUMOUR_DEPTH = 0.4  # the centre lies within this normalised radius of its kidney
 
 
 @dataclass(frozen=True)
@@ -88,11 +97,12 @@ def _draw_kidney(rng: np.random.Generator, fov: tuple[float, float, float], side
 
 
 def _draw_tumour(rng: np.random.Generator, kidney: Ellipsoid, min_radius_mm: float) -> Ellipsoid:
-    radius = max(_u(rng, 0.5, 0.8) * min(kidney.semi_axes_mm), min_radius_mm)
-    # a point at 0-55% of the kidney's normalised radius, in the kidney's own frame
+    middle = sorted(kidney.semi_axes_mm)[1]
+    radius = max(_u(rng, *TUMOUR_RADIUS) * middle, min_radius_mm)
+    # a point within TUMOUR_DEPTH of the kidney's normalised radius, in the kidney's own frame
     direction = rng.normal(size=3)
     direction /= np.linalg.norm(direction)
-    local = direction * _u(rng, 0.0, 0.55) * np.asarray(kidney.semi_axes_mm)
+    local = direction * _u(rng, 0.0, TUMOUR_DEPTH) * np.asarray(kidney.semi_axes_mm)
     offset = _rotation(kidney.yaw_deg, kidney.tilt_deg).T @ local  # kidney frame -> FOV frame
     center = tuple(float(c + o) for c, o in zip(kidney.center_mm, offset, strict=True))
     return Ellipsoid(center, (radius, radius, radius))
@@ -134,7 +144,7 @@ def draw_case(
         cortex_hu=_u(rng, 230.0, 270.0),
         cortex_fraction=_u(rng, 0.7, 0.8),
         tumour=tumour,
-        tumour_hu=_u(rng, 30.0, 60.0),
+        tumour_hu=_u(rng, *TUMOUR_HU),
         noise_sd_hu=_u(rng, 10.0, 20.0),
         blur_sigma_mm=_u(rng, 0.5, 1.0),
         noise_seed=int(rng.integers(2**31)),

@@ -24,11 +24,13 @@ def _read_dataset(study: Study) -> Dataset:
     spec = study.dataset
     if spec.synthetic is not None:
         from ablate.data.dataset import read_nnunet_raw
-        from ablate.data.synthetic import make_synthetic_dataset
+        from ablate.data.synthetic import GENERATOR_VERSION, make_synthetic_dataset
 
         syn = spec.synthetic
         fov = "x".join(f"{v:g}" for v in syn.fov_mm)
-        out = workdir_of(study) / "data" / f"synthetic-s{syn.seed}-n{syn.cases}-fov{fov}"
+        # the generator's version in the name: a work dir made by an older generator is not reused
+        name = f"synthetic-v{GENERATOR_VERSION}-s{syn.seed}-n{syn.cases}-fov{fov}"
+        out = workdir_of(study) / "data" / name
         if not (out / "dataset.json").is_file():
             tmp = out.with_name(out.name + f".tmp{time.time_ns()}")
             make_synthetic_dataset(tmp, cases=syn.cases, seed=syn.seed, fov_mm=tuple(syn.fov_mm))
