@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ablate.errors import AblateError, ConfigError, DataError
+from ablate.errors import AblateError, ConfigError
 
 
 def _load(path: str):
@@ -19,12 +19,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ablate.expand import describe, expand
     from ablate.run.driver import run_study
 
-    study, text = _load(args.study)
-    if args.dry_run:
+    if args.dry_run:  # the grid stands without the data; the time estimate says why it needs it
+        from ablate.study_load import load_study
+
+        study = load_study(Path(args.study), check_paths=False)
         train_jobs, eval_jobs = expand(study, data_key="dry-run")
         print(describe(study, (train_jobs, eval_jobs)))
         _print_estimate(study)
         return 0
+    study, text = _load(args.study)
     from ablate.run.progress import for_terminal
 
     progress = for_terminal()
@@ -80,7 +83,7 @@ def _print_estimate(study) -> None:
 
     try:
         times = measure(study, say=lambda text: print(text, flush=True))
-    except DataError as error:  # the grid above stands without the data; the timing needs it
+    except AblateError as error:  # the grid above stands without the data; the timing needs it
         print(f"time estimate: not measured: {error}")
         return
     print(estimate_text(times, planned_capacity(study)))
