@@ -130,3 +130,28 @@ def test_degenerate_studies_still_report(tmp_path, n_variants, n_cases):
         assert "too few for a test" in page
     empty = pd.read_csv(tmp_path / "tidy.csv")
     assert len(empty) == len(results.tidy)
+
+
+def test_paper_layouts_are_named_and_common_cases_are_counted_per_metric():
+    """The demo's tumour: DSC/NSD on all 12 cases, |RVD| on the 9 with tumour, HD95/ASSD on
+    none; the note counted 9 for every metric before."""
+    from test_report_figures import _demo_with_a_tumour_nobody_learned
+
+    from ablate.report.analysis import analyse
+    from ablate.report.html import build_tables
+
+    results, baseline = _demo_with_a_tumour_nobody_learned()
+    tidy = results.tidy
+    rvd = (tidy["target"] == "tumor") & (tidy["metric"] == "rvd")
+    empty_ref = tidy["case"].isin(["case_00000", "case_00005", "case_00007"])
+    tidy.loc[rvd & empty_ref, "value"] = float("nan")  # RVD is NaN on an empty reference
+    a = analyse(results, {"name": "t", "baseline": baseline}, n_boot=50)
+    tables = build_tables(a)["accuracy"]
+    assert "(DSC, NSD: 12 cases; HD95, ASSD: 0 cases; |RVD|: 9 cases (distances" in (
+        tables["tumor"].note
+    )
+    assert "DSC, NSD, HD95, ASSD, |RVD|: 12 cases;" in tables["kidney"].note
+    assert (
+        tables["table4"].title == "Cross-validation results (layout of Zhou 2021, FLARE21, Table 4)"
+    )
+    assert tables["kits"].title == "KiTS composite Dice (layout of Isensee 2019, KiTS19, Table 1)"
