@@ -204,7 +204,7 @@ def make_figures(
         "stats": [],
         "cost": [],
     }
-    named = " (labels: see the legend above)" if labels.abbreviated else ""
+    named = " (V1, V2, ...: the variant labels under The answer)" if labels.abbreviated else ""
     for target, panels in head.panels.items():
         figs["answer"].append(
             (_forest_caption(a, target), plots.forest(panels, labels, a.baseline))
@@ -341,6 +341,9 @@ def _answer(a: Analysis, head: Headline, figs, labels: VariantLabels, table) -> 
     parts = []
     if head.collapsed:
         parts.append(paragraphs([c.text() for c in head.collapsed], "collapsed"))
+    if labels.abbreviated:  # first: the figures below use the short labels
+        legend = pd.DataFrame(labels.legend(), columns=["label", "variant"])
+        parts.append(table(Table("Variant labels used in the figures", legend), ("variant",)))
     parts += [figure_html(c, p) for c, p in figs["answer"]]
     if not head.verdicts.empty:
         frame = head.verdicts.assign(variant=head.verdicts["variant"].map(labels))
@@ -353,9 +356,6 @@ def _answer(a: Analysis, head: Headline, figs, labels: VariantLabels, table) -> 
         parts.append(table(verdicts, ("sentence",)))
     elif len(a.order) < 2:
         parts.append("<p>One variant: nothing to compare.</p>")
-    if labels.abbreviated:
-        legend = pd.DataFrame(labels.legend(), columns=["label", "variant"])
-        parts.append(table(Table("Variant labels used in the figures", legend), ("variant",)))
     return "".join(parts)
 
 

@@ -106,7 +106,15 @@ def forest(panels: list[ForestPanel], labels, baseline: str) -> Figure:
         dots = panel.per_case
         low, high = _limits(panel)
         y = dots["variant"].map(y_of).to_numpy(float) + jitter.uniform(-0.22, 0.22, len(dots))
-        ax.scatter(np.clip(dots["diff"], low, high), y, s=12, color="#777777", alpha=0.45, lw=0)
+        many = len(dots) > 50 * len(variants)  # lighter dots where they would hide the marks
+        ax.scatter(
+            np.clip(dots["diff"], low, high),
+            y,
+            s=7 if many else 12,
+            color="#777777",
+            alpha=0.25 if many else 0.45,
+            lw=0,
+        )
         for r in panel.rows.itertuples(index=False):
             color, marker = VERDICT_STYLE[r.verdict]
             yy = y_of[r.variant]
