@@ -87,3 +87,29 @@ def test_eval_predictions_name_each_runs_folder(store):
     one = next(p for p in found if p.variant == "ds=none · tta=2" and p.fold == 1)
     assert one.folder == root / "jobs" / "eval-none-2-1" / "predictions" and one.run_id
     assert eval_predictions(f"sqlite:///{root / 'absent.db'}", "curves", root) == []
+
+
+def test_case_pictures_are_logged_on_the_study_and_on_the_runs_that_predicted_the_case(
+    store, tmp_path
+):
+    from mlflow.tracking import MlflowClient
+
+    from ablate.report.pictures import anchor
+    from ablate.run.study_report import _log_pictures
+
+    uri, root = store
+    results = fetch_results(uri, "curves")
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    (folder / f"{anchor('kidney', 'case_4')}.png").write_bytes(b"\x89PNG picture")
+    tracker = Tracker(uri, "curves", root / "artifacts")
+    predictions = eval_predictions(uri, "curves", root / "jobs")
+    _log_pictures(tracker, folder, results.tidy, predictions)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("curves").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`ablate.kind` = 'study'")
+    study = [a.path for a in client.list_artifacts(parent.info.run_id, "report/cases")]
+    assert study == ["report/cases/case-kidney-case_4.png"]
+    for p in predictions:  # case_4 lies in fold 1: its four evaluation runs have it
+        logged = [a.path for a in client.list_artifacts(p.run_id, "pictures")]
+        assert logged == (["pictures/case-kidney-case_4.png"] if p.fold == 1 else [])
