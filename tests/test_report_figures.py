@@ -15,8 +15,8 @@ from matplotlib.collections import PathCollection
 from ablate.report import synthetic_results
 from ablate.report.analysis import analyse
 from ablate.report.collect import Results
+from ablate.report.figures import make_figures
 from ablate.report.headline import headline
-from ablate.report.html import make_figures
 from ablate.report.labels import variant_labels
 from ablate.study import variant_label
 

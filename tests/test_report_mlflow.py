@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from ablate.report.analysis import analyse
+from ablate.report.figures import make_figures
 from ablate.report.headline import headline
-from ablate.report.html import make_figures
 from ablate.report.labels import variant_labels
 from ablate.run.results import eval_predictions, fetch_results
 from ablate.run.tracking import Tracker
