@@ -18,7 +18,7 @@ th,td{border:1px solid #ccc;padding:3px 7px;text-align:right} td{white-space:now
 th{background:#f0f3f7} td:first-child,th:first-child{text-align:left}
 table.sortable th{cursor:pointer;user-select:none}
 th[aria-sort=ascending]::after{content:" \\25B2"} th[aria-sort=descending]::after{content:" \\25BC"}
-td.text{text-align:left;white-space:normal;min-width:16em;max-width:46em}
+td.text{text-align:left;white-space:normal;min-width:16em;max-width:46em} th.text{text-align:left}
 .scroll{overflow-x:auto} .note{color:#555;font-size:13px} pre{background:#f6f6f6;padding:.8em;
 overflow-x:auto;font-size:12px} img{max-width:100%} ul.summary li{margin:.25em 0}
 details>summary{cursor:pointer;list-style:none}
@@ -104,8 +104,11 @@ def table_html(t: Table, ident: str, text_columns: tuple[str, ...] = ()) -> str:
     """A sortable table with the page-unique id `ident` (and a filter box above it past
     FILTER_FROM_ROWS rows); `links` cells become anchors, `text_columns` left-aligned prose."""
     esc = html.escape
-    head = "".join(f'<th scope="col">{esc(str(c))}</th>' for c in t.frame.columns)
     prose = [str(c) in (*text_columns, *t.wrap) for c in t.frame.columns]
+    head = "".join(
+        f'<th scope="col"{" class=text" if p else ""}>{esc(str(c))}</th>'
+        for c, p in zip(t.frame.columns, prose, strict=True)
+    )
     body = []
     for i in range(len(t.frame)):
         cells = []
