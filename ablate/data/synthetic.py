@@ -9,10 +9,13 @@ Labels: 0 background, 1 kidney, 2 tumour (tumour voxels always lie inside a kidn
 index is 2 mod 3 have no tumour, so any 3 consecutive cases contain both kinds.
 
 The tumour is an avidly enhancing mass (as clear-cell carcinoma in the corticomedullary phase):
-brighter than the cortex, and large (a sphere of 0.7-1.0 times the kidney's middle semi-axis, cut
-to the kidney; about a tenth of the foreground). Generator version 1 drew a small hypodense
-tumour (30-60 HU, 2% of the foreground) whose values sat at the floor of nnU-Net's CT clipping
-window, level with the soft tissue around the kidney: the demo's networks never learned it.
+the brightest tissue of the image, and large (a sphere of 0.7-1.0 times the kidney's middle
+semi-axis, cut to the kidney; about a tenth of the foreground). The vertebral body is cancellous
+bone (220-260 HU). Generator version 1 drew a small hypodense tumour (30-60 HU, 2% of the
+foreground) whose values sat at the floor of nnU-Net's CT clipping window, level with the soft
+tissue around the kidney: the demo's networks never learned it. Version 2 made it enhancing
+(320-360 HU) beside a 400-700 HU vertebra: both clipped to the window's ceiling, and the demo's
+networks marked the vertebra as tumour.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from ablate.imageio import Geometry, write_image
 DEFAULT_FOV_MM = (100.0, 110.0, 110.0)  # (z, y, x): ~25-40 x 116-157 x 116-157 voxels
 LABELS = {"background": 0, "kidney": 1, "tumor": 2}
 REGIONS = {"kidney": [1, 2], "tumor": [2]}
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 IDENTITY_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 HU_AIR, HU_FAT, HU_SOFT_TISSUE, HU_LIVER, HU_AORTA = -1000.0, -100.0, 40.0, 60.0, 200.0
-TUMOUR_HU = (320.0, 360.0)  # above the cortex (230-270 HU)
+TUMOUR_HU = (340.0, 380.0)  # above the cortex (230-270 HU) and the vertebra
+SPINE_HU = (220.0, 260.0)  # cancellous bone: below the tumour, so the two never share a value
 TUMOUR_RADIUS = (0.7, 1.0)  # of the kidney's middle semi-axis
 TUMOUR_DEPTH = 0.4  # the centre lies within this normalised radius of its kidney
 
@@ -135,7 +139,7 @@ def draw_case(
         fat_thickness_mm=_jitter(rng, 0.05 * min(fy, fx), 0.3),
         spine_center_mm=(_u(rng, 0.19, 0.23) * fy, _u(rng, -0.01, 0.01) * fx),
         spine_radius_mm=_jitter(rng, 0.07 * min(fy, fx), 0.1),
-        spine_hu=_u(rng, 400.0, 700.0),
+        spine_hu=_u(rng, *SPINE_HU),
         aorta_center_mm=(_u(rng, 0.04, 0.08) * fy, _u(rng, 0.02, 0.06) * fx),
         aorta_radius_mm=_jitter(rng, 0.035 * min(fy, fx), 0.1),
         liver=liver,
