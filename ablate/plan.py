@@ -7,24 +7,16 @@ below. Add fields freely; do not rename or remove.
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy.ndimage import binary_fill_holes
 
+from ablate.configurations import plan_2d, plan_3d
 from ablate.errors import ConfigError, DataError
 from ablate.imageio import Geometry, read_image
 from ablate.topology import (
-    PLANNER_PRESETS,
-    Topology,
     determine_transpose,
-    features_per_stage,
-    fit_patch,
-    lowres_stage,
-    memory_reference,
-    planner_estimate,
-    pool_and_conv_props,
-    reference_batch,
 )
 
 
@@ -143,7 +135,6 @@ class Plan:
 
 ANISO_THRESHOLD = 3.0
 FOREGROUND_SAMPLES_TOTAL = 10e7  # nnU-Net samples 1e8 foreground voxels over the whole dataset
-MIN_BATCH = 2
 NORMALIZATION_BY_CHANNEL = {
     "ct": "ct",
     "nonorm": "noNorm",
@@ -336,36 +327,6 @@ def _normalizations(fp: Fingerprint, dataset, cfg, workers: int) -> list[Channel
     return out
 
 
-def _batch_size(
-    estimate: int,
-    reference: float,
-    patch,
-    n_voxels_dataset: float,
-    max_covered: float,
-    ref_batch: int = 2,
-) -> int:
-    """Budget headroom scales the batch; at most `max_covered` of the dataset per step (5 % for
-    nnUNetPlans, all of it for ResEnc M/L/XL); at least 2."""
-    batch = round(reference / estimate * ref_batch)
-    cap = round(n_voxels_dataset * max_covered / np.prod(patch, dtype=np.float64))
-    return int(max(min(batch, cap), MIN_BATCH))
-
-
-@dataclass(frozen=True)
-class _Configured:
-    """One configuration's planner outputs, in the plan's frame (2D: the in-plane axes)."""
-
-    spacing: tuple[float, ...]
-    median_shape: tuple[float, ...]
-    topology: Topology
-    batch_size: int
-    features: list[int]
-    batch_dice: bool
-
-
-CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
-
-
 def make_plan(fp: Fingerprint, dataset, cfg, workers: int = 2) -> Plan:
     """nnU-Net v2's plan of cfg.configuration by cfg's planner preset, under its memory budget
     and overrides (nnU-Net's ExperimentPlanner.plan_experiment, one configuration of it).
@@ -386,11 +347,11 @@ def make_plan(fp: Fingerprint, dataset, cfg, workers: int = 2) -> Plan:
     n_cases = len(fp.spacings_mm)
     override = None if cfg.patch_size is None else [cfg.patch_size[a] for a in forward]
     configuration = getattr(cfg, "configuration", "3d_fullres")
-    fullres, lowres, why_not = _plan_3d(
+    fullres, lowres, why_not = plan_3d(
         spacing, median_shape, n_cases, dataset, cfg, override, configuration
     )
     if configuration == "2d":
-        chosen = _plan_2d(spacing, median_shape, n_cases, dataset, cfg, override)
+        chosen = plan_2d(spacing, median_shape, n_cases, dataset, cfg, override)
     elif configuration == "3d_lowres":
         chosen = lowres
     elif configuration == "3d_cascade_fullres":
@@ -449,79 +410,3 @@ def foreground_labels(dataset) -> tuple[int, ...]:
         values.update(value if isinstance(value, (list, tuple)) else [value])
     ignore = getattr(dataset, "ignore_label", None)
     return tuple(sorted(int(v) for v in values if v != 0 and v != ignore))
-
-
-def _plan_3d(spacing, median_shape, n_cases, dataset, cfg, override, configuration):
-    """3d_fullres, then nnU-Net's 3d_lowres search from its patch: (fullres, lowres or None,
-    why there is no lowres). A patch override replaces the patch of the configuration planned;
-    the lowres search starts from the fullres patch nnU-Net would use (the override, when the
-    configuration planned is a full-resolution one)."""
-    preset = PLANNER_PRESETS[cfg.preset]
-    reference = memory_reference(preset, cfg.gpu_memory_gb)
-    widths = (cfg.base_features, cfg.max_features)
-    num_classes = dataset.num_classes
-    fullres_override = override if configuration in ("3d_fullres", "3d_cascade_fullres") else None
-    if fullres_override is not None:
-        topo = pool_and_conv_props(spacing, fullres_override)
-        estimate = planner_estimate(topo, num_classes, *widths, preset)
-    else:
-        topo, estimate = fit_patch(spacing, median_shape, reference, num_classes, *widths, preset)
-    stage, why_not = lowres_stage(
-        spacing, median_shape, topo.patch_size, reference, num_classes, *widths, preset
-    )
-    n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * n_cases)
-    batch = _batch_size(
-        estimate, reference, topo.patch_size, n_voxels_dataset, preset.max_dataset_covered
-    )
-    features = features_per_stage(len(topo.pool_kernel_sizes), *widths)
-    fullres = _Configured(tuple(spacing), tuple(median_shape), topo, batch, features, True)
-    if stage is None:
-        return replace(fullres, batch_dice=False), None, why_not
-    lowres_topo, lowres_estimate = stage.topology, stage.estimate
-    if configuration == "3d_lowres" and override is not None:
-        lowres_topo = pool_and_conv_props(stage.spacing, override)
-        lowres_estimate = planner_estimate(lowres_topo, num_classes, *widths, preset)
-    lowres_batch = _batch_size(
-        lowres_estimate,
-        reference,
-        lowres_topo.patch_size,
-        float(stage.median_voxels * n_cases),
-        preset.max_dataset_covered,
-    )
-    lowres_features = features_per_stage(len(lowres_topo.pool_kernel_sizes), *widths)
-    lowres = _Configured(
-        stage.spacing, stage.median_shape, lowres_topo, lowres_batch, lowres_features, False
-    )
-    return fullres, lowres, ""
-
-
-def _plan_2d(spacing, median_shape, n_cases, dataset, cfg, override) -> _Configured:
-    """nnU-Net's 2d configuration: the in-plane axes of the 3d_fullres spacing and median, the
-    2D budget (batch 12 reference, max 512 features), the dataset cap on 3D voxels, batch Dice."""
-    preset = PLANNER_PRESETS[cfg.preset]
-    reference = memory_reference(preset, cfg.gpu_memory_gb, dim=2)
-    widths = (cfg.base_features, cfg.max_features_2d)
-    spacing2, median2 = spacing[1:], median_shape[1:]
-    if override is not None:
-        if override[0] != 1:
-            raise ConfigError(
-                "plan.patch_size: a 2d patch has 1 voxel on the slice axis (the coarsest); "
-                f"got {override[0]} there"
-            )
-        topo = pool_and_conv_props(spacing2, override[1:])
-        estimate = planner_estimate(topo, dataset.num_classes, *widths, preset)
-    else:
-        topo, estimate = fit_patch(
-            spacing2, median2, reference, dataset.num_classes, *widths, preset
-        )
-    n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * n_cases)
-    batch = _batch_size(
-        estimate,
-        reference,
-        topo.patch_size,
-        n_voxels_dataset,
-        preset.max_dataset_covered,
-        reference_batch(2),
-    )
-    features = features_per_stage(len(topo.pool_kernel_sizes), *widths)
-    return _Configured(tuple(spacing2), tuple(median2), topo, batch, features, True)

@@ -25,10 +25,11 @@ from nnunetv2.experiment_planning.experiment_planners.residual_unets import (
 from nnunetv2.utilities import utils as nnunet_utils
 
 from ablate.config import PRESET_GPU_MEMORY_GB, PlanConfig
+from ablate.configurations import CONFIGURATIONS
 from ablate.data.dataset import read_nnunet_raw
 from ablate.errors import ConfigError
 from ablate.imageio import Geometry, write_image
-from ablate.plan import CONFIGURATIONS, Fingerprint, fingerprint, make_plan
+from ablate.plan import Fingerprint, fingerprint, make_plan
 from ablate.topology import PLANNER_PRESETS
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
