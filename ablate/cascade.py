@@ -98,8 +98,8 @@ def write_previous_stage(
     """nnU-Net's predicted_next_stage: every case of `lowres` (PreprocessedData of 3d_lowres)
     predicted by the fold model that held it out (`checkpoints`: fold -> its checkpoint), as
     labels on the case's `fullres` (3d_fullres) grid, written to `folder` (atomically; cases
-    already there are kept, so a resumed or parallel caller redoes nothing). Returns the cases
-    written now."""
+    already there are kept, so a resumed caller redoes nothing and parallel callers at worst
+    predict a case twice). Returns the cases written now."""
     import os
 
     from ablate.checkpoint import checkpoint_regions, load_model

@@ -5,11 +5,18 @@ that held it out). The runner's ordering and resume are tested with the configur
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
 
-from ablate.cascade import PREVIOUS_STAGE_DIR, load_previous_stage, write_previous_stage
+from ablate.cascade import (
+    PREVIOUS_STAGE_DIR,
+    CascadeInput,
+    load_previous_stage,
+    write_previous_stage,
+)
 from ablate.checkpoint import load_model
 from ablate.config import InferConfig, PlanConfig, TrainConfig
 from ablate.data.synthetic import make_synthetic_dataset
@@ -85,6 +92,10 @@ def test_lowres_then_cascade_on_its_cross_validation_predictions(stages):
         seg = np.asarray(load_previous_stage(folder, case)[...])
         assert seg.shape == cascade.load_case(case)[0].shape[1:]
         assert set(np.unique(seg)) <= {0, 1, 2}
+    # what the evaluations read, shipped to a worker process: image + one-hot channels
+    shipped = pickle.loads(pickle.dumps(CascadeInput(cascade, folder)))
+    image, _, _ = shipped.load_case(cascade.case_ids[0])
+    assert image.shape[0] == 3 and shipped.folds == cascade.folds
     loaders = _Loaders(TRAIN, cascade, cascade.folds[0], 2, 0, None, folder)
     data_batch, _ = next(iter(loaders.val(0)))
     assert data_batch.shape[1] == 1 + len(cascade.plan.previous_stage_labels)
