@@ -206,6 +206,16 @@ def model_logits(
     )
 
 
+def argmax_labels(scores: np.ndarray, slab: int = 8) -> np.ndarray:
+    """np.argmax(scores, axis=0) as uint8, `slab` slices of axis 1 at a time: numpy's argmax over
+    the first axis copies the whole (K, Z, Y, X) array and returns int64 (at 512x512x200 and 3
+    classes 1 GB of temporaries); per slab the temporaries stay a few MB."""
+    labels = np.empty(scores.shape[1:], dtype=np.uint8)
+    for start in range(0, scores.shape[1], slab):
+        labels[start : start + slab] = np.argmax(scores[:, start : start + slab], axis=0)
+    return labels
+
+
 def probabilities_to_labels(
     probabilities: np.ndarray,
     regions: dict[str, tuple[int, ...]] | None = None,
@@ -214,7 +224,7 @@ def probabilities_to_labels(
     """(K, Z, Y, X) -> (Z, Y, X) uint8: argmax over classes, or with `regions` nnU-Net's
     threshold-and-paint (ablate.regions.regions_to_labels, `order` = regions_class_order)."""
     if regions is None:
-        return np.argmax(probabilities, axis=0).astype(np.uint8)
+        return argmax_labels(probabilities)
     from ablate.regions import regions_to_labels
 
     return regions_to_labels(probabilities, regions, order)
@@ -265,7 +275,7 @@ def logits_to_labels(logits: np.ndarray, regions=None, order=None) -> np.ndarray
     """(K, Z, Y, X) -> (Z, Y, X): argmax of the logits (softmax keeps it), or with `regions`
     sigmoid > 0.5 painted in region order (nnU-Net's convert_logits_to_segmentation)."""
     if regions is None:
-        return np.argmax(logits, axis=0).astype(np.uint8)
+        return argmax_labels(logits)
     return probabilities_to_labels(
         ACTIVATIONS["sigmoid"](torch.from_numpy(logits)).numpy(), regions, order
     )

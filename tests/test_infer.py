@@ -12,6 +12,7 @@ from ablate.config import InferConfig
 from ablate.errors import ConfigError
 from ablate.imageio import Geometry, read_image
 from ablate.infer import (
+    argmax_labels,
     gaussian_importance,
     mirror_combinations,
     predict_case,
@@ -204,6 +205,17 @@ def test_probabilities_to_labels_argmax_or_regions():
     labels = probabilities_to_labels(region_probs, regions)
     np.testing.assert_array_equal(labels[0, 0], [1, 2, 0])
     assert labels.dtype == np.uint8
+
+
+@pytest.mark.parametrize("slab", [1, 3, 8, 40])
+def test_argmax_labels_equals_numpy_argmax_slab_by_slab(slab):
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(4, 17, 5, 6)).astype(np.float32)  # 17 slices: a partial last slab
+    scores[:, 2] = 1.0  # exact ties: the first class wins, as np.argmax
+    scores[1:3, 4, 0, :] = 7.0
+    labels = argmax_labels(scores, slab=slab)
+    np.testing.assert_array_equal(labels, np.argmax(scores, axis=0))
+    assert labels.dtype == np.uint8 and labels[2].max() == 0 and np.all(labels[4, 0] == 1)
 
 
 def test_case_ensemble_without_models_is_a_config_error():
