@@ -32,10 +32,10 @@ def test_failed_job_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatc
 
     real = driver.execute_training
 
-    def flaky(job, data, job_dir, log_checkpoint):
+    def flaky(job, data, job_dir, log_checkpoint, previous_stage=None):
         if job.fold == 1:
             raise RuntimeError("simulated out-of-memory")
-        return real(job, data, job_dir, log_checkpoint)
+        return real(job, data, job_dir, log_checkpoint, previous_stage)
 
     monkeypatch.setattr(driver, "execute_training", flaky)
     study = tmp_path / "study.yaml"
