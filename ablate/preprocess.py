@@ -131,12 +131,13 @@ def resample_data(
 ) -> np.ndarray:
     """(C, Z, Y, X) float images to new_shape (cubic; coarse axis nearest when anisotropic)."""
     axis = _separate_axis(current_spacing, new_spacing)
-    return np.stack(
-        [
-            _resize_separate(c.astype(np.float32, copy=False), new_shape, order, order_z, axis)
-            for c in data
-        ]
-    ).astype(np.float32)
+    # filled channel by channel: stacking the resized channels and then astype copied the whole
+    # (C, Z, Y, X) result twice (1.3 GB at export of 3 classes at 512x512x200)
+    out = np.empty((len(data), *(int(s) for s in new_shape)), dtype=np.float32)
+    for c, channel in enumerate(data):
+        channel = channel.astype(np.float32, copy=False)
+        out[c] = _resize_separate(channel, new_shape, order, order_z, axis)
+    return out
 
 
 def resample_seg(seg: np.ndarray, new_shape, current_spacing, new_spacing) -> np.ndarray:

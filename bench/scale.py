@@ -1,6 +1,6 @@
 """KiTS-sized data: peak memory and time per stage, ablate against nnU-Net v2 on the same cases.
 
-Run (heavy: about an hour on 2 cores; take the lock):
+Run (heavy: 32 minutes on 2 cores at load 3, with the dataset generated once; take the lock):
     flock /tmp/ablate-heavy.lock .venv/bin/python bench/scale.py [--cases 10]
         [--predict-cases 1] [--features 4 8 16 32 32 32] [--work-dir /tmp/ablate-bench-scale]
         [--nnunet-python .venv/bin/python]
