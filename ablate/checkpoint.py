@@ -103,8 +103,7 @@ def load_model(checkpoint: Path, device) -> tuple[nn.Module, TrainConfig, Plan]:
     plan = Plan.from_json(json.loads(state["plan"]))
     net = build_network(cfg, network_plan(plan, regions_from_json(state.get("regions", ""))))
     net.load_state_dict(state["model"])
-    if hasattr(net, "deep_supervision"):
-        net.deep_supervision = False
+    net.deep_supervision = False
     return net.to(device).eval(), cfg, plan
 
 

@@ -197,7 +197,7 @@ def model_logits(
     A 2d plan mirrors in-plane only (nnU-Net's 2D mirror axes): the slice axis is dropped from
     cfg.mirror_axes and TTA k takes at most the 4 combinations that leaves."""
     axes, k = tuple(cfg.mirror_axes), cfg.tta
-    if getattr(plan, "is_2d", False):
+    if plan.is_2d:
         axes = tuple(a for a in axes if a != 0)
         k = min(k, 2 ** len(axes))
     combos = mirror_combinations(axes, k, cfg.mirror_order)
@@ -232,7 +232,7 @@ def probabilities_to_labels(
 
 def _preprocessed_order(values: Sequence, plan: Plan) -> tuple:
     """Per-axis `values` of the original image in the preprocessed (transposed) axis order."""
-    forward = getattr(plan, "transpose_forward", None) or (0, 1, 2)
+    forward = plan.transpose_forward
     return tuple(values[i] for i in forward)
 
 
@@ -244,7 +244,7 @@ def revert_transpose(array: np.ndarray, plan: Plan, channels: bool = False) -> n
     nnU-Net's properties do, that `props.original_shape`, `crop_bbox` and `shape_after_crop` are
     in the preprocessed (transposed) order and `props.geometry.spacing_mm` in the image's order.
     """
-    backward = tuple(getattr(plan, "transpose_backward", None) or (0, 1, 2))
+    backward = tuple(plan.transpose_backward)
     if backward == (0, 1, 2):
         return array
     return array.transpose((0, *(a + 1 for a in backward)) if channels else backward)
@@ -264,7 +264,7 @@ def resample_logits(logits: np.ndarray | torch.Tensor, props, plan: Plan) -> np.
     return resample_data(
         np.asarray(logits, dtype=np.float32),
         props.shape_after_crop,
-        data_spacing_mm(plan, spacing_mm) if hasattr(plan, "is_2d") else plan.target_spacing_mm,
+        data_spacing_mm(plan, spacing_mm),
         spacing_mm,
         order=1,
         order_z=0,

@@ -346,7 +346,7 @@ def make_plan(fp: Fingerprint, dataset, cfg, workers: int = 2) -> Plan:
     spacing = spacing[list(forward)]
     n_cases = len(fp.spacings_mm)
     override = None if cfg.patch_size is None else [cfg.patch_size[a] for a in forward]
-    configuration = getattr(cfg, "configuration", "3d_fullres")
+    configuration = cfg.configuration
     fullres, lowres, why_not = plan_3d(
         spacing, median_shape, n_cases, dataset, cfg, override, configuration
     )
@@ -402,11 +402,11 @@ def data_spacing_mm(plan: Plan, case_spacing_mm) -> tuple[float, float, float]:
 
 def foreground_labels(dataset) -> tuple[int, ...]:
     """nnU-Net's label_manager.foreground_labels: every label but background and ignore."""
-    labels = getattr(dataset, "labels", None)
+    labels = dataset.labels
     if not labels:
         return tuple(range(1, dataset.num_classes))
     values = set()
     for value in labels.values():
         values.update(value if isinstance(value, (list, tuple)) else [value])
-    ignore = getattr(dataset, "ignore_label", None)
+    ignore = dataset.ignore_label
     return tuple(sorted(int(v) for v in values if v != 0 and v != ignore))

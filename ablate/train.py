@@ -74,8 +74,8 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(cfg.device)
-    if regions is None:  # the TrainConfig field, once it exists
-        regions = getattr(cfg, "regions", None)
+    if regions is None:
+        regions = cfg.regions
     regions = training_regions(regions, cfg.loss)
     plan, split = data.plan, _fold_split(data, fold)
     batch_size = cfg.batch_size or plan.batch_size
@@ -84,8 +84,7 @@ def train(
         torch.manual_seed(seed)
         net = build_network(cfg, network_plan(plan, regions)).to(device)
         parameters, flops = _count(net, network_plan(plan, regions))
-        if hasattr(net, "deep_supervision"):
-            net.deep_supervision = cfg.deep_supervision != "none"
+        net.deep_supervision = cfg.deep_supervision != "none"
         optimizer = torch.optim.SGD(
             net.parameters(),
             lr=cfg.initial_lr,
@@ -296,7 +295,7 @@ class _Loaders:
             batch_size,
             seed,
         )
-        self.cascade = tuple(getattr(data.plan, "previous_stage_labels", ()))
+        self.cascade = tuple(data.plan.previous_stage_labels)
         if self.cascade:
             if previous_stage is None:
                 raise ConfigError(
@@ -375,15 +374,10 @@ def _fold_split(data, fold: int):
 
 
 def _count(net: nn.Module, plan: Plan) -> tuple[int, int]:
-    import ablate.nets as nets
+    from ablate.nets import count_flops, count_parameters
 
-    count_parameters = getattr(nets, "count_parameters", None)
-    count_flops = getattr(nets, "count_flops", None)
-    parameters = (
-        count_parameters(net) if count_parameters else sum(p.numel() for p in net.parameters())
-    )
-    flops = count_flops(net, plan.patch_size, plan.network_input_channels) if count_flops else 0
-    return int(parameters), int(flops)
+    flops = count_flops(net, plan.patch_size, plan.network_input_channels)
+    return int(count_parameters(net)), int(flops)
 
 
 # --- region-based training (nnU-Net's regions; see ablate.regions) --------------------------

@@ -8,6 +8,7 @@ therefore run nnU-Net's own code with its two fp16 choices switched to float32
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import types
 
@@ -124,10 +125,7 @@ def make_plan(spacing_mm, patch=(8, 16, 16), classes=3, **transpose) -> Plan:
         median_shape=patch,
         anisotropic=False,
     )
-    if not transpose:
-        return plan
-    # a plan with nnU-Net's axis transpose (the fields ablate.plan adds); export reads them
-    return types.SimpleNamespace(**{**plan.__dict__, **transpose})
+    return dataclasses.replace(plan, **transpose)  # with nnU-Net's axis transpose, if given
 
 
 # (plan spacing, original spacing, original shape, crop bbox) in the preprocessed axis order

@@ -428,7 +428,9 @@ def _plan_both(
     planner.UNet_base_num_features, planner.UNet_max_features_3d = base_features, max_features
     planner.UNet_max_features_2d = max_features_2d
     theirs = planner.plan_experiment()
-    dataset = SimpleNamespace(channels=tuple(channels.values()), num_classes=len(labels))
+    dataset = SimpleNamespace(
+        channels=tuple(channels.values()), num_classes=len(labels), labels=labels, ignore_label=None
+    )
     cfg = _plan_config(
         gpu_memory_gb,
         preset,
@@ -652,7 +654,7 @@ def test_kits_like_lowres_and_cascade_plans_match_nnunet(nnunet_dirs):
     )
     _, theirs = _plan_both(nnunet_dirs, "Dataset960_KiTSLike", fp, {"0": "CT"}, CT_LABELS, 8.0)
     assert {"2d", "3d_lowres", "3d_cascade_fullres"} <= set(theirs["configurations"])
-    dataset = SimpleNamespace(channels=("CT",), num_classes=3, labels=CT_LABELS)
+    dataset = SimpleNamespace(channels=("CT",), num_classes=3, labels=CT_LABELS, ignore_label=None)
     plans = {
         name: make_plan(fp, dataset, PlanConfig(configuration=name), workers=0)
         for name in CONFIGURATIONS
@@ -670,7 +672,7 @@ def test_kits_like_lowres_and_cascade_plans_match_nnunet(nnunet_dirs):
 
 def test_a_2d_patch_override_needs_one_slice(nnunet_dirs):
     fp = _fingerprint([(3.0, 1.0, 1.0)] * 4, [(30, 130, 130)] * 4)
-    dataset = SimpleNamespace(channels=("CT",), num_classes=3)
+    dataset = SimpleNamespace(channels=("CT",), num_classes=3, labels=CT_LABELS, ignore_label=None)
     plan = make_plan(fp, dataset, PlanConfig(configuration="2d", patch_size=(1, 96, 64)), workers=0)
     assert plan.patch_size == (1, 96, 64)
     with pytest.raises(ConfigError, match="plan.patch_size: a 2d patch has 1 voxel"):

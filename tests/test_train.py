@@ -49,6 +49,7 @@ def tiny_nets(monkeypatch):
     module = types.ModuleType("ablate.nets")
     module.build_network = lambda cfg, plan: TinyNet(plan.num_input_channels, plan.num_classes)
     module.count_parameters = lambda net: sum(p.numel() for p in net.parameters())
+    module.count_flops = lambda net, patch_size, in_channels: 0  # TinyNet is not a U-Net
     monkeypatch.setitem(sys.modules, "ablate.nets", module)
     monkeypatch.setattr(ablate, "nets", module, raising=False)
 

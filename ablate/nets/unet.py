@@ -237,12 +237,12 @@ def build_network(cfg: TrainConfig, plan: Plan, generator: torch.Generator | Non
     """
     spec = get_arch(cfg.arch)
     _check_plan(plan)
-    flat = getattr(plan, "is_2d", False)
+    flat = plan.is_2d
     if flat and spec.stem_kernel is not None:
         spec = replace(spec, stem_kernel=(1, *spec.stem_kernel[1:]))
     net = UNet(
         spec,
-        in_channels=getattr(plan, "network_input_channels", plan.num_input_channels),
+        in_channels=plan.network_input_channels,
         num_classes=plan.num_classes,
         features=stage_features(cfg, plan),
         kernels=[tuple(k) for k in plan.conv_kernel_sizes],
