@@ -55,10 +55,15 @@ def with_previous_stage(data: np.ndarray, seg_prev: np.ndarray, labels: Sequence
 
 
 def previous_stage_segmentation(
-    logits, target_shape: Sequence[int], lowres_spacing_mm: Sequence[float], regions=None
+    logits,
+    target_shape: Sequence[int],
+    lowres_spacing_mm: Sequence[float],
+    regions=None,
+    order=None,
 ) -> np.ndarray:
     """The lowres stage's (K, Z, Y, X) logits as labels on the 3d_fullres grid (nnU-Net's
-    resample_and_save: resample the logits, then argmax or the regions' thresholds)."""
+    resample_and_save: resample the logits, then argmax or the regions' thresholds, painted in
+    `order`)."""
     import torch
 
     from ablate.infer import logits_to_labels
@@ -74,7 +79,7 @@ def previous_stage_segmentation(
         order=1,
         order_z=0,
     )
-    return logits_to_labels(resampled, regions).astype(np.int16)
+    return logits_to_labels(resampled, regions, order).astype(np.int16)
 
 
 def save_previous_stage(folder: Path, case_id: str, seg: np.ndarray, patch_size) -> None:
@@ -102,7 +107,7 @@ def write_previous_stage(
     predict a case twice). Returns the cases written now."""
     import os
 
-    from ablate.checkpoint import checkpoint_regions, load_model
+    from ablate.checkpoint import checkpoint_region_order, checkpoint_regions, load_model
     from ablate.device import select_device
     from ablate.infer import model_logits
 
@@ -118,12 +123,13 @@ def write_previous_stage(
         if not todo:
             continue
         model, _, plan = load_model(checkpoint, device)
-        regions = checkpoint_regions(checkpoint)
+        regions, order = checkpoint_regions(checkpoint), checkpoint_region_order(checkpoint)
         for case_id in todo:
             image, _, _ = lowres.load_case(case_id)
             logits = model_logits(model, np.asarray(image), plan, infer, device)
             target_shape = fullres.load_case(case_id)[0].shape[1:]
-            seg = previous_stage_segmentation(logits, target_shape, plan.target_spacing_mm, regions)
+            spacing = plan.target_spacing_mm
+            seg = previous_stage_segmentation(logits, target_shape, spacing, regions, order)
             tmp = f"{case_id}.tmp{os.getpid()}"
             save_array(folder, tmp, seg, fullres.plan.patch_size)
             os.replace(folder / f"{tmp}.b2nd", folder / f"{case_id}.b2nd")
@@ -171,7 +177,14 @@ class CascadeInput:
 
 
 def predict_previous_stage_for_image(
-    images: list[np.ndarray], geometry, models: list, plan, infer, device, regions=None
+    images: list[np.ndarray],
+    geometry,
+    models: list,
+    plan,
+    infer,
+    device,
+    regions=None,
+    order=None,
 ) -> np.ndarray:
     """An unseen case's 3d_lowres prediction as nnU-Net makes it before the cascade: every
     lowres fold model's logits averaged (nnUNetPredictor given all folds), exported to a
@@ -184,7 +197,7 @@ def predict_previous_stage_for_image(
     for model in models:
         logits = model_logits(model, data, plan, infer, device)
         total = logits if total is None else total + logits
-    return export_labels(total / len(models), props, plan, regions)
+    return export_labels(total / len(models), props, plan, regions, order)
 
 
 def cascade_input_for_image(images: list[np.ndarray], seg_prev: np.ndarray, geometry, plan):

@@ -20,7 +20,12 @@ from torch import nn
 from ablate.config import TrainConfig
 from ablate.errors import ConfigError, DataError
 from ablate.plan import Plan
-from ablate.regions import network_plan, regions_from_json, regions_to_json
+from ablate.regions import (
+    network_plan,
+    region_order_from_json,
+    regions_from_json,
+    regions_to_json,
+)
 
 LATEST, FINAL, BEST = "checkpoint_latest.pt", "checkpoint_final.pt", "checkpoint_best.pt"
 CHECKPOINTS = {"final": FINAL, "best": BEST}  # infer.checkpoint -> file name
@@ -47,6 +52,7 @@ def save_checkpoint(
     fold: int,
     regions: dict[str, tuple[int, ...]] | None = None,
     best_ema: float | None = None,
+    region_order: tuple[int, ...] | None = None,
 ) -> None:
     device = next(net.parameters()).device
     checkpoint = {
@@ -60,7 +66,7 @@ def save_checkpoint(
         "rng": rng_state(device, seed),
         "seed": seed,
         "fold": fold,
-        "regions": regions_to_json(regions),
+        "regions": regions_to_json(regions, region_order),
         "best_ema": best_ema,  # the best EMA pseudo Dice so far (None: no epoch validated yet)
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -111,6 +117,14 @@ def checkpoint_regions(checkpoint: Path) -> dict[str, tuple[int, ...]] | None:
     """The regions a checkpoint was trained on (None: softmax over labels)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     return regions_from_json(state.get("regions", ""))
+
+
+def checkpoint_region_order(checkpoint: Path) -> tuple[int, ...] | None:
+    """The label each of a region model's regions paints in exports (the dataset's
+    regions_class_order; default_region_order for checkpoints that predate it); None for a
+    softmax model."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return region_order_from_json(state.get("regions", ""))
 
 
 def checkpoint_for(train_dir: Path, which: str = "final") -> Path:

@@ -18,12 +18,13 @@ def _load(path: str):
 def cmd_run(args: argparse.Namespace) -> int:
     from ablate.expand import describe, expand
     from ablate.run.driver import run_study
+    from ablate.run.study_data import declared_regions
 
     if args.dry_run:  # the grid stands without the data; the time estimate says why it needs it
         from ablate.study_load import load_study
 
         study = load_study(Path(args.study), check_paths=False)
-        train_jobs, eval_jobs = expand(study, data_key="dry-run")
+        train_jobs, eval_jobs = expand(study, "dry-run", declared_regions(study))
         print(describe(study, (train_jobs, eval_jobs)))
         _print_estimate(study)
         return 0
@@ -92,9 +93,10 @@ def _print_estimate(study) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from ablate.expand import describe, expand
     from ablate.nets.summary import describe_networks
+    from ablate.run.study_data import declared_regions
 
     study, _ = _load(args.study)
-    print(describe(study, expand(study, data_key="validate")))
+    print(describe(study, expand(study, "validate", declared_regions(study))))
     print(describe_networks(study))
     if args.time:
         _print_estimate(study)

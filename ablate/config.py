@@ -100,6 +100,9 @@ class TrainConfig(Frozen):
     # region-based training (sigmoid per region, loss dice_bce) as nnU-Net for nested labels,
     # e.g. {kidney: [1, 2], tumor: [2]}; None = softmax over the labels
     regions: dict[str, tuple[int, ...]] | None = None
+    # the label each region paints in exports (nnU-Net's regions_class_order); None = the
+    # dataset's order for its own regions, else ablate.regions.default_region_order
+    region_order: tuple[int, ...] | None = None
     deep_supervision: str = "nnunet"  # nnunet | last3 | none
     epochs: int = Field(1000, ge=1)
     iterations_per_epoch: int = Field(250, ge=1)
@@ -118,7 +121,7 @@ class TrainConfig(Frozen):
 
     @model_serializer(mode="wrap")
     def _omit_new_defaults(self, handler):
-        return omit_defaults(handler(self), {"nonlin": "leaky_relu"})
+        return omit_defaults(handler(self), {"nonlin": "leaky_relu", "region_order": None})
 
 
 class InferConfig(Frozen):

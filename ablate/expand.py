@@ -23,6 +23,7 @@ from ablate.config import EvalConfig, InferConfig, PlanConfig, TrainConfig
 from ablate.data.dataset import Case
 from ablate.errors import ConfigError
 from ablate.folds import Fold
+from ablate.regions import DatasetRegions, describe_training_targets, with_dataset_regions
 from ablate.study import (
     Study,
     baseline_variant,
@@ -127,15 +128,20 @@ def _suffix(fold: int, seed: int, study: Study) -> str:
     return f" · fold {fold}" + (f" · seed {seed}" if len(study.seeds) > 1 else "")
 
 
-def expand(study: Study, data_key: str) -> tuple[list[TrainJob], list[EvalJob]]:
+def expand(
+    study: Study, data_key: str, declared: DatasetRegions | None = None
+) -> tuple[list[TrainJob], list[EvalJob]]:
     """All jobs of a study, deterministic. Train keys hash data_key, plan, train, folds, fold, seed;
-    eval keys hash the train key, infer and evaluation settings."""
+    eval keys hash the train key, infer and evaluation settings. `declared`: the regions of a
+    region dataset, which its trainings default to (ablate.regions.with_dataset_regions; the
+    job's TrainConfig and key carry them)."""
     folds = study.folds.run if study.folds.run is not None else list(range(study.folds.k))
     folds_id = _folds_identity(study)
     train_jobs: dict[tuple[str, int, int], TrainJob] = {}
     eval_jobs: list[EvalJob] = []
     cells = [(cell, *resolve_variant(study, cell)) for cell in grid_cells(study)]
     for cell, plan, train, _ in cells:
+        train = with_dataset_regions(train, declared)
         train_variant = {a: v for a, v in cell.items() if is_training_axis(a)}
         variant_id = json.dumps(train_variant, sort_keys=True, default=str)
         for seed, fold in itertools.product(study.seeds, folds):
@@ -383,13 +389,15 @@ def expand_study(
     folds: list[Fold],
     file_ending: str,
     test_cases: tuple[Case, ...] = (),
+    declared: DatasetRegions | None = None,
 ) -> StudyJobs:
     """All jobs of a study: its grid (`expand`), held-out test jobs when there are test cases,
     ensembles and external folders. `folds` are the cross-validation splits of the data with
-    key `data_key`; external folders are scored on their validation cases."""
+    key `data_key`; external folders are scored on their validation cases. `declared`: a region
+    dataset's regions (ablate.regions.dataset_regions), its trainings' default."""
     from ablate.data.testset import held_out_key
 
-    train_jobs, eval_jobs = expand(study, data_key)
+    train_jobs, eval_jobs = expand(study, data_key, declared)
     test_jobs = expand_tests(study, eval_jobs, held_out_key(test_cases)) if test_cases else []
     return StudyJobs(
         train_jobs,
@@ -414,6 +422,7 @@ def describe(study: Study, jobs: tuple[list[TrainJob], list[EvalJob]]) -> str:
         lines.append(f"axis {axis} ({kinds[axis]}): {', '.join(map(value_label, values))}")
     lines.append(f"baseline: {variant_label(baseline_variant(study))}")
     lines.append(f"trainings: {len(train_jobs)}; evaluations: {len(eval_jobs)}")
+    lines += sorted({describe_training_targets(j.train) for j in train_jobs})
     waiting = [j for j in train_jobs if j.needs]
     if waiting:
         lines.append(

@@ -295,12 +295,13 @@ def _uncrop_probabilities(probabilities: np.ndarray, props, plan: Plan, regions)
     return revert_transpose(out, plan, channels=True)
 
 
-def export_labels(logits, props, plan: Plan, regions=None) -> np.ndarray:
+def export_labels(logits, props, plan: Plan, regions=None, order=None) -> np.ndarray:
     """(K, Z, Y, X) logits at the plan's spacing -> (Z, Y, X) uint8 label map in the original
     geometry: resample the logits, then argmax/threshold, uncrop, transpose back (nnU-Net's
-    convert_predicted_logits_to_segmentation_with_correct_shape)."""
+    convert_predicted_logits_to_segmentation_with_correct_shape). Regions paint the labels of
+    `order` (the checkpoint's regions_class_order, ablate.checkpoint.checkpoint_region_order)."""
     return _uncrop_labels(
-        logits_to_labels(resample_logits(logits, props, plan), regions), props, plan
+        logits_to_labels(resample_logits(logits, props, plan), regions, order), props, plan
     )
 
 
@@ -321,12 +322,20 @@ class CaseEnsemble:
     model's exported probabilities in the original geometry (nnUNetv2_ensemble; Isensee 2019).
     """
 
-    def __init__(self, props, plan: Plan, regions=None, average: str | None = "probabilities"):
+    def __init__(
+        self,
+        props,
+        plan: Plan,
+        regions=None,
+        average: str | None = "probabilities",
+        order: Sequence[int] | None = None,
+    ):
         if average not in ("probabilities", "logits", None):
             raise ConfigError(
                 f"infer.ensemble_average: unknown {average!r}; valid: probabilities, logits"
             )
         self.props, self.plan, self.regions, self.average = props, plan, regions, average
+        self.order = order  # the label each region paints (regions_class_order)
         self.total: np.ndarray | None = None
         self.count = 0
 
@@ -341,7 +350,8 @@ class CaseEnsemble:
             )
         elif self.average == "logits":
             self._accumulate(torch.as_tensor(logits).detach().float().cpu().numpy())
-        return _uncrop_labels(logits_to_labels(resampled, self.regions), self.props, self.plan)
+        labels = logits_to_labels(resampled, self.regions, self.order)
+        return _uncrop_labels(labels, self.props, self.plan)
 
     def _accumulate(self, part: np.ndarray) -> None:
         if self.total is None:
@@ -355,8 +365,9 @@ class CaseEnsemble:
         if self.total is None:
             raise ConfigError("infer: no models to predict with; train at least one fold")
         if self.average == "probabilities":
-            return probabilities_to_labels(self.total / self.count, self.regions)
-        return export_labels(self.total / self.count, self.props, self.plan, self.regions)
+            return probabilities_to_labels(self.total / self.count, self.regions, self.order)
+        mean = self.total / self.count
+        return export_labels(mean, self.props, self.plan, self.regions, self.order)
 
 
 def predict_case(
@@ -368,12 +379,13 @@ def predict_case(
     device: torch.device,
     out_path: Path,
     regions: dict[str, tuple[int, ...]] | None = None,
+    order: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Preprocess raw images, predict, export to the original geometry, write the label map.
 
-    With `regions` the models are region-based (sigmoid outputs); several models are averaged
-    as `cfg.ensemble_average` says (CaseEnsemble). Returns the (Z, Y, X) label map written to
-    `out_path`.
+    With `regions` the models are region-based (sigmoid outputs, painted with `order`); several
+    models are averaged as `cfg.ensemble_average` says (CaseEnsemble). Returns the (Z, Y, X)
+    label map written to `out_path`.
     """
     # lazy: the sliding-window core stays importable and testable without the preprocessing stage
     from ablate.preprocess import preprocess_images
@@ -381,7 +393,8 @@ def predict_case(
     if not models:
         raise ConfigError("infer: no models to predict with; train at least one fold")
     data, props = preprocess_images(images, geometry, plan)
-    ensemble = CaseEnsemble(props, plan, regions, cfg.ensemble_average if models[1:] else None)
+    average = cfg.ensemble_average if models[1:] else None
+    ensemble = CaseEnsemble(props, plan, regions, average, order)
     for model in models:
         labels = ensemble.add(model_logits(model, data, plan, cfg, device))
     labels = ensemble.labels() if models[1:] else labels

@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ablate.config import TrainConfig
 from ablate.errors import ConfigError
 from ablate.plan import Plan
 
@@ -73,7 +75,7 @@ def default_region_order(regions: Regions) -> tuple[int, ...]:
         if len(own) != 1:
             raise ConfigError(
                 f"train.regions: cannot infer which label region {name!r} {regions[name]} paints "
-                f"(candidates {own}); order the regions outermost first or pass an explicit order"
+                f"(candidates {own}); order the regions outermost first or set train.region_order"
             )
         order.append(own[0])
     return tuple(order)
@@ -126,10 +128,110 @@ def network_plan(plan: Plan, regions: Regions | None) -> Plan:
     return dataclasses.replace(plan, num_classes=len(regions)) if regions else plan
 
 
-def regions_to_json(regions: Regions | None) -> str:
-    """An order-preserving JSON string ("" for None), storable in a weights_only checkpoint."""
-    return json.dumps([[name, list(values)] for name, values in regions.items()]) if regions else ""
+def paint_order(regions: Regions, order: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The label each region paints: `order` (a dataset's regions_class_order, checked) or,
+    without one, `default_region_order`."""
+    regions = check_regions(regions)
+    if order is None:
+        return default_region_order(regions)
+    order = tuple(int(v) for v in order)
+    if len(order) != len(regions) or any(v <= 0 for v in order):
+        raise ConfigError(
+            f"train.region_order: {list(order)} must give one foreground label (> 0) per region "
+            f"({len(regions)}: {', '.join(regions)})"
+        )
+    return order
+
+
+@dataclass(frozen=True)
+class DatasetRegions:
+    """The regions a dataset.json declares (nnU-Net's labels with lists), in declared order, and
+    its regions_class_order: what nnU-Net trains such a dataset on and paints its exports by."""
+
+    regions: dict[str, tuple[int, ...]]
+    order: tuple[int, ...]
+
+
+def dataset_regions(dataset) -> DatasetRegions | None:
+    """A region-based dataset's declared regions (without `ablate_regions`' evaluation-only
+    targets, which follow them) and paint order; None for a label dataset. None too with an
+    ignore label: ablate's region losses refuse one, so such a dataset trains label-based."""
+    if not dataset.region_based or dataset.regions_class_order is None:
+        return None
+    if dataset.ignore_label is not None:
+        return None
+    order = tuple(dataset.regions_class_order)
+    declared = dict(list(dataset.regions.items())[: len(order)])
+    return DatasetRegions(check_regions(declared), paint_order(declared, order))
+
+
+def with_dataset_regions(cfg: TrainConfig, declared: DatasetRegions | None) -> TrainConfig:
+    """`cfg` with the dataset's regions as its default, as nnU-Net's LabelManager (has_regions):
+    a region dataset trains one sigmoid output per declared region, loss Dice + BCE (nnU-Net's
+    DC_and_BCE where labels take DC_and_CE, so the default "dice_ce" becomes "dice_bce"), painted
+    in regions_class_order. `train.regions` set by the study wins; when it names exactly the
+    dataset's regions the dataset's order paints them unless `train.region_order` is set."""
+    from ablate.losses import REGION_LOSSES
+
+    if declared is not None and cfg.regions is None:
+        loss = "dice_bce" if cfg.loss == "dice_ce" else cfg.loss
+        if loss not in REGION_LOSSES:
+            raise ConfigError(
+                f"train.loss: {cfg.loss!r} takes a label map, but the dataset declares regions "
+                f"({', '.join(declared.regions)}), which nnU-Net trains region-based; use one of "
+                f"{', '.join(sorted(REGION_LOSSES))} (dice_ce becomes dice_bce on its own)"
+            )
+        order = paint_order(declared.regions, cfg.region_order or declared.order)
+        update = {"regions": declared.regions, "region_order": order, "loss": loss}
+        return cfg.model_copy(update=update)
+    if cfg.regions is None:
+        if cfg.region_order is not None:
+            raise ConfigError("train.region_order: needs train.regions (the regions it paints)")
+        return cfg
+    regions = check_regions(cfg.regions)
+    if declared is not None and cfg.region_order is None:
+        if list(regions.items()) == list(declared.regions.items()):
+            cfg = cfg.model_copy(update={"region_order": declared.order})
+    paint_order(regions, cfg.region_order)  # checked here, so `validate` names a bad one
+    return cfg
+
+
+def describe_training_targets(cfg: TrainConfig) -> str:
+    """One line for `ablate validate` / `--dry-run`: what a training predicts."""
+    if not cfg.regions:
+        return f"training: softmax over the labels (loss {cfg.loss})"
+    regions = ", ".join(f"{name} {list(values)}" for name, values in cfg.regions.items())
+    order = list(paint_order(cfg.regions, cfg.region_order))
+    return (
+        f"training: region-based, one sigmoid output per region (loss {cfg.loss}): {regions}; "
+        f"exports paint labels {order}"
+    )
+
+
+def regions_to_json(regions: Regions | None, order: Sequence[int] | None = None) -> str:
+    """An order-preserving JSON string ("" for None), storable in a weights_only checkpoint:
+    [name, values, painted label] per region (the label left out without an `order`)."""
+    if not regions:
+        return ""
+    labels = paint_order(regions, order) if order is not None else (None,) * len(regions)
+    return json.dumps(
+        [
+            [name, list(values), *([label] if label is not None else [])]
+            for (name, values), label in zip(regions.items(), labels, strict=True)
+        ]
+    )
 
 
 def regions_from_json(text: str) -> dict[str, tuple[int, ...]] | None:
-    return {name: tuple(values) for name, values in json.loads(text)} if text else None
+    return {entry[0]: tuple(entry[1]) for entry in json.loads(text)} if text else None
+
+
+def region_order_from_json(text: str) -> tuple[int, ...] | None:
+    """The painted label of each stored region; checkpoints written before the order was stored
+    keep `default_region_order`. None for a label (softmax) model."""
+    if not text:
+        return None
+    entries = json.loads(text)
+    if all(len(entry) == 3 for entry in entries):
+        return tuple(int(entry[2]) for entry in entries)
+    return default_region_order(regions_from_json(text))

@@ -32,6 +32,7 @@ from ablate.plan import Plan
 from ablate.regions import (
     labels_to_regions,
     network_plan,
+    paint_order,
     training_regions,
 )
 from ablate.sampler import batch_rng, iterate_batches, sample_batch
@@ -74,9 +75,12 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(cfg.device)
+    order = cfg.region_order if regions is None else None  # cfg's order paints cfg's regions
     if regions is None:
         regions = cfg.regions
     regions = training_regions(regions, cfg.loss)
+    order = paint_order(regions, order) if regions else None  # stored for the exports
+    stored = {"regions": regions, "region_order": order}
     plan, split = data.plan, _fold_split(data, fold)
     batch_size = cfg.batch_size or plan.batch_size
     cuda_devices = [device] if device.type == "cuda" else []
@@ -109,13 +113,13 @@ def train(
             state = (net, optimizer, scaler, epoch + 1, cfg, plan, history, seed, fold)
             if loaders.validates and is_new_best(best_ema, metrics["ema_pseudo_dice"]):
                 best_ema = metrics["ema_pseudo_dice"]
-                save_checkpoint(out_dir / BEST, *state, regions=regions, best_ema=best_ema)
-            save_checkpoint(out_dir / LATEST, *state, regions=regions, best_ema=best_ema)
+                save_checkpoint(out_dir / BEST, *state, **stored, best_ema=best_ema)
+            save_checkpoint(out_dir / LATEST, *state, **stored, best_ema=best_ema)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, dict(metrics))
         final = out_dir / FINAL
         state = (net, optimizer, scaler, cfg.epochs, cfg, plan, history, seed, fold)
-        save_checkpoint(final, *state, regions=regions, best_ema=best_ema)
+        save_checkpoint(final, *state, **stored, best_ema=best_ema)
     seconds = float(sum(h["epoch_seconds"] for h in history))
     return TrainResult(
         checkpoint=final,

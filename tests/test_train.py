@@ -246,7 +246,7 @@ def test_tiny_region_training_outputs_one_channel_per_region(tiny_nets, tmp_path
     assert plan.num_classes == 3  # the data's plan is unchanged; only the network differs
     assert net(torch.zeros(1, 1, *PATCH)).shape == (1, 2, *PATCH)
     with pytest.raises(ConfigError, match="different training config"):
-        train(cfg, TinyData(), 0, 1, tmp_path, regions={"kidney": (1, 2)})
+        train(cfg, TinyData(), 0, 1, tmp_path, regions={"tumor": (2,)})
 
 
 # --- pseudo-Dice EMA and checkpoint_best (nnU-Net's logger and on_epoch_end) -----------------

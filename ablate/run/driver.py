@@ -68,6 +68,7 @@ def run_study(
 
 def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report: bool, executor):
     from ablate.expand import expand_study
+    from ablate.regions import dataset_regions
     from ablate.run.executors import executor_for
     from ablate.run.store import default_tracking_uri
     from ablate.run.tracking import Tracker, ui_hint
@@ -80,7 +81,8 @@ def _run_locked(study: Study, config_yaml: str, progress: Progress, make_report:
         f"dataset {dataset.name}: {len(dataset.cases)} cases{held_out}; planning, preprocessing"
     )
     base = prepare_data(study, dataset)
-    jobs = expand_study(study, base.key, base.folds, dataset.file_ending, test_cases)
+    declared = dataset_regions(dataset)  # a region dataset trains region-based by default
+    jobs = expand_study(study, base.key, base.folds, dataset.file_ending, test_cases, declared)
     train_jobs, eval_jobs, test_jobs = jobs.train, jobs.eval, jobs.test
     ensemble_jobs, extra_jobs = jobs.ensemble, jobs.external
     # plan axes (e.g. CT windowing) need their own preprocessing; prepared once each, up front

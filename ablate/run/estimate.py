@@ -141,12 +141,14 @@ def measure(study, say=print) -> JobTimes:
     seconds of every job `ablate run` would run."""
     from ablate.device import select_device
     from ablate.expand import expand_study
+    from ablate.regions import dataset_regions
     from ablate.run.study_data import load_dataset, prepare_data, workdir_of
 
     began = time.perf_counter()
     dataset, test_cases = load_dataset(study, check=True)
     base = prepare_data(study, dataset)
-    jobs = expand_study(study, base.key, base.folds, dataset.file_ending, test_cases)
+    declared = dataset_regions(dataset)
+    jobs = expand_study(study, base.key, base.folds, dataset.file_ending, test_cases, declared)
     data_for = {
         j.key: base if j.plan == study.plan else prepare_data(study, dataset, j.plan)
         for j in jobs.train

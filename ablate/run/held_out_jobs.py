@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ablate.checkpoint import checkpoint_regions, load_model
+from ablate.checkpoint import checkpoint_region_order, checkpoint_regions, load_model
 from ablate.data.dataset import Case, Dataset
 from ablate.expand import EnsembleJob, TestJob
 from ablate.run.cost import add_costs, measured_job, timed
@@ -65,7 +65,7 @@ def execute_test(
     for checkpoint in checkpoints:
         model, _, plan = load_model(checkpoint, device)
         models.append(model)
-    regions = checkpoint_regions(checkpoints[0])
+    regions, order = checkpoint_regions(checkpoints[0]), checkpoint_region_order(checkpoints[0])
     single = [HeldOutModel(fold) for fold in job.folds]
     ensemble_model = HeldOutModel(None)
     scored = single + ([ensemble_model] if job.infer.ensemble_folds else [])
@@ -94,7 +94,7 @@ def execute_test(
         geometry = loaded[0][1]
         (data, props), prep = timed(device, prepare, [a for a, _ in loaded], geometry)
         average = job.infer.ensemble_average if job.infer.ensemble_folds else None
-        ensemble = CaseEnsemble(props, plan, regions, average)
+        ensemble = CaseEnsemble(props, plan, regions, average, order)
         windows = []
         for test_model, model in zip(single, models, strict=True):
             logits, window = timed(
@@ -128,12 +128,13 @@ def _cascade_preparation(previous_stage, plan, device):
     from ablate.cascade import cascade_input_for_image, predict_previous_stage_for_image
 
     lowres = [load_model(c, device) for _, c in sorted(previous_stage.checkpoints.items())]
-    regions = checkpoint_regions(next(iter(previous_stage.checkpoints.values())))
+    first = next(iter(previous_stage.checkpoints.values()))
+    regions, order = checkpoint_regions(first), checkpoint_region_order(first)
     models, lowres_plan = [model for model, _, _ in lowres], lowres[0][2]
 
     def prepare(images, geometry):
         seg_prev = predict_previous_stage_for_image(
-            images, geometry, models, lowres_plan, previous_stage.infer, device, regions
+            images, geometry, models, lowres_plan, previous_stage.infer, device, regions, order
         )
         return cascade_input_for_image(images, seg_prev, geometry, plan)
 
@@ -158,7 +159,6 @@ def execute_ensemble(
     their exported probabilities are averaged in the image's geometry, as nnU-Net's
     ensemble_crossvalidations averages the configurations' saved probabilities."""
     from ablate.device import select_device
-    from ablate.errors import DataError
     from ablate.infer import CaseEnsemble, model_logits
 
     if isinstance(data, (list, tuple)) and any(d.plan != data[0].plan for d in data[1:]):
@@ -169,12 +169,7 @@ def execute_ensemble(
 
     device = select_device(job.members[0].infer.device)
     models = [load_model(checkpoint, device)[0] for checkpoint in checkpoints]
-    regions = checkpoint_regions(checkpoints[0])
-    if any(checkpoint_regions(c) != regions for c in checkpoints[1:]):
-        raise DataError(
-            f"ensemble {job.label}: members were trained with different regions; "
-            "ensemble cells with the same train.regions"
-        )
+    regions, order = _members_regions(job, checkpoints)
     label_files = {c.case_id: c.label for c in dataset.cases}
     scorer = CaseScorer(
         (),
@@ -186,7 +181,8 @@ def execute_ensemble(
     )
 
     def predict(image: np.ndarray, props) -> np.ndarray:
-        ensemble = CaseEnsemble(props, data.plan, regions, job.members[0].infer.ensemble_average)
+        average = job.members[0].infer.ensemble_average
+        ensemble = CaseEnsemble(props, data.plan, regions, average, order)
         for member, model in zip(job.members, models, strict=True):
             ensemble.add(model_logits(model, image, data.plan, member.infer, device))
         return ensemble.labels()
@@ -214,7 +210,7 @@ def _execute_cross_plan_ensemble(
     """An ensemble of members with different plans: each member's probabilities exported to the
     image's geometry from its own preprocessed case, then averaged and labelled."""
     from ablate.device import select_device
-    from ablate.errors import ConfigError, DataError
+    from ablate.errors import ConfigError
     from ablate.infer import export_probabilities, model_logits, probabilities_to_labels
 
     if job.members[0].infer.ensemble_average != "probabilities":
@@ -224,12 +220,7 @@ def _execute_cross_plan_ensemble(
         )
     device = select_device(job.members[0].infer.device)
     models = [load_model(checkpoint, device)[0] for checkpoint in checkpoints]
-    regions = checkpoint_regions(checkpoints[0])
-    if any(checkpoint_regions(c) != regions for c in checkpoints[1:]):
-        raise DataError(
-            f"ensemble {job.label}: members were trained with different regions; "
-            "ensemble cells with the same train.regions"
-        )
+    regions, order = _members_regions(job, checkpoints)
     label_files = {c.case_id: c.label for c in dataset.cases}
     scorer = CaseScorer(
         (),
@@ -248,7 +239,7 @@ def _execute_cross_plan_ensemble(
             part = export_probabilities(logits, props, source.plan, regions)
             total = part if total is None else total + part
             geometry = props.geometry
-        return probabilities_to_labels(total / len(models), regions), geometry
+        return probabilities_to_labels(total / len(models), regions, order), geometry
 
     for case_id in data[0].folds[job.fold].val:
         (labels, geometry), cost = timed(device, predict, case_id)
@@ -258,3 +249,19 @@ def _execute_cross_plan_ensemble(
         rows=scorer.rows,
         params={"members": json.dumps([m.name for m in job.members])},
     )
+
+
+def _members_regions(job: EnsembleJob, checkpoints: list[Path]):
+    """The regions and paint order the members of an ensemble share (None, None: softmax);
+    DataError when they differ, since their outputs could not be averaged or painted alike."""
+    from ablate.errors import DataError
+
+    trained = [(checkpoint_regions(c), checkpoint_region_order(c)) for c in checkpoints]
+    regions, order = trained[0]
+    for other in trained[1:]:
+        if other != (regions, order):
+            raise DataError(
+                f"ensemble {job.label}: members were trained with different regions or region "
+                "orders; ensemble cells with the same train.regions"
+            )
+    return regions, order

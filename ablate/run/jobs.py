@@ -11,7 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ablate.checkpoint import checkpoint_for, checkpoint_regions, load_model
+from ablate.checkpoint import (
+    checkpoint_for,
+    checkpoint_region_order,
+    checkpoint_regions,
+    load_model,
+)
 from ablate.data.dataset import Dataset
 from ablate.expand import EvalJob, ExternalJob, TrainJob
 from ablate.run.cost import measured_job, timed
@@ -92,12 +97,12 @@ def predict_raw(checkpoint: Path, case_ids, data, infer, out_dir: Path, file_end
         return
     device = select_device(infer.device)
     model, _, plan = load_model(checkpoint, device)
-    regions = checkpoint_regions(checkpoint)
+    regions, order = checkpoint_regions(checkpoint), checkpoint_region_order(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def predict(image: np.ndarray, props) -> np.ndarray:
         logits = model_logits(model, image, plan, infer, device)
-        return export_labels(logits, props, plan, regions)
+        return export_labels(logits, props, plan, regions, order)
 
     for case_id in todo:
         image, _, props = data.load_case(case_id)

@@ -10,7 +10,7 @@ from ablate.folds import Fold, make_folds, read_splits
 from ablate.run.outcome import JobState
 from ablate.run.phases import job_tracking
 from ablate.run.progress import left_text
-from ablate.run.study_data import load_dataset, workdir_of
+from ablate.run.study_data import declared_regions, load_dataset, workdir_of
 from ablate.study import Study
 
 # the states `ablate status` counts, in its order (a superseded run counts as failed)
@@ -33,12 +33,13 @@ def study_status(study: Study) -> str:
     """One line per job (done / running / failed / pending), the best metric so far, time left."""
     from ablate.expand import expand, expand_study
     from ablate.preprocess import cache_key
+    from ablate.regions import dataset_regions
     from ablate.run.store import JobRecord, default_tracking_uri, read_job_records
 
     uri = default_tracking_uri(study, workdir_of(study))
     records = read_job_records(uri, study.name)
     if records is None:  # never ran: nothing to read, and nothing is created to read it
-        train_jobs, eval_jobs = expand(study, data_key="status")
+        train_jobs, eval_jobs = expand(study, "status", declared_regions(study))
         return (
             f"{len(train_jobs)} trainings and {len(eval_jobs)} evaluations pending\n"
             f"no runs of study {study.name!r} in {uri}: nothing has run yet "
@@ -47,7 +48,8 @@ def study_status(study: Study) -> str:
     dataset, test_cases = load_dataset(study)
     data_key = cache_key(dataset, study.plan, study.plan.intensity_samples)
     folds = planned_folds(study, dataset, data_key) if study.external else []  # externals only
-    jobs = expand_study(study, data_key, folds, dataset.file_ending, test_cases).all()
+    declared = dataset_regions(dataset)
+    jobs = expand_study(study, data_key, folds, dataset.file_ending, test_cases, declared).all()
     lines, best = [], (None, float("-inf"))
     counts = dict.fromkeys(SHOWN, 0)
     left: dict[str, int] = {}

@@ -41,6 +41,22 @@ def _read_dataset(study: Study) -> Dataset:
     return read_dataset(spec.path, None if spec.format == "auto" else spec.format, spec.labels)
 
 
+def declared_regions(study: Study):
+    """The regions of the study's dataset when it is a region dataset (its trainings' default,
+    ablate.regions.dataset_regions), for commands that expand the grid without the data: None
+    when the dataset cannot be read here or a synthetic one is not generated yet (synthetic
+    datasets are label datasets)."""
+    from ablate.errors import AblateError
+    from ablate.regions import dataset_regions
+
+    if study.dataset.synthetic is not None:
+        return None
+    try:
+        return dataset_regions(_read_dataset(study))
+    except (AblateError, OSError):
+        return None
+
+
 def load_dataset(study: Study, check: bool = False) -> tuple[Dataset, tuple[Case, ...]]:
     """The cases for planning and cross-validation, and the held-out test cases (none without
     `dataset.test`); test cases never reach the fingerprint, the plan or the folds. `check`
