@@ -105,6 +105,8 @@ def _pad_to_patch(data: torch.Tensor, patch_size: Sequence[int]):
         before = total // 2
         pads.append((before, total - before))
         crop.append(slice(before, before + size))
+    if not any(before or after for before, after in pads):
+        return data, tuple(crop)  # no copy: at 512x512xN a padded copy is a whole image more
     # F.pad takes (before, after) pairs starting from the last axis
     flat = [p for before_after in reversed(pads) for p in before_after]
     return torch.nn.functional.pad(data, flat), tuple(crop)

@@ -247,3 +247,14 @@ def test_model_logits_takes_the_mirror_order_of_its_config(monkeypatch):
     for order in ("nnunet_v2", "nnunet_v1"):
         infer.model_logits(None, None, tiny_plan(), InferConfig(tta=2, mirror_order=order), CPU)
     assert seen == [[(), (0,)], [(), (2,)]]  # TTA 2 flips z (v2) or x, left-right (v1)
+
+
+def test_pad_to_patch_copies_only_when_it_pads():
+    from ablate.infer import _pad_to_patch
+
+    data = torch.arange(2 * 4 * 5 * 6, dtype=torch.float32).reshape(2, 4, 5, 6)
+    same, crop = _pad_to_patch(data, (4, 5, 3))
+    assert same is data and crop == (slice(0, 4), slice(0, 5), slice(0, 6))
+    padded, crop = _pad_to_patch(data, (7, 5, 6))  # z padded 1 before, 2 after
+    assert padded.shape == (2, 7, 5, 6) and crop[0] == slice(1, 5)
+    assert torch.equal(padded[(slice(None), *crop)], data) and padded[:, 0].abs().sum() == 0
