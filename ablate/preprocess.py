@@ -101,7 +101,16 @@ def _resize(array: np.ndarray, new_shape, order: int, slice_axis: int | None = N
     if tuple(array.shape) == tuple(new_shape):
         return array
     factors = [n / o for n, o in zip(new_shape, array.shape, strict=True)]
-    out = zoom(array, factors, order=order, mode="nearest", grid_mode=True)
+    if slice_axis is not None and factors[slice_axis] == 1 and order > 1:
+        # slice by slice, as nnU-Net resizes: a 3-D spline also prefilters and interpolates
+        # along the unchanged axis, several times the work for the same values
+        out = np.empty(tuple(new_shape), dtype=array.dtype)
+        plane = [f for a, f in enumerate(factors) if a != slice_axis]
+        for i in range(array.shape[slice_axis]):
+            index = (slice(None),) * slice_axis + (i,)
+            out[index] = zoom(array[index], plane, order=order, mode="nearest", grid_mode=True)
+    else:
+        out = zoom(array, factors, order=order, mode="nearest", grid_mode=True)
     assert out.shape == tuple(new_shape), (out.shape, new_shape)
     if order > 1:  # linear and nearest interpolation cannot leave the input's range
         if slice_axis is None:

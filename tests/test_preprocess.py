@@ -245,3 +245,22 @@ def test_concurrent_prepare_builds_once(tmp_path):
     assert len(built) == 1 and not built[0].name.startswith(".tmp")
     builder = json.loads((built[0] / "build_info.json").read_text())["pid"]
     assert builder in pids
+
+
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
+def test_slice_wise_cubic_resize_equals_the_3d_spline_with_factor_one(slice_axis):
+    """Resizing in-plane slice by slice (as nnU-Net does, and several times faster) gives the
+    3-D spline's values exactly: with factor 1 along the slice axis it only reproduces it."""
+    from scipy.ndimage import zoom
+
+    from ablate.preprocess import _resize
+
+    image = np.random.default_rng(slice_axis).normal(size=(9, 23, 17)).astype(np.float32)
+    shape = [round(s * 1.4) if a != slice_axis else s for a, s in enumerate(image.shape)]
+    factors = [n / o for n, o in zip(shape, image.shape, strict=True)]
+    spline = zoom(image, factors, order=3, mode="nearest", grid_mode=True)
+    other = tuple(a for a in range(3) if a != slice_axis)
+    expected = np.clip(
+        spline, image.min(axis=other, keepdims=True), image.max(axis=other, keepdims=True)
+    )
+    np.testing.assert_array_equal(_resize(image, shape, 3, slice_axis=slice_axis), expected)
