@@ -43,18 +43,43 @@ def _read_dataset(study: Study) -> Dataset:
 
 def declared_regions(study: Study):
     """The regions of the study's dataset when it is a region dataset (its trainings' default,
-    ablate.regions.dataset_regions), for commands that expand the grid without the data: None
-    when the dataset cannot be read here or a synthetic one is not generated yet (synthetic
-    datasets are label datasets)."""
+    ablate.regions.dataset_regions), for commands that expand the grid without reading the data
+    (`validate`, `--dry-run`, `status` before a run): read from dataset.json (or the KiTS21/23
+    layout) alone, so no case is listed or converted. None when the dataset cannot be found
+    here; synthetic datasets and a study's own `dataset.labels` are label datasets."""
+    from ablate.data.dataset import label_spec, load_json
+    from ablate.data.formats import detect_format
     from ablate.errors import AblateError
-    from ablate.regions import dataset_regions
+    from ablate.regions import DatasetRegions, dataset_regions
 
-    if study.dataset.synthetic is not None:
+    spec = study.dataset
+    if spec.synthetic is not None or spec.labels is not None or spec.path is None:
         return None
     try:
-        return dataset_regions(_read_dataset(study))
+        fmt = detect_format(spec.path) if spec.format == "auto" else spec.format
+        if fmt in ("kits21", "kits23"):
+            from ablate.data.kits import KITS2X_ORDER, KITS2X_REGIONS
+
+            return DatasetRegions(dict(KITS2X_REGIONS), KITS2X_ORDER)
+        if fmt != "nnunet":
+            return None
+        meta_path = Path(spec.path) / "dataset.json"
+        labels = label_spec(load_json(meta_path), meta_path)
     except (AblateError, OSError):
         return None
+    return dataset_regions(
+        Dataset(
+            root=Path(spec.path),
+            name="",
+            channels=(),
+            labels=labels.labels,
+            cases=(),
+            regions=labels.targets,
+            ignore_label=labels.ignore_label,
+            region_based=labels.region_based,
+            regions_class_order=labels.regions_class_order,
+        )
+    )
 
 
 def load_dataset(study: Study, check: bool = False) -> tuple[Dataset, tuple[Case, ...]]:
