@@ -278,3 +278,21 @@ def test_kits23_trains_its_regions_and_exports_them_painted_in_its_class_order(t
         np.testing.assert_array_equal(written, theirs)
         painted |= set(np.unique(written).tolist())
     assert painted >= {1, 2, 3}  # every region's label was painted somewhere
+
+
+def test_validate_learns_the_regions_from_dataset_json_without_converting_cases(tmp_path):
+    import layouts
+
+    from ablate.data.formats import converted_root
+    from ablate.run.study_data import declared_regions
+
+    root = layouts.nnunet_kits2023(tmp_path / "Dataset220_KiTS2023", n=2)
+    study = Study.model_validate({"name": "kits23", "dataset": {"path": str(root)}})
+    declared = declared_regions(study)
+    assert declared.order == KITS23_ORDER
+    assert list(declared.regions) == ["kidney", "masses", "tumor"]
+    assert not converted_root(root).exists()  # its NibabelIOWithReorient cases stay unread
+    labelled = Study.model_validate(
+        {"name": "k", "dataset": {"path": str(root), "labels": {"background": 0, "kidney": 1}}}
+    )
+    assert declared_regions(labelled) is None  # the study's own labels: a label dataset
