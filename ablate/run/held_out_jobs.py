@@ -4,6 +4,7 @@ ensemble), and ensembles of grid cells on cross-validation."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +159,6 @@ def execute_ensemble(
     differently (nnU-Net's configurations) each predict their own preprocessed case, and
     their exported probabilities are averaged in the image's geometry, as nnU-Net's
     ensemble_crossvalidations averages the configurations' saved probabilities."""
-    from ablate.device import select_device
     from ablate.infer import CaseEnsemble, model_logits
 
     if isinstance(data, (list, tuple)) and any(d.plan != data[0].plan for d in data[1:]):
@@ -167,18 +167,9 @@ def execute_ensemble(
         )
     data = data[0] if isinstance(data, (list, tuple)) else data
 
-    device = select_device(job.members[0].infer.device)
-    models = [load_model(checkpoint, device)[0] for checkpoint in checkpoints]
-    regions, order = _members_regions(job, checkpoints)
-    label_files = {c.case_id: c.label for c in dataset.cases}
-    scorer = CaseScorer(
-        (),
-        targets,
-        tolerance_mm,
-        job_dir / "predictions",
-        dataset.file_ending,
-        ignore_label=dataset.ignore_label,
-    )
+    members = _EnsembleMembers.load(job, checkpoints, dataset, targets, tolerance_mm, job_dir)
+    device, models, regions, order = members.device, members.models, members.regions, members.order
+    label_files, scorer = members.label_files, members.scorer
 
     def predict(image: np.ndarray, props) -> np.ndarray:
         average = job.members[0].infer.ensemble_average
@@ -209,7 +200,6 @@ def _execute_cross_plan_ensemble(
 ) -> Outcome:
     """An ensemble of members with different plans: each member's probabilities exported to the
     image's geometry from its own preprocessed case, then averaged and labelled."""
-    from ablate.device import select_device
     from ablate.errors import ConfigError
     from ablate.infer import export_probabilities, model_logits, probabilities_to_labels
 
@@ -218,18 +208,9 @@ def _execute_cross_plan_ensemble(
             f"ensemble {job.label}: its members are planned differently (another "
             "plan.configuration); only infer.ensemble_average: probabilities can average them"
         )
-    device = select_device(job.members[0].infer.device)
-    models = [load_model(checkpoint, device)[0] for checkpoint in checkpoints]
-    regions, order = _members_regions(job, checkpoints)
-    label_files = {c.case_id: c.label for c in dataset.cases}
-    scorer = CaseScorer(
-        (),
-        targets,
-        tolerance_mm,
-        job_dir / "predictions",
-        dataset.file_ending,
-        ignore_label=dataset.ignore_label,
-    )
+    members = _EnsembleMembers.load(job, checkpoints, dataset, targets, tolerance_mm, job_dir)
+    device, models, regions, order = members.device, members.models, members.regions, members.order
+    label_files, scorer = members.label_files, members.scorer
 
     def predict(case_id: str):
         total, geometry = None, None
@@ -265,3 +246,34 @@ def _members_regions(job: EnsembleJob, checkpoints: list[Path]):
                 "orders; ensemble cells with the same train.regions"
             )
     return regions, order
+
+
+@dataclass
+class _EnsembleMembers:
+    """What both ensemble paths set up: the members' models on the device, their shared regions
+    and paint order, the references and the scorer of the ensemble's predictions."""
+
+    device: object
+    models: list
+    regions: dict | None
+    order: tuple[int, ...] | None
+    label_files: dict[str, Path]
+    scorer: CaseScorer
+
+    @classmethod
+    def load(cls, job, checkpoints, dataset, targets, tolerance_mm, job_dir: Path):
+        from ablate.device import select_device
+
+        device = select_device(job.members[0].infer.device)
+        models = [load_model(checkpoint, device)[0] for checkpoint in checkpoints]
+        regions, order = _members_regions(job, checkpoints)
+        scorer = CaseScorer(
+            (),
+            targets,
+            tolerance_mm,
+            job_dir / "predictions",
+            dataset.file_ending,
+            ignore_label=dataset.ignore_label,
+        )
+        label_files = {c.case_id: c.label for c in dataset.cases}
+        return cls(device, models, regions, order, label_files, scorer)
