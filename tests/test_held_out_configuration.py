@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from ablate.report.collect import Results
 from ablate.report.crossed import crossed_mean, crossed_mean_rows
 from ablate.report.held_out import analyse_held_out, configuration_compare, held_out_tables
 
@@ -135,4 +136,51 @@ def test_held_out_analysis_carries_the_configuration_table():
     table = tables["configuration"]
     assert table.title == "Held-out test set: configuration level (training runs x test cases)"
     assert list(table.frame["runs x cases"]) == ["6 x 12"]
-    assert "Holm family T-cfg" in table.note
+    assert "Holm families T-cfg-<metric>" in table.note
+    from ablate.report.families import report_families
+
+    families = {f.key: f for f in report_families(None, None, {}, None, h, "A")}
+    assert families["T-cfg-DSC"].m == 1  # B's row; C shares A's models
+
+
+def test_the_report_leaves_inference_only_variants_to_the_case_level_on_the_test_set():
+    """analyse() tells analyse_held_out which variants share the baseline's trained models:
+    a TTA variant gets no configuration-level row, an architecture variant does."""
+    from ablate.report import synthetic_results
+    from ablate.report.analysis import analyse
+
+    grid = {"arch": ["plain", "res"], "infer.tta": ["1", "8"]}
+    results = synthetic_results(grid, n_cases=6, targets=("kidney",), epochs=2)
+    rng = np.random.default_rng(2)
+    rows = []
+    for variant in ("plain / 1", "plain / 8", "res / 1", "res / 8"):
+        arch, tta = variant.split(" / ")
+        for fold in range(3):
+            for case in range(10):
+                rows.append(
+                    {
+                        "variant": variant,
+                        "arch": arch,
+                        "infer.tta": tta,
+                        "model": f"fold {fold}",
+                        "fold": fold,
+                        "seed": 0,
+                        "case": f"t{case}",
+                        "target": "kidney",
+                        "metric": "dsc",
+                        "value": 0.8 + rng.normal(0, 0.02),
+                    }
+                )
+    cost = pd.DataFrame(
+        {
+            "variant": ["plain / 1"],
+            "model": ["single"],
+            "infer_seconds_per_case": [1.0],
+            "peak_infer_memory_mb": [10.0],
+        }
+    )
+    results = Results(
+        results.tidy, results.cost, results.curves, results.axes, [], pd.DataFrame(rows), cost
+    )
+    held_out = analyse(results, {"baseline": "plain / 1"}, n_boot=50).held_out
+    assert sorted(held_out.configuration["variant"].unique()) == ["res / 1", "res / 8"]

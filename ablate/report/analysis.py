@@ -103,11 +103,12 @@ def analyse(results: Results, meta: dict, seed: int = 0, n_boot: int = 2000) -> 
     many = len(labels) >= 3
     margins = noninferiority_margins(meta)
     few_folds = folds is None or folds.nunique() < MIN_RUNS
+    inference_only = inference_only_variants(results, baseline)
     compare = compare_to_baseline(
         matrices,
         baseline,
         folds,
-        inference_only_variants(results, baseline),
+        inference_only,
         n_seeds,
         margins,
         seed_matrices(tidy, metrics) if few_folds and n_seeds >= MIN_RUNS else None,
@@ -119,7 +120,7 @@ def analyse(results: Results, meta: dict, seed: int = 0, n_boot: int = 2000) -> 
     posthoc = _posthoc(matrices) if many else pd.DataFrame()
     sig_maps = {k: significance_map(m, HIGHER_IS_BETTER[k[1]]) for k, m in matrices.items()}
     held_out = analyse_held_out(
-        results.test, results.test_cost, metrics, baseline, rng, n_seeds, n_boot
+        results.test, results.test_cost, metrics, baseline, rng, n_seeds, n_boot, inference_only
     )
     return Analysis(
         baseline=baseline,

@@ -104,6 +104,15 @@ def report_families(
                     int(e["p"].notna().sum()),
                 )
             )
+        if not held_out.configuration.empty:
+            fams += _per_metric(
+                held_out.configuration,
+                "p",
+                "T-cfg",
+                "held-out table 'configuration level'",
+                "test-set comparisons with the baseline on {M} at configuration level "
+                "(training runs crossed with the test cases)",
+            )
         if not held_out.compare.empty:
             fams += _per_metric(
                 held_out.compare,

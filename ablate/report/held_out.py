@@ -318,8 +318,8 @@ def _configuration_table(c: pd.DataFrame, order: list[str]) -> Table:
         "same fold and seed) and case, the paired difference variant - baseline; its mean with "
         "a 95% t interval whose variance holds both the runs and the cases (two-way "
         "random-effects ANOVA, df = min(Satterthwaite, runs - 1)). Inference-only variants "
-        "share the baseline's models and are in the case-level table only. Holm family T-cfg: "
-        "the rows of this table, per metric."
+        "share the baseline's models and are in the case-level table only. Holm families "
+        "T-cfg-<metric>: the rows of this table, per metric."
     )
     return Table(
         "Held-out test set: configuration level (training runs x test cases)",

@@ -62,7 +62,7 @@ def build_report(results, meta: dict, out_dir: Path, cases: CaseFiles | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
     result = analyse(results, meta)
     device = str((meta.get("environment") or {}).get("device", "cuda"))
-    memory_label = "peak RSS" if device == "cpu" else "GPU memory"
+    memory_label = "job's peak RSS" if device == "cpu" else "GPU memory"
     labels = variant_labels(result.order)
     head = headline(result)
     pictures = case_pictures(result, cases, labels)
