@@ -131,3 +131,19 @@ def test_an_external_folder_is_compared_on_its_own_predictions():
     row = h.compare[h.compare["variant"] == "nnunet"].iloc[0]
     assert row["median_diff"] == pytest.approx(-0.01)  # against plain's ensemble
     assert "external" not in set(h.cost["kind"])
+
+
+def test_a_target_every_variant_scores_alike_is_one_line_in_the_summary():
+    """A tumour no model predicts scores the same everywhere on the test set: one line that
+    says so, no "best" and no "+0.0 points over its single fold models"."""
+    from ablate.report.held_out import held_out_summary
+
+    test, cost = held_out_frames(shift=0.0)
+    test["value"] = 0.25  # every model's empty prediction: the same empty-case score
+    h = analyse_held_out(test, cost, ["dsc"], "plain", np.random.default_rng(0), n_seeds=1)
+    (line,) = held_out_summary(h, "dsc")
+    assert "every variant scores the same on every case" in line and "25.0%" in line
+    assert "best" not in line and "points" not in line
+    test, cost = held_out_frames()
+    h = analyse_held_out(test, cost, ["dsc"], "plain", np.random.default_rng(0), n_seeds=1)
+    assert "best ensemble" in held_out_summary(h, "dsc")[0]

@@ -402,6 +402,15 @@ def held_out_summary(h: HeldOut, metric: str) -> list[str]:
         values = means if HIGHER_IS_BETTER.get(metric, True) else -means
         if wide.empty or values.isna().all():
             continue
+        singles = h.cases.xs((target, metric), level=[0, 1])["single"].unstack("variant")
+        singles = singles.reindex(index=wide.index, columns=wide.columns)
+        if _all_identical(pd.concat([wide, singles], axis=1)):
+            lines.append(
+                f"Held-out test set ({h.n_cases} cases), {target} {metric.upper()}: every "
+                f"variant scores the same on every case, ensembles and single-fold means alike "
+                f"({100 * float(wide.iloc[:, 0].mean()):.1f}% on average); nothing to compare."
+            )
+            continue
         best = part.set_index("variant").loc[values.idxmax()]
         text = (
             f"Held-out test set ({h.n_cases} cases), {target} {metric.upper()}: best "
@@ -419,6 +428,12 @@ def held_out_summary(h: HeldOut, metric: str) -> list[str]:
             )
         lines.append(text + ".")
     return lines
+
+
+def _all_identical(wide: pd.DataFrame) -> bool:
+    """Every column (variant) equal to the first on every row (case), missing values aside."""
+    values = wide.to_numpy(dtype=float)
+    return bool(np.allclose(values, values[:, :1], equal_nan=True, rtol=0, atol=1e-12))
 
 
 def held_out_figures(h: HeldOut, order: list[str]) -> list[tuple[str, bytes]]:
