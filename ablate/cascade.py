@@ -67,7 +67,7 @@ def previous_stage_segmentation(
     import torch
 
     from ablate.infer import logits_to_labels
-    from ablate.preprocess import resample_data
+    from ablate.resample import resample_data
 
     if isinstance(logits, torch.Tensor):
         logits = logits.detach().float().cpu().numpy()

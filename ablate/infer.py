@@ -256,7 +256,7 @@ def resample_logits(logits: np.ndarray | torch.Tensor, props, plan: Plan) -> np.
     """(K, Z, Y, X) logits at the plan's spacing -> (K, *props.shape_after_crop) float32 at the
     original spacing: nnU-Net's `resampling_fn_probabilities` (linear; nearest along the coarse
     axis when a spacing is anisotropic)."""
-    from ablate.preprocess import resample_data  # lazy: the sliding window needs no preprocessing
+    from ablate.resample import resample_data
 
     if isinstance(logits, torch.Tensor):
         logits = logits.detach().float().cpu().numpy()

@@ -9,7 +9,8 @@ from scipy import stats as sps
 
 from ablate.report.collect import Results
 from ablate.report.crossed import crossed_mean, crossed_mean_rows
-from ablate.report.held_out import analyse_held_out, configuration_compare, held_out_tables
+from ablate.report.held_out import analyse_held_out, held_out_tables
+from ablate.report.held_out_configuration import configuration_compare
 
 NOISE = 0.02  # per run and case, 2 DSC points
 

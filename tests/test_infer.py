@@ -173,8 +173,10 @@ def test_predict_case_writes_the_argmax_label_map(tmp_path, monkeypatch):
     )
     fake = types.ModuleType("ablate.preprocess")
     fake.preprocess_images = lambda images, geometry, plan: (np.stack(images), props)
-    fake.resample_data = lambda data, shape, *args, **kwargs: data
     monkeypatch.setitem(sys.modules, "ablate.preprocess", fake)
+    resample = types.ModuleType("ablate.resample")
+    resample.resample_data = lambda data, shape, *args, **kwargs: data
+    monkeypatch.setitem(sys.modules, "ablate.resample", resample)
     image[:, :, 5:] = 1.0
     model = nn.Conv3d(1, 2, kernel_size=1)
     with torch.no_grad():  # logit of class 1 minus class 0 = 4 * intensity - 2

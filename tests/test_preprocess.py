@@ -9,13 +9,8 @@ from ablate.data.dataset import read_nnunet_raw
 from ablate.imageio import Geometry, write_image
 from ablate.infer import export_labels
 from ablate.plan import ChannelNormalization, Plan, crop_to_nonzero
-from ablate.preprocess import (
-    label_dtype,
-    normalize,
-    prepare,
-    preprocess_images,
-    resample_seg,
-)
+from ablate.preprocess import label_dtype, normalize, prepare, preprocess_images
+from ablate.resample import resample_seg
 
 SPACING = (3.0, 1.0, 1.25)  # (z, y, x), anisotropic on purpose
 CFG = PlanConfig(gpu_memory_gb=0.05, base_features=4, max_features=16)
@@ -253,7 +248,7 @@ def test_slice_wise_cubic_resize_equals_the_3d_spline_with_factor_one(slice_axis
     3-D spline's values exactly: with factor 1 along the slice axis it only reproduces it."""
     from scipy.ndimage import zoom
 
-    from ablate.preprocess import _resize
+    from ablate.resample import _resize
 
     image = np.random.default_rng(slice_axis).normal(size=(9, 23, 17)).astype(np.float32)
     shape = [round(s * 1.4) if a != slice_axis else s for a, s in enumerate(image.shape)]
