@@ -18,3 +18,22 @@ from multiprocessing.pool import ThreadPool  # noqa: E402
 from nnunetv2.utilities import utils as _nnunet_utils  # noqa: E402
 
 _nnunet_utils.Pool = ThreadPool
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session (every module's executor tests share it: a
+    second ray.init in the same process fails)."""
+    ray = pytest.importorskip("ray", reason="ray not installed (pip install ray)")
+    ray.init(
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=128 * 2**20,
+    )
+    yield
+    ray.shutdown()

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 STUDY = """
@@ -68,14 +69,24 @@ def _kill_between_stages(study: Path, timeout_s: float = 300) -> None:
     pytest.fail("the cascade never started")
 
 
-def _train_runs(root: Path):
+def _train_runs(root: Path) -> pd.DataFrame:
+    """The study's training runs as mlflow.search_runs lays them out, read with a client of its
+    own: mlflow.set_tracking_uri would set $MLFLOW_TRACKING_URI for every later test."""
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'work' / 'mlflow.db'}")
-    runs = mlflow.search_runs(
-        experiment_names=["configurations"], filter_string="tags.`ablate.kind` = 'train'"
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'work' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("configurations")
+    runs = client.search_runs([experiment.experiment_id], "tags.`ablate.kind` = 'train'")
+    return pd.DataFrame(
+        [
+            {
+                "status": run.info.status,
+                **{f"params.{k}": v for k, v in run.data.params.items()},
+                **{f"tags.{k}": v for k, v in run.data.tags.items()},
+            }
+            for run in runs
+        ]
     )
-    return runs
 
 
 @pytest.mark.slow

@@ -60,20 +60,6 @@ def count_attempts(path: str) -> int:
     return attempt
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    ray = pytest.importorskip("ray", reason="ray not installed (pip install ray)")
-    ray.init(
-        num_cpus=2,
-        num_gpus=0,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=128 * 2**20,
-    )
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture(params=KINDS)
 def executor(request, tmp_path):
     kind = request.param

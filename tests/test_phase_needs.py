@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster import slurm_cluster  # noqa: F401 - the session fixture
-from test_executors import executor, ray_cluster  # noqa: F401 - every executor kind
+from test_executors import executor  # noqa: F401 - every executor kind
 
 from ablate.run.outcome import Outcome
 from ablate.run.phases import PhaseContext, PhaseCount, run_phase
