@@ -81,6 +81,8 @@ def _train_runs(root: Path) -> pd.DataFrame:
         [
             {
                 "status": run.info.status,
+                "start_time": run.info.start_time,  # ms since the epoch
+                "end_time": run.info.end_time,
                 **{f"params.{k}": v for k, v in run.data.params.items()},
                 **{f"tags.{k}": v for k, v in run.data.tags.items()},
             }

@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ablate.errors import ConfigError
-from ablate.report.collect import Results
+from ablate.report.collect import COST_COLUMNS, CURVE_COLUMNS, Results
 from ablate.run.outcome import JobState
 from ablate.run.store import (
     CURVE_METRICS,
@@ -169,22 +169,8 @@ def fetch_results(tracking_uri: str, study_name: str) -> Results:
         else pd.DataFrame(columns=["case", "target", "metric", "value"])
     )
     tidy_df = tidy_df.reindex(columns=[*ids, "case", "target", "metric", "value"])
-    cost_df = pd.DataFrame(
-        cost,
-        columns=[
-            *ids,
-            "train_seconds",
-            "seconds_per_epoch",
-            "infer_seconds_per_case",
-            "peak_train_memory_mb",
-            "peak_infer_memory_mb",
-            "parameters",
-            "flops",
-        ],
-    )
-    curves_df = pd.DataFrame(
-        curves, columns=["variant", "fold", "seed", "epoch", "metric", "value"]
-    )
+    cost_df = pd.DataFrame(cost, columns=[*ids, *COST_COLUMNS[3:]])  # after variant, fold, seed
+    curves_df = pd.DataFrame(curves, columns=list(CURVE_COLUMNS))
     test_ids = ["variant", *axes, "model", "fold", "seed"]
     test_df = pd.concat(test, ignore_index=True) if test else pd.DataFrame()
     test_df = test_df.reindex(columns=[*test_ids, "case", "target", "metric", "value"])
