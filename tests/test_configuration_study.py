@@ -6,15 +6,13 @@ predictions it had written; the report names nnU-Net's choice."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_resume import start_run
 
 STUDY = """
 name: configurations
@@ -38,23 +36,10 @@ report_dir: report
 """
 
 
-def _start(study: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "ablate.cli", "run", str(study)],
-        cwd=study.parent,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def _kill_between_stages(study: Path, timeout_s: float = 300) -> None:
     """SIGKILL as soon as the cascade's first training has begun writing the 3d_lowres
     predictions (the folder appears only once both 3d_lowres folds are recorded done)."""
-    proc = _start(study)
+    proc = start_run(study)
     jobs = study.parent / "work" / "jobs"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -109,7 +94,7 @@ def test_configuration_study_orders_the_cascade_and_resumes_between_its_stages(t
     }
     written = {p: p.stat().st_mtime_ns for p in jobs.glob("previous-stage-*/*.b2nd")}
 
-    proc = _start(study)
+    proc = start_run(study)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
 

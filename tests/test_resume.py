@@ -26,7 +26,8 @@ report_dir: report
 """
 
 
-def _start(study: Path) -> subprocess.Popen:
+def start_run(study: Path) -> subprocess.Popen:
+    """`ablate run STUDY` in its own process, one thread, no tracking URI from the caller."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen(
@@ -40,14 +41,14 @@ def _start(study: Path) -> subprocess.Popen:
 
 
 def _run(study: Path) -> str:
-    proc = _start(study)
+    proc = start_run(study)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out
     return out
 
 
 def _kill_mid_training(study: Path, sig: int = signal.SIGKILL, timeout_s: float = 600) -> str:
-    proc = _start(study)
+    proc = start_run(study)
     jobs = study.parent / "work" / "jobs"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
