@@ -134,7 +134,8 @@ class InferConfig(Frozen):
     # flips the last, left-right axis, as Zhou 2021 ran it on FLARE21)
     mirror_order: Literal["nnunet_v2", "nnunet_v1"] = "nnunet_v2"
     step_size: float = Field(0.5, gt=0, le=1)
-    window_batch: int = Field(2, ge=1)
+    # windows per forward; None = ablate.infer.auto_window_batch (nnU-Net runs one)
+    window_batch: int | None = Field(None, ge=1)
     # with a held-out test set (dataset.test): also predict it with the mean of every fold
     # model's output; cross-validation cases are always scored by the one model not trained on them
     ensemble_folds: bool = False

@@ -191,6 +191,18 @@ ACTIVATIONS = {  # logits (K, Z, Y, X) -> probabilities; sigmoid for region-base
 }
 
 
+# torch's CPU conv3d runs a lone window 2-5x slower per window than a batch of two on patches
+# below about a million voxels, and a lone one 10-25 % faster above (BENCHMARKS.md, "window batch")
+LONE_WINDOW_VOXELS = 1_000_000
+
+
+def auto_window_batch(patch_size: Sequence[int], device: torch.device) -> int:
+    """Windows per forward when infer.window_batch is unset: one (nnU-Net's) for CPU patches of
+    LONE_WINDOW_VOXELS or more, else two."""
+    large = int(np.prod(patch_size)) >= LONE_WINDOW_VOXELS
+    return 1 if device.type == "cpu" and large else 2
+
+
 def model_logits(
     model: nn.Module, data: np.ndarray, plan: Plan, cfg: InferConfig, device: torch.device
 ) -> torch.Tensor:
@@ -203,9 +215,8 @@ def model_logits(
         axes = tuple(a for a in axes if a != 0)
         k = min(k, 2 ** len(axes))
     combos = mirror_combinations(axes, k, cfg.mirror_order)
-    return sliding_window_logits(
-        model, data, plan.patch_size, cfg.step_size, combos, cfg.window_batch, device
-    )
+    batch = cfg.window_batch or auto_window_batch(plan.patch_size, device)
+    return sliding_window_logits(model, data, plan.patch_size, cfg.step_size, combos, batch, device)
 
 
 def argmax_labels(scores: np.ndarray, slab: int = 8) -> np.ndarray:

@@ -27,9 +27,10 @@ def _resize(array: np.ndarray, new_shape, order: int, slice_axis: int | None = N
     if tuple(array.shape) == tuple(new_shape):
         return array
     factors = [n / o for n, o in zip(new_shape, array.shape, strict=True)]
-    if slice_axis is not None and factors[slice_axis] == 1 and order > 1:
+    if slice_axis is not None and factors[slice_axis] == 1 and order >= 1:
         # slice by slice, as nnU-Net resizes: a 3-D spline also prefilters and interpolates
-        # along the unchanged axis, several times the work for the same values
+        # along the unchanged axis, several times the work for the same values (bit-identical
+        # for linear and cubic, tested)
         out = np.empty(tuple(new_shape), dtype=array.dtype)
         plane = [f for a, f in enumerate(factors) if a != slice_axis]
         for i in range(array.shape[slice_axis]):
@@ -85,11 +86,11 @@ def resample_seg(seg: np.ndarray, new_shape, current_spacing, new_spacing) -> np
     in_plane = list(new_shape)
     if axis is not None:
         in_plane[axis] = seg.shape[axis]
-    out = _resize_labels(seg, in_plane)
+    out = _resize_labels(seg, in_plane, slice_axis=axis)
     return _resize(out, new_shape, 0) if axis is not None else out
 
 
-def _resize_labels(seg: np.ndarray, new_shape) -> np.ndarray:
+def _resize_labels(seg: np.ndarray, new_shape, slice_axis: int | None = None) -> np.ndarray:
     """The label whose linearly resized indicator scores highest; an exact tie goes to the
     nearest-neighbour label when it is among the tied, else to the lowest tied label
     (batchgenerators 0.25.5's seg_tiebreak='nearest')."""
@@ -99,7 +100,7 @@ def _resize_labels(seg: np.ndarray, new_shape) -> np.ndarray:
     nearest = _resize(seg.astype(np.float64), new_shape, 0).astype(seg.dtype)
     best = winner = nearest_score = None
     for index, label in enumerate(labels):
-        score = _resize((seg == label).astype(np.float64), new_shape, 1)
+        score = _resize((seg == label).astype(np.float64), new_shape, 1, slice_axis)
         if best is None:
             best, winner, nearest_score = score, np.zeros(new_shape, np.int32), np.zeros(new_shape)
         else:

@@ -22,7 +22,8 @@ every 0.25 s from /proc):
     fit a CPU budget; the accumulators and the export, which set the memory, do not depend on
     it), TTA 8 (all mirrorings), export back to the original grid and NIfTI written, from the
     raw images, on the `--predict-cases` cases with the fewest slices: ablate
-    `infer.predict_case` (its default window batch 2) vs `nnUNetPredictor.predict_from_files`
+    `infer.predict_case` (its default window batch: 1 at this patch on CPU, infer.auto_window_batch)
+    vs `nnUNetPredictor.predict_from_files`
     (window batch 1, 1 preprocessing and 1 export process: `nnUNetv2_predict -npp 1 -nps 1`).
     One network for both: dynamic_network_architectures' PlainConvUNet of nnU-Net's 3d_fullres
     plan with `--features` per stage instead of 32..320 (the last value repeated for deeper

@@ -251,6 +251,21 @@ def test_model_logits_takes_the_mirror_order_of_its_config(monkeypatch):
     assert seen == [[(), (0,)], [(), (2,)]]  # TTA 2 flips z (v2) or x, left-right (v1)
 
 
+def test_unset_window_batch_is_one_for_large_cpu_patches_and_two_otherwise(monkeypatch):
+    import ablate.infer as infer
+
+    assert infer.auto_window_batch((112, 128, 128), CPU) == 1  # KiTS-sized: nnU-Net's one
+    assert infer.auto_window_batch((20, 80, 80), CPU) == 2  # batch 1 is 2-5x slower per window
+    assert infer.auto_window_batch((112, 128, 128), torch.device("cuda")) == 2
+    seen = []
+    monkeypatch.setattr(infer, "sliding_window_logits", lambda *args: seen.append(args[5]))
+    infer.model_logits(None, None, tiny_plan(), InferConfig(), CPU)
+    infer.model_logits(None, None, tiny_plan(), InferConfig(window_batch=3), CPU)
+    monkeypatch.setattr(infer, "LONE_WINDOW_VOXELS", math.prod(PATCH))
+    infer.model_logits(None, None, tiny_plan(), InferConfig(), CPU)
+    assert seen == [2, 3, 1]
+
+
 def test_pad_to_patch_copies_only_when_it_pads():
     from ablate.infer import _pad_to_patch
 

@@ -242,10 +242,12 @@ def test_concurrent_prepare_builds_once(tmp_path):
     assert builder in pids
 
 
+@pytest.mark.parametrize("order", [1, 3])
 @pytest.mark.parametrize("slice_axis", [0, 1, 2])
-def test_slice_wise_cubic_resize_equals_the_3d_spline_with_factor_one(slice_axis):
+def test_slice_wise_resize_equals_the_3d_spline_with_factor_one(slice_axis, order):
     """Resizing in-plane slice by slice (as nnU-Net does, and several times faster) gives the
-    3-D spline's values exactly: with factor 1 along the slice axis it only reproduces it."""
+    3-D spline's values exactly: with factor 1 along the slice axis it only reproduces it.
+    Cubic for images, linear for exported logits and label indicators."""
     from scipy.ndimage import zoom
 
     from ablate.resample import _resize
@@ -253,9 +255,20 @@ def test_slice_wise_cubic_resize_equals_the_3d_spline_with_factor_one(slice_axis
     image = np.random.default_rng(slice_axis).normal(size=(9, 23, 17)).astype(np.float32)
     shape = [round(s * 1.4) if a != slice_axis else s for a, s in enumerate(image.shape)]
     factors = [n / o for n, o in zip(shape, image.shape, strict=True)]
-    spline = zoom(image, factors, order=3, mode="nearest", grid_mode=True)
-    other = tuple(a for a in range(3) if a != slice_axis)
-    expected = np.clip(
-        spline, image.min(axis=other, keepdims=True), image.max(axis=other, keepdims=True)
+    expected = zoom(image, factors, order=order, mode="nearest", grid_mode=True)
+    if order > 1:
+        other = tuple(a for a in range(3) if a != slice_axis)
+        low, high = image.min(axis=other, keepdims=True), image.max(axis=other, keepdims=True)
+        expected = np.clip(expected, low, high)
+    np.testing.assert_array_equal(_resize(image, shape, order, slice_axis=slice_axis), expected)
+
+
+def test_slice_wise_label_resize_equals_the_3d_one():
+    """Labels resized through their in-plane indicators slice by slice pick the same winners."""
+    from ablate.resample import _resize_labels
+
+    seg = np.random.default_rng(3).integers(0, 3, size=(7, 19, 21)).astype(np.uint8)
+    shape = (7, 27, 30)
+    np.testing.assert_array_equal(
+        _resize_labels(seg, shape, slice_axis=0), _resize_labels(seg, shape)
     )
-    np.testing.assert_array_equal(_resize(image, shape, 3, slice_axis=slice_axis), expected)
