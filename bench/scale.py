@@ -161,7 +161,9 @@ for index in range(job["cases"]):
     slices = int(np.random.default_rng([job["seed"], index, 7]).integers(low, high + 1))
     sz, sy, sx = nominal.spacing_mm
     fov = (slices * sz, job["in_plane"] * sy, job["in_plane"] * sx)
-    spec = synthetic.draw_case(synthetic.case_rng(job["seed"], index), fov, index % 3 != 2)
+    spec = synthetic.draw_case(
+        synthetic.case_rng(job["seed"], index), fov, index % 3 != 2  # as measured: 3 of 10 empty
+    )
     spec = dataclasses.replace(spec, shape=(slices, job["in_plane"], job["in_plane"]))
     image, label = synthetic.render_case(spec)
     geometry = Geometry(spec.spacing_mm, spec.origin, synthetic.IDENTITY_DIRECTION)

@@ -8,6 +8,7 @@ from ablate.data.synthetic import (
     DEFAULT_FOV_MM,
     case_rng,
     draw_case,
+    has_tumour,
     make_synthetic_dataset,
     render_case,
 )
@@ -83,16 +84,16 @@ def test_hu_ranges_inside_each_label(small_dataset):
         assert 130 < kidney.mean() < 280
         if (label == 2).any():
             tumour = image[label == 2].astype(float)
-            assert 270 < tumour.mean() < 390
+            assert 320 < tumour.mean() < 450  # 400-440 HU, blurred at its rim
             assert tumour.mean() > kidney.mean() + 60  # enhancing more than the kidney
 
 
 def test_tumour_inside_kidney_and_some_cases_without_tumour(small_dataset):
-    has_tumour = []
+    with_tumour = []
     for case in small_dataset.cases:
         _, label, _, _ = _arrays(case)
-        has_tumour.append(bool((label == 2).any()))
-    assert has_tumour == [True, True, False, True]  # index 2 mod 3 has none
+        with_tumour.append(bool((label == 2).any()))
+    assert with_tumour == [True, True, False, True]  # index 2 mod 6 has none
 
 
 def test_tumour_voxels_are_surrounded_by_kidney_or_tumour():
@@ -133,15 +134,17 @@ def test_bad_arguments_raise_data_error(tmp_path):
 
 def test_demo_tumour_is_large_and_stands_apart_inside_nnunets_ct_window():
     """What lets the demo's small networks learn the tumour in 160 iterations: after nnU-Net's CT
-    normalisation (clip to the foreground's 0.5-99.5 percentiles, z-score) the tumour is a tenth
-    or more of the foreground and at least 1.5 sd away from the kidney, the tissue around it and
-    the vertebra. Generator version 1 put it 0.1 sd from that tissue (clipped to the same floor),
-    at 2% of the foreground; version 2 left the vertebra at the window's ceiling with it."""
+    normalisation (clip to the foreground's 0.5-99.5 percentiles, z-score) the tumour is a sixth
+    or more of the foreground and at least 2 sd above the kidney, 1.5 above the tissue around it
+    and the vertebra. Generator version 1 put it 0.1 sd from that tissue (clipped to the same
+    floor), at 2% of the foreground; version 2 left the vertebra at the window's ceiling with it;
+    version 3's tumour, a tenth of the foreground, was missed by fold models without deep
+    supervision (ablate.data.synthetic)."""
     from scipy.ndimage import binary_dilation
 
     images, labels = [], []
     for index in range(9):
-        spec = draw_case(case_rng(0, index), DEFAULT_FOV_MM, has_tumour=index % 3 != 2)
+        spec = draw_case(case_rng(0, index), DEFAULT_FOV_MM, has_tumour=has_tumour(index))
         image, label = render_case(spec)
         images.append(image.astype(float))
         labels.append(label)
@@ -164,8 +167,8 @@ def test_demo_tumour_is_large_and_stands_apart_inside_nnunets_ct_window():
     spine = np.concatenate(
         [z(i[(i > 200) & (lab == 0)]) for i, lab in zip(images, labels, strict=True)]
     )
-    assert tumour.size / foreground.size > 0.1
-    assert tumour.mean() - kidney.mean() > 1.5 and tumour.mean() - around.mean() > 1.5
+    assert tumour.size / foreground.size > 1 / 6
+    assert tumour.mean() - kidney.mean() > 2 and tumour.mean() - around.mean() > 1.5
     assert tumour.mean() - spine.mean() > 1.5  # the brightest background: the vertebra
     for label in labels[:2]:  # each tumour is a large part of its case's kidney region
-        assert 0.08 < (label == 2).sum() / (label > 0).sum() < 0.4
+        assert 0.15 < (label == 2).sum() / (label > 0).sum() < 0.4
