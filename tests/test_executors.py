@@ -202,7 +202,8 @@ TINY_STUDY = {
         "intensity_samples": 10000,
     },
     "train": {"epochs": 2, "iterations_per_epoch": 2, "val_iterations": 1, "data_workers": 0},
-    "infer": {"window_batch": 4},
+    # one mirror pass: these tests are about executors, and nnU-Net's 8 took most of their time
+    "infer": {"window_batch": 4, "tta": 1},
     "evaluation": {"nsd_tolerance_mm": 2.0},
     "axes": {"train.deep_supervision": ["nnunet", "none"]},
     "folds": {"k": 2},
